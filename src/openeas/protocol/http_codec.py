@@ -1,0 +1,326 @@
+"""The HTTP/REST v2 inference body: JSON tensors and the binary tensor data extension.
+
+Request: a JSON header, optionally followed by binary tensor buffers when the
+``Inference-Header-Content-Length`` header gives the JSON's length; inputs with
+``parameters.binary_data_size`` take their data from those buffers, in input order.
+Response: outputs are binary when their ``parameters.binary_data`` (or the request's
+``binary_data_output``) says so; their buffers follow the JSON in output order.
+Binary inputs become zero-copy numpy views of the request body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from openeas.protocol import datatypes
+from openeas.protocol.errors import InvalidArgument, Unsupported
+from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"failed to parse the {what} JSON buffer: {exc}") from None
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise InvalidArgument(f"input '{name}': 'shape' must be a list of non-negative integers")
+    return value
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{where}: 'parameters' must be a JSON object")
+    return value
+
+
+def decode_request(
+    body: bytes,
+    header_length: int | None,
+    model_name: str,
+    model_version: str = "",
+) -> InferRequest:
+    """Decode an infer request body (JSON, or JSON + binary tensor buffers)."""
+    if header_length is None:
+        doc = parse_json(body)
+        binary = memoryview(b"")
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {header_length} is larger than the request "
+                f"body of {len(body)} bytes"
+            )
+        view = memoryview(body)
+        doc = parse_json(view[:header_length])
+        binary = view[header_length:]
+    if not isinstance(doc, dict):
+        raise InvalidArgument("the request JSON must be an object")
+
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidArgument("the request JSON must have an 'inputs' array")
+    inputs: list[Tensor] = []
+    offset = 0
+    for raw in raw_inputs:
+        if not isinstance(raw, dict):
+            raise InvalidArgument("each entry of 'inputs' must be a JSON object")
+        tensor, used = _decode_input(raw, binary, offset)
+        offset += used
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"unexpected additional input data: {len(binary) - offset} bytes of binary data "
+            "are not claimed by any input's 'binary_data_size'"
+        )
+
+    params = _parameters(doc.get("parameters"), "request")
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidArgument("'outputs' must be an array")
+        outputs = [_decode_output(raw) for raw in raw_outputs]
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    binary_output = params.pop("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidArgument("'binary_data_output' must be a boolean")
+    return InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        id=request_id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=params,
+        binary_output=binary_output,
+    )
+
+
+def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple[Tensor, int]:
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise InvalidArgument("every input must have a string 'name'")
+    datatype = raw.get("datatype")
+    if not isinstance(datatype, str) or not datatypes.is_valid(datatype):
+        raise InvalidArgument(f"input '{name}' has invalid datatype {datatype!r}")
+    shape = _shape(raw.get("shape"), name)
+    params = _parameters(raw.get("parameters"), f"input '{name}'")
+    count = datatypes.element_count(shape)
+    size = params.pop("binary_data_size", None)
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgument(f"input '{name}': 'binary_data_size' must be an integer")
+        if offset + size > len(binary):
+            raise InvalidArgument(
+                f"input '{name}' claims {size} bytes of binary data, but only "
+                f"{len(binary) - offset} remain in the request body"
+            )
+        chunk = binary[offset : offset + size]
+        return Tensor(name, datatype, shape, _from_buffer(name, datatype, shape, count, chunk), params), size
+    if "shared_memory_region" in params:
+        raise Unsupported(
+            f"input '{name}': shared memory inputs are not supported by this server yet"
+        )
+    if "data" not in raw:
+        raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
+    return Tensor(name, datatype, shape, _from_json(name, datatype, shape, count, raw["data"]), params), 0
+
+
+def _from_buffer(name: str, datatype: str, shape: list[int], count: int, chunk: memoryview) -> np.ndarray:
+    if datatype == "BYTES":
+        return datatypes.deserialize_bytes(chunk, count).reshape(shape)
+    dtype = datatypes.to_numpy_dtype(datatype)
+    expected = count * dtype.itemsize
+    if len(chunk) != expected:
+        raise InvalidArgument(
+            f"unexpected number of bytes for input '{name}': shape {shape} of {datatype} needs "
+            f"{expected} bytes, got {len(chunk)}"
+        )
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any) -> np.ndarray:
+    if datatype in datatypes.BINARY_ONLY:
+        raise InvalidArgument(
+            f"input '{name}': datatype {datatype} can only be sent as binary tensor data"
+        )
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise InvalidArgument(
+            f"unexpected number of elements for input '{name}': shape {shape} needs {count}, "
+            f"got {len(flat)}"
+        )
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidArgument(f"input '{name}': BYTES data must be JSON strings")
+        return datatypes.to_bytes_array(flat).reshape(shape)
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in flat):
+            raise InvalidArgument(f"input '{name}': BOOL data must be JSON true/false")
+    elif any(isinstance(v, bool | str | list | dict) or v is None for v in flat):
+        raise InvalidArgument(f"input '{name}': {datatype} data must be JSON numbers")
+    try:
+        array = np.array(flat, dtype=datatypes.to_numpy_dtype(datatype))
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidArgument(f"input '{name}': cannot convert data to {datatype}: {exc}") from None
+    return array.reshape(shape)
+
+
+def _decode_output(raw: Any) -> RequestedOutput:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise InvalidArgument("each entry of 'outputs' must be an object with a string 'name'")
+    params = _parameters(raw.get("parameters"), f"output '{raw['name']}'")
+    binary = params.pop("binary_data", None)
+    if binary is not None and not isinstance(binary, bool):
+        raise InvalidArgument(f"output '{raw['name']}': 'binary_data' must be a boolean")
+    classification = params.pop("classification", 0)
+    if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
+        raise InvalidArgument(f"output '{raw['name']}': 'classification' must be an integer")
+    if "shared_memory_region" in params:
+        raise Unsupported(
+            f"output '{raw['name']}': shared memory outputs are not supported by this server yet"
+        )
+    return RequestedOutput(raw["name"], binary, classification, params)
+
+
+def _binary_view(tensor: Tensor) -> bytes | memoryview:
+    if tensor.datatype == "BYTES":
+        return datatypes.serialize_bytes(tensor.data)
+    array = np.ascontiguousarray(tensor.data).reshape(-1)
+    return memoryview(array.view(np.uint8))
+
+
+def _json_data(tensor: Tensor) -> list[Any]:
+    if tensor.datatype in datatypes.BINARY_ONLY:
+        raise InvalidArgument(
+            f"output '{tensor.name}': datatype {tensor.datatype} can only be returned as "
+            "binary tensor data; request it with 'binary_data': true"
+        )
+    flat = tensor.data.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [
+            v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
+            for v in flat
+        ]
+    return flat.tolist()
+
+
+def encode_response(
+    response: InferResponse, request: InferRequest
+) -> tuple[list[bytes | memoryview], int | None]:
+    """Encode a response: the body parts and, when any output is binary, the JSON length."""
+    wanted = {o.name: o for o in request.outputs} if request.outputs else {}
+    outputs: list[dict[str, Any]] = []
+    buffers: list[bytes | memoryview] = []
+    for tensor in response.outputs:
+        requested = wanted.get(tensor.name)
+        binary = request.binary_output
+        if requested is not None and requested.binary is not None:
+            binary = requested.binary
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        params = dict(tensor.parameters) if tensor.parameters else {}
+        if binary:
+            buffer = _binary_view(tensor)
+            params["binary_data_size"] = len(buffer)
+            buffers.append(buffer)
+        else:
+            entry["data"] = _json_data(tensor)
+        if params:
+            entry["parameters"] = params
+        outputs.append(entry)
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if buffers:
+        return [header, *buffers], len(header)
+    return [header], None
+
+
+def raw_request(
+    body: bytes,
+    model_name: str,
+    model_version: str,
+    input_name: str,
+    datatype: str,
+    dims: list[int],
+    batched: bool,
+) -> InferRequest:
+    """A request whose whole body is the data of the model's only input.
+
+    (``Inference-Header-Content-Length: 0``.)  BYTES inputs take the body as one element;
+    other types need dims that are fully known, or a single -1 that the size determines.
+    """
+    prefix = [1] if batched else []
+    if datatype == "BYTES":
+        data = datatypes.to_bytes_array([body])
+        shape = prefix + [1] * max(1, len(dims))
+        tensor = Tensor(input_name, datatype, shape, data.reshape(shape))
+    else:
+        itemsize = datatypes.to_numpy_dtype(datatype).itemsize
+        if len(body) % itemsize:
+            raise InvalidArgument(
+                f"raw input '{input_name}': {len(body)} bytes is not a whole number of "
+                f"{datatype} elements"
+            )
+        elements = len(body) // itemsize
+        known = datatypes.element_count(d for d in dims if d != -1)
+        unknown = [i for i, d in enumerate(dims) if d == -1]
+        shape = list(dims)
+        if len(unknown) > 1:
+            raise InvalidArgument(
+                f"raw input '{input_name}' has more than one variable dimension {dims}; send a "
+                "JSON inference header instead"
+            )
+        if unknown:
+            if known == 0 or elements % known:
+                raise InvalidArgument(f"raw input '{input_name}': size does not fit dims {dims}")
+            shape[unknown[0]] = elements // known
+        elif known != elements:
+            raise InvalidArgument(
+                f"raw input '{input_name}' expects {known * itemsize} bytes, got {len(body)}"
+            )
+        shape = prefix + shape
+        data = np.frombuffer(body, dtype=datatypes.to_numpy_dtype(datatype)).reshape(shape)
+        tensor = Tensor(input_name, datatype, shape, data)
+    return InferRequest(model_name, model_version, inputs=[tensor], binary_output=True)

@@ -1,0 +1,1 @@
+"""The ``triton`` processor: a Triton-Inference-Server-compatible model server."""

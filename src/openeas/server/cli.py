@@ -1,0 +1,146 @@
+"""``openeas-server``: the triton processor's entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from openeas.server.dataplane import DataPlane
+from openeas.server.frontends.http import HttpFrontend
+from openeas.server.frontends.serving import AsgiServer, bind_socket
+from openeas.server.models import ControlMode, RepositoryOptions
+from openeas.server.options import ServerOptions, parse_args
+
+log = logging.getLogger("openeas.server")
+
+
+def setup_logging(options: ServerOptions) -> None:
+    if options.log_format == "ISO8601":
+        fmt, datefmt = "%(asctime)s %(levelname)s %(name)s] %(message)s", "%Y-%m-%dT%H:%M:%SZ"
+    else:
+        fmt, datefmt = "%(levelname).1s%(asctime)s %(process)d %(name)s] %(message)s", "%m%d %H:%M:%S"
+    handler: logging.Handler = (
+        logging.FileHandler(options.log_file) if options.log_file else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter(fmt, datefmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+async def serve(options: ServerOptions) -> int:
+    """Load models, serve until SIGTERM/SIGINT, shut down gracefully; the exit status."""
+    for path in options.model_repositories:
+        if "://" in path and not path.startswith("file://"):
+            log.error("model repository '%s': object-store URIs are not supported yet", path)
+            return 1
+    roots = [p.removeprefix("file://") for p in options.model_repositories]
+    options.model_repositories = roots
+    for root in options.repository_paths:
+        if not root.is_dir():
+            log.error("failed to open model repository '%s': no such directory", root)
+            return 1
+
+    dataplane = DataPlane(
+        RepositoryOptions(
+            roots=options.repository_paths,
+            control_mode=ControlMode(options.model_control_mode),
+            startup_models=options.load_models,
+            auto_complete=options.auto_complete,
+            backend_configs=options.backend_configs,
+            load_threads=options.model_load_thread_count,
+            poll_seconds=options.repository_poll_secs,
+            exit_timeout=options.exit_timeout_secs,
+        ),
+        server_id=options.server_id,
+        strict_readiness=options.strict_readiness,
+        log_settings={
+            "log_info": options.log_info,
+            "log_warning": options.log_warning,
+            "log_error": options.log_error,
+            "log_verbose_level": options.log_verbose,
+            "log_format": options.log_format,
+            "log_file": options.log_file,
+        },
+    )
+    for flag in options.ignored:
+        log.info("accepted %s; it has no effect on this CPU-only server", flag)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    failures = await dataplane.start()
+    if failures and options.exit_on_error:
+        log.error("exiting: %d model(s) failed to load (--exit-on-error=true)", len(failures))
+        await dataplane.stop()
+        return 1
+
+    servers: list[tuple[str, AsgiServer]] = []
+    try:
+        if options.allow_http:
+            sock = bind_socket(options.http_address, options.http_port)
+            app = HttpFrontend(dataplane, options.http_max_input_size)
+            servers.append(("HTTPService", AsgiServer(app, sock, options.exit_timeout_secs)))
+        if options.allow_metrics:
+            from openeas.server.frontends.metrics import MetricsApp
+
+            sock = bind_socket(options.metrics_address, options.metrics_port)
+            servers.append(
+                ("Metrics Service", AsgiServer(MetricsApp(dataplane), sock, 5))
+            )
+    except OSError as exc:
+        log.error("%s", exc)
+        await dataplane.stop()
+        return 1
+    grpc_frontend = None
+    if options.allow_grpc:
+        from openeas.server.frontends.grpc import GrpcFrontend
+
+        grpc_frontend = GrpcFrontend(dataplane, options)
+        try:
+            await grpc_frontend.start()
+        except OSError as exc:
+            log.error("%s", exc)
+            await dataplane.stop()
+            return 1
+        log.info("Started GRPCInferenceService at %s", grpc_frontend.port)
+        print(
+            f"Started GRPCInferenceService at 0.0.0.0:{grpc_frontend.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+    for name, server in servers:
+        await server.start()
+        log.info("Started %s at %s", name, server.port)
+        print(f"Started {name} at 0.0.0.0:{server.port}", file=sys.stderr, flush=True)
+
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (up to %ss)", options.exit_timeout_secs)
+    dataplane.shutting_down = True
+    stopping = [server.stop() for _, server in servers]
+    if grpc_frontend is not None:
+        stopping.append(grpc_frontend.stop(options.exit_timeout_secs))
+    await asyncio.gather(*stopping, return_exceptions=True)
+    await dataplane.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_args(argv)
+    setup_logging(options)
+    logging.getLogger("openeas").setLevel(logging.INFO if options.log_info else logging.WARNING)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    sys.exit(runner(serve(options)))
+
+
+if __name__ == "__main__":
+    main()

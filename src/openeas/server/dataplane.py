@@ -1,0 +1,235 @@
+"""The data plane: everything the HTTP and gRPC front ends do, in one place.
+
+Front ends decode their wire format into :mod:`openeas.protocol.types` objects, call a
+method here and encode what comes back; errors are :class:`InferenceError` subclasses that
+carry their own HTTP and gRPC status.  Nothing here knows about either wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from openeas import __version__
+from openeas.protocol import datatypes
+from openeas.protocol.errors import InferenceError, InvalidArgument
+from openeas.protocol.types import InferRequest, InferResponse, Tensor
+from openeas.server.models import (
+    LoadedVersion,
+    ModelManager,
+    RepositoryOptions,
+    decode_file_parameter,
+)
+from openeas.server.repository.config import config_to_dict
+from openeas.server.settings import LogSettings, TraceSettings
+from openeas.server.validation import validate_request
+
+#: Protocol extensions this server implements (reported by ``GET /v2``).
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
+]
+
+
+class DataPlane:
+    """Server-wide operations shared by every front end."""
+
+    def __init__(
+        self,
+        repository: RepositoryOptions,
+        *,
+        server_id: str = "triton",
+        strict_readiness: bool = True,
+        log_settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.server_id = server_id
+        self.strict_readiness = strict_readiness
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
+        self.models = ModelManager(repository, self)
+        self.log_settings = LogSettings(log_settings or {})
+        self.trace_settings = TraceSettings()
+        self.started = False
+        self.shutting_down = False
+
+    async def start(self) -> list[str]:
+        """Load the start-up models; returns load failure messages."""
+        self.loop = asyncio.get_running_loop()
+        failures = await self.models.start()
+        self.started = True
+        return failures
+
+    async def stop(self) -> None:
+        self.shutting_down = True
+        await self.models.stop()
+
+    # -- health and metadata -----------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not self.started or self.shutting_down:
+            return False
+        return self.models.all_ready() if self.strict_readiness else True
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_id, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.models.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        model = self.models.get(name, version)
+        config = model.config
+        batch = [-1] if config.max_batch_size > 0 else []
+        versions = (
+            [model.version_str]
+            if version
+            else [v.version_str for v in self.models.loaded_versions() if v.name == name]
+        )
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": config.platform or config.backend,
+            "inputs": [
+                {
+                    "name": t.name,
+                    "datatype": datatypes.config_to_triton(mc.DataType.Name(t.data_type)),
+                    "shape": batch + list(t.dims),
+                }
+                for t in config.input
+            ],
+            "outputs": [
+                {
+                    "name": t.name,
+                    "datatype": datatypes.config_to_triton(mc.DataType.Name(t.data_type)),
+                    "shape": batch + list(t.dims),
+                }
+                for t in config.output
+            ],
+        }
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        return config_to_dict(self.models.get(name, version).config)
+
+    def model_config_proto(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.models.get(name, version).config
+
+    # -- inference ---------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, schedule and post-process one request."""
+        model = self.models.get(request.model_name, request.model_version)
+        start = time.monotonic_ns()
+        try:
+            batch_size = validate_request(request, model.config)
+            response = await model.scheduler.infer(request, batch_size)
+            response.model_version = model.version_str
+            if request.outputs and any(o.classification for o in request.outputs):
+                _classify(response, request, model)
+        except InferenceError:
+            model.stats.record_failure(time.monotonic_ns() - start, "BACKEND")
+            raise
+        model.stats.record_success(time.monotonic_ns() - start)
+        return response
+
+    # InferenceHandle (BLS from Python models)
+    def infer_blocking(self, request: InferRequest, timeout: float | None = None) -> InferResponse:
+        future = asyncio.run_coroutine_threadsafe(self.infer(request), self.loop)
+        return future.result(timeout)
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        return self.models.is_ready(name, version)
+
+    # -- statistics --------------------------------------------------------------------
+
+    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        if name:
+            if version:
+                selected = [self.models.get(name, version)]
+            else:
+                selected = [v for v in self.models.loaded_versions() if v.name == name]
+                if not selected:
+                    self.models.get(name)  # raises the right not-found error
+        else:
+            selected = list(self.models.loaded_versions())
+        return {
+            "model_stats": [
+                v.stats.as_dict(v.name, v.version_str)
+                for v in sorted(selected, key=lambda v: (v.name, v.version))
+            ]
+        }
+
+    # -- repository --------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return self.models.index(ready_only)
+
+    async def load_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        """Repository API load: optional ``config`` JSON and ``file:<path>`` contents."""
+        self.models.check_explicit_allowed()
+        config_json: str | None = None
+        files: dict[str, bytes] = {}
+        for key, value in (parameters or {}).items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise InvalidArgument("load parameter 'config' must be a JSON string")
+                config_json = value
+            elif key.startswith("file:"):
+                if isinstance(value, bytes):
+                    files[key[5:]] = value
+                elif isinstance(value, str):
+                    files[key[5:]] = decode_file_parameter(value)
+                else:
+                    raise InvalidArgument(f"load parameter '{key}' must be base64 contents")
+        await self.models.load(name, config_json, files or None)
+
+    async def unload_model(self, name: str, parameters: dict[str, Any] | None = None) -> None:
+        self.models.check_explicit_allowed()
+        dependents = bool((parameters or {}).get("unload_dependents", False))
+        await self.models.unload(name, dependents)
+
+    def pending_requests(self) -> dict[tuple[str, str], int]:
+        return {(v.name, v.version_str): v.scheduler.pending for v in self.models.loaded_versions()}
+
+
+def _classify(response: InferResponse, request: InferRequest, model: LoadedVersion) -> None:
+    """Replace outputs that asked for ``classification`` with top-k label strings."""
+    assert request.outputs is not None
+    wanted = {o.name: o.classification for o in request.outputs if o.classification}
+    batched = model.config.max_batch_size > 0
+    for index, tensor in enumerate(response.outputs):
+        k = wanted.get(tensor.name)
+        if not k:
+            continue
+        if tensor.datatype == "BYTES":
+            raise InvalidArgument(
+                f"class result not available for output '{tensor.name}' due to unsupported "
+                "type 'BYTES'"
+            )
+        labels = model.labels.get(tensor.name, [])
+        rows = tensor.data.reshape(tensor.shape[0], -1) if batched else tensor.data.reshape(1, -1)
+        k = min(k, rows.shape[1])
+        results = []
+        for row in rows:
+            order = np.argsort(-row.astype(np.float64), kind="stable")[:k]
+            for idx in order:
+                text = f"{float(row[idx]):f}:{int(idx)}"
+                if idx < len(labels):
+                    text += f":{labels[idx]}"
+                results.append(text.encode())
+        data = datatypes.to_bytes_array(results)
+        shape = [rows.shape[0], k] if batched else [k]
+        response.outputs[index] = Tensor(tensor.name, "BYTES", shape, data.reshape(shape))
+

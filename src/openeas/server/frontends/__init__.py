@@ -1,0 +1,1 @@
+"""Front ends: thin protocol adapters over :class:`openeas.server.dataplane.DataPlane`."""

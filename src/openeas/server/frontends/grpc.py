@@ -1,0 +1,360 @@
+"""The gRPC front end: Triton's ``inference.GRPCInferenceService`` on ``grpc.aio``.
+
+It runs in the server's event loop, next to the HTTP front end, and every handler only
+decodes the message, calls the :class:`DataPlane` and encodes the answer.  Errors are
+:class:`InferenceError` subclasses whose ``grpc_code`` becomes the call's status;
+anything else is ``INTERNAL``.  The generated messages come from the ``tritonclient``
+wheel (``tritonclient.grpc.service_pb2``); no protos are vendored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+from openeas.protocol import grpc_codec
+from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
+from openeas.server.dataplane import DataPlane
+from openeas.server.options import ServerOptions
+
+log = logging.getLogger(__name__)
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Handler = Callable[[Any, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
+
+
+def _rpc(fn: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
+    """Turn InferenceError into its gRPC status and anything unexpected into INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except InferenceError as exc:
+            await context.abort(exc.grpc_code, exc.message)
+        except Exception as exc:
+            log.exception("unhandled error in gRPC %s", fn.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            )
+        raise AssertionError("unreachable: context.abort() returned")  # pragma: no cover
+
+    return wrapper
+
+
+def _no_repository_name(name: str) -> None:
+    if name:
+        raise Unsupported("'repository_name' specification is not supported")
+
+
+class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over one :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    # -- health and metadata -----------------------------------------------------------
+
+    @_rpc
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @_rpc
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @_rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version)
+        )
+
+    @_rpc
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        meta = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        meta = self.dataplane.model_metadata(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    @_rpc
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(
+            config=self.dataplane.model_config_proto(request.name, request.version)
+        )
+
+    # -- inference ---------------------------------------------------------------------
+
+    @_rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        infer_request = grpc_codec.decode_request(request)
+        response = await self.dataplane.infer(infer_request)
+        return grpc_codec.encode_response(response, infer_request)
+
+    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        try:
+            infer_request = grpc_codec.decode_request(request)
+            response = await self.dataplane.infer(infer_request)
+            return pb.ModelStreamInferResponse(
+                infer_response=grpc_codec.encode_response(response, infer_request)
+            )
+        except InferenceError as exc:
+            message = exc.message
+        except Exception as exc:
+            log.exception("unhandled error in gRPC ModelStreamInfer")
+            message = f"internal error: {type(exc).__name__}: {exc}"
+        # The id (and model) tell the client which request failed.
+        return pb.ModelStreamInferResponse(
+            error_message=message,
+            infer_response=pb.ModelInferResponse(
+                id=request.id, model_name=request.model_name, model_version=request.model_version
+            ),
+        )
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of a stream run concurrently; each answer is written when it is ready.
+
+        A failed request answers with ``error_message`` and leaves the stream open.
+        """
+        queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            queue.put_nowait(await self._stream_one(request))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                queue.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await reader  # re-raises a failure of the request stream itself
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    # -- statistics --------------------------------------------------------------------
+
+    @_rpc
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.dataplane.statistics(request.name, request.version)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    # -- repository --------------------------------------------------------------------
+
+    @_rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        _no_repository_name(request.repository_name)
+        entries = self.dataplane.repository_index(request.ready)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[index(**entry) for entry in entries])
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        _no_repository_name(request.repository_name)
+        await self.dataplane.load_model(
+            request.model_name, grpc_codec.decode_parameters(request.parameters)
+        )
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        _no_repository_name(request.repository_name)
+        await self.dataplane.unload_model(
+            request.model_name, grpc_codec.decode_parameters(request.parameters)
+        )
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- shared memory (not yet) -------------------------------------------------------
+
+    @_rpc
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        raise _system_shm()
+
+    @_rpc
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        raise _system_shm()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        raise _system_shm()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        raise _cuda_shm()
+
+    @_rpc
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        raise _cuda_shm()
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        raise _cuda_shm()
+
+    # -- settings ----------------------------------------------------------------------
+
+    @_rpc
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: Any
+    ) -> pb.TraceSettingResponse:
+        model = request.model_name or None
+        if model:
+            self.dataplane.models.get(model)
+        settings = self.dataplane.trace_settings
+        if request.settings:
+            changes: dict[str, Any] = {}
+            for key, setting in request.settings.items():
+                values = list(setting.value)
+                if not values:
+                    changes[key] = None  # clear: back to the global (or default) value
+                elif key == "trace_level":
+                    changes[key] = values
+                elif len(values) == 1:
+                    changes[key] = values[0]
+                else:
+                    raise InvalidArgument(f"trace setting '{key}' takes a single value")
+            current = settings.update(changes, model)
+        else:
+            current = settings.get(model)
+        response = pb.TraceSettingResponse()
+        for key, value in current.items():
+            values = value if isinstance(value, list) else [value]
+            response.settings[key].value.extend(str(v) for v in values)
+        return response
+
+    @_rpc
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: Any
+    ) -> pb.LogSettingsResponse:
+        settings = self.dataplane.log_settings
+        if request.settings:
+            changes: dict[str, Any] = {}
+            for key, setting in request.settings.items():
+                kind = setting.WhichOneof("parameter_choice")
+                if kind is None:
+                    raise InvalidArgument(f"log setting '{key}' has no value set")
+                changes[key] = getattr(setting, kind)
+            current = settings.update(changes)
+        else:
+            current = settings.get()
+        response = pb.LogSettingsResponse()
+        for key, value in current.items():
+            entry = response.settings[key]
+            if isinstance(value, bool):
+                entry.bool_param = value
+            elif isinstance(value, int):
+                entry.uint32_param = value
+            else:
+                entry.string_param = str(value)
+        return response
+
+
+def _system_shm() -> Unsupported:
+    return Unsupported("system shared memory is not supported by this server yet")
+
+
+def _cuda_shm() -> Unsupported:
+    return Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
+
+
+class GrpcFrontend:
+    """A ``grpc.aio`` server for :class:`GrpcInferenceServicer`, in the running event loop."""
+
+    def __init__(self, dataplane: DataPlane, options: ServerOptions) -> None:
+        self.dataplane = dataplane
+        self.options = options
+        self.servicer = GrpcInferenceServicer(dataplane)
+        self._server: grpc.aio.Server | None = None
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``grpc_port`` was 0); 0 before start()."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        host = self.options.grpc_address
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.options.grpc_port}"
+
+    async def start(self) -> None:
+        """Bind ``grpc_address:grpc_port`` and start serving; OSError when it cannot bind."""
+        size = self.options.grpc_max_message_size
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+                # a port already in use is an error, not a second listener (Triton's
+                # --reuse-grpc-port defaults to false)
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        address = self.address
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"failed to bind {address}: {exc}") from None
+        if not port:
+            raise OSError(f"failed to bind {address}: address unavailable or in use")
+        await server.start()
+        self._server = server
+        self._port = port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls; in-flight calls get ``grace`` seconds to finish."""
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

@@ -1,0 +1,284 @@
+"""The HTTP/REST front end: Triton's v2 API as a raw ASGI application.
+
+Routing is a split of the path and a few comparisons: the infer path is the hot one and
+goes through no framework.  Every handler decodes, calls the data plane, encodes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from openeas.protocol import http_codec
+from openeas.protocol.datatypes import config_to_triton
+from openeas.protocol.errors import (
+    InferenceError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    Unsupported,
+)
+from openeas.protocol.types import InferRequest
+from openeas.server.dataplane import DataPlane
+from openeas.server.frontends.asgi import (
+    JSON_HEADERS,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_error,
+    send_json,
+    send_response,
+)
+
+log = logging.getLogger(__name__)
+
+_OCTET = b"application/octet-stream"
+
+
+class MethodNotAllowed(InferenceError):
+    http_status = 405
+
+
+class HttpFrontend:
+    """ASGI app serving ``/v2/...`` over one :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane, max_input_size: int = 64 * 1024 * 1024) -> None:
+        self.dataplane = dataplane
+        self.max_input_size = max_input_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        try:
+            await self._route(scope, receive, send)
+        except InferenceError as exc:
+            await send_error(send, exc)
+        except Exception as exc:  # never let a bug take the connection down silently
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await send_error(send, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        if not parts or parts[0] != "v2":
+            raise NotFound("Not Found")
+        n = len(parts)
+        if n == 1:
+            _allow(method, "GET")
+            return await send_json(send, self.dataplane.server_metadata())
+        section = parts[1]
+        if section == "models":
+            return await self._models(scope, receive, send, method, parts)
+        if section == "health" and n == 3 and parts[2] in ("live", "ready"):
+            _allow(method, "GET")
+            ok = self.dataplane.live() if parts[2] == "live" else self.dataplane.ready()
+            return await send_response(send, 200 if ok else 400)
+        if section == "repository":
+            return await self._repository(receive, send, method, parts)
+        if section == "logging" and n == 2:
+            return await self._logging(receive, send, method)
+        if section == "trace" and n == 3 and parts[2] == "setting":
+            return await self._trace(receive, send, method, None)
+        if section in ("systemsharedmemory", "cudasharedmemory"):
+            return await self._shared_memory(send, section)
+        raise NotFound("Not Found")
+
+    async def _models(
+        self, scope: Scope, receive: Receive, send: Send, method: str, parts: list[str]
+    ) -> None:
+        n = len(parts)
+        if n == 3 and parts[2] == "stats":
+            _allow(method, "GET")
+            return await send_json(send, self.dataplane.statistics())
+        if n < 3:
+            raise NotFound("Not Found")
+        name = parts[2]
+        version = ""
+        rest = parts[3:]
+        if len(rest) >= 2 and rest[0] == "versions":
+            version = rest[1]
+            rest = rest[2:]
+        action = rest[0] if rest else ""
+        if len(rest) > 1 and not (len(rest) == 2 and rest == ["trace", "setting"]):
+            raise NotFound("Not Found")
+        if action == "infer":
+            _allow(method, "POST")
+            return await self._infer(scope, receive, send, name, version)
+        if action == "":
+            _allow(method, "GET")
+            return await send_json(send, self.dataplane.model_metadata(name, version))
+        if action == "ready":
+            _allow(method, "GET")
+            ok = self.dataplane.model_ready(name, version)
+            return await send_response(send, 200 if ok else 400)
+        if action == "config":
+            _allow(method, "GET")
+            return await send_json(send, self.dataplane.model_config(name, version))
+        if action == "stats":
+            _allow(method, "GET")
+            return await send_json(send, self.dataplane.statistics(name, version))
+        if action == "trace" and rest[1:] == ["setting"]:
+            return await self._trace(receive, send, method, name)
+        raise NotFound("Not Found")
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str
+    ) -> None:
+        body = await read_body(receive, self.max_input_size)
+        encoding = header(scope, b"content-encoding")
+        if encoding:
+            body = _decompress(body, encoding, self.max_input_size)
+        raw_length = header(scope, b"inference-header-content-length")
+        header_length: int | None = None
+        if raw_length is not None:
+            try:
+                header_length = int(raw_length)
+            except ValueError:
+                raise InvalidArgument(
+                    "Inference-Header-Content-Length must be an integer"
+                ) from None
+        if header_length == 0:
+            request = self._raw_request(body, name, version)
+        else:
+            request = http_codec.decode_request(body, header_length, name, version)
+        response = await self.dataplane.infer(request)
+        parts, json_length = http_codec.encode_response(response, request)
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        headers: list[tuple[bytes, bytes]]
+        if json_length is None:
+            headers = list(JSON_HEADERS)
+        else:
+            headers = [
+                (b"content-type", _OCTET),
+                (b"inference-header-content-length", str(json_length).encode()),
+            ]
+        accept = header(scope, b"accept-encoding")
+        if accept:
+            payload, used = _compress(payload, accept)
+            if used:
+                headers.append((b"content-encoding", used))
+        await send_response(send, 200, payload, headers)
+
+    def _raw_request(self, body: bytes, name: str, version: str) -> InferRequest:
+        config = self.dataplane.model_config_proto(name, version)
+        if len(config.input) != 1:
+            raise InvalidArgument(
+                f"raw binary request (Inference-Header-Content-Length: 0) needs a model with "
+                f"exactly one input; '{name}' has {len(config.input)}"
+            )
+        spec = config.input[0]
+        return http_codec.raw_request(
+            body,
+            name,
+            version,
+            spec.name,
+            config_to_triton(mc.DataType.Name(spec.data_type)),
+            list(spec.dims),
+            config.max_batch_size > 0,
+        )
+
+    async def _repository(self, receive: Receive, send: Send, method: str, parts: list[str]) -> None:
+        n = len(parts)
+        if n == 3 and parts[2] == "index":
+            _allow(method, "POST")
+            body = await self._json_body(receive)
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("'ready' must be a boolean")
+            return await send_json(send, self.dataplane.repository_index(ready))
+        if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
+            _allow(method, "POST")
+            body = await self._json_body(receive)
+            params = body.get("parameters", {})
+            if not isinstance(params, dict):
+                raise InvalidArgument("'parameters' must be a JSON object")
+            if parts[4] == "load":
+                await self.dataplane.load_model(parts[3], params)
+            else:
+                await self.dataplane.unload_model(parts[3], params)
+            return await send_response(send, 200, b"", JSON_HEADERS)
+        raise NotFound("Not Found")
+
+    async def _logging(self, receive: Receive, send: Send, method: str) -> None:
+        if method == "GET":
+            return await send_json(send, self.dataplane.log_settings.get())
+        _allow(method, "POST")
+        body = await self._json_body(receive)
+        return await send_json(send, self.dataplane.log_settings.update(body))
+
+    async def _trace(self, receive: Receive, send: Send, method: str, model: str | None) -> None:
+        if model:
+            self.dataplane.models.get(model)
+        if method == "GET":
+            return await send_json(send, self.dataplane.trace_settings.get(model))
+        _allow(method, "POST")
+        body = await self._json_body(receive)
+        return await send_json(send, self.dataplane.trace_settings.update(body, model))
+
+    async def _shared_memory(self, send: Send, section: str) -> None:
+        if section == "cudasharedmemory":
+            raise Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
+        raise Unsupported("system shared memory is not supported by this server yet")
+
+    async def _json_body(self, receive: Receive) -> dict[str, Any]:
+        body = await read_body(receive, self.max_input_size)
+        if not body.strip():
+            return {}
+        doc = http_codec.parse_json(body)
+        if not isinstance(doc, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        return doc
+
+
+def _allow(method: str, expected: str) -> None:
+    if method != expected:
+        raise MethodNotAllowed(f"Method Not Allowed: use {expected}")
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    name = encoding.strip().lower()
+    try:
+        if name == b"gzip":
+            data = gzip.decompress(body)
+        elif name == b"deflate":
+            data = zlib.decompress(body)
+        elif name == b"identity":
+            return body
+        else:
+            raise Unsupported(f"unsupported Content-Encoding '{encoding.decode(errors='replace')}'")
+    except (OSError, zlib.error, EOFError) as exc:
+        raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
+    if len(data) > limit:
+        raise InvalidArgument(
+            f"decompressed request body of {len(data)} bytes exceeds the maximum input size "
+            f"of {limit} bytes"
+        )
+    return data
+
+
+def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes | None]:
+    offered = [p.split(b";")[0].strip().lower() for p in accept.split(b",")]
+    if b"gzip" in offered:
+        return gzip.compress(payload, compresslevel=6), b"gzip"
+    if b"deflate" in offered:
+        return zlib.compress(payload), b"deflate"
+    return payload, None
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+

@@ -1,0 +1,484 @@
+"""Model lifecycle: which models and versions are loaded, loading, or failed, and why.
+
+The manager owns the repository roots and the control mode (none / poll / explicit).
+Loading a model reads and completes its config, creates the backend instances of each
+version the version policy selects (in a thread pool: loads are slow), and only then
+swaps the new versions in; replaced versions are unloaded after their in-flight
+requests finish.  A failure is recorded per model/version and never stops other models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openeas.protocol.errors import (
+    InferenceError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
+from openeas.server.backends import get_backend
+from openeas.server.backends.base import InferenceHandle, ModelContext, ModelInstance
+from openeas.server.repository.config import ModelConfig, backend_of, parse_config_json
+from openeas.server.repository.layout import (
+    check_model_name,
+    find_model,
+    list_models,
+    read_config,
+    tree_signature,
+    version_dirs,
+)
+from openeas.server.repository.normalize import complete_config
+from openeas.server.scheduler import Scheduler
+from openeas.server.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+
+class ControlMode(enum.StrEnum):
+    NONE = "none"
+    POLL = "poll"
+    EXPLICIT = "explicit"
+
+
+class ModelState(enum.StrEnum):
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class LoadedVersion:
+    """A ready model version: its config, scheduler, statistics and output labels."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    scheduler: Scheduler
+    stats: ModelStats
+    labels: dict[str, list[str]]
+    load_seconds: float = 0.0
+
+    @property
+    def version_str(self) -> str:
+        return str(self.version)
+
+
+@dataclass
+class _Record:
+    """Everything known about one model name."""
+
+    name: str
+    loaded: dict[int, LoadedVersion] = field(default_factory=dict)
+    states: dict[int, tuple[ModelState, str]] = field(default_factory=dict)
+    #: a model-level failure (bad config...) when no version could even be tried
+    error: str = ""
+    signature: dict[str, str] = field(default_factory=dict)
+    temp_dir: Path | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class RepositoryOptions:
+    roots: list[Path]
+    control_mode: ControlMode = ControlMode.NONE
+    startup_models: list[str] = field(default_factory=list)
+    auto_complete: bool = True
+    backend_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    load_threads: int = 4
+    poll_seconds: float = 15.0
+    exit_timeout: float = 30.0
+
+
+class ModelManager:
+    """Loads, unloads, polls and looks up models for the data plane."""
+
+    def __init__(self, options: RepositoryOptions, handle: InferenceHandle) -> None:
+        self.options = options
+        self._handle = handle
+        self._records: dict[str, _Record] = {}
+        self._pool = ThreadPoolExecutor(max(1, options.load_threads), "model-load")
+        self._poll_task: asyncio.Task[None] | None = None
+
+    # -- start-up and shutdown ---------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Load the start-up models for the control mode; returns the failure messages."""
+        mode = self.options.control_mode
+        if mode == ControlMode.EXPLICIT:
+            names = self.options.startup_models
+            if "*" in names:
+                names = list(list_models(self.options.roots))
+        else:
+            names = list(list_models(self.options.roots))
+        results = await asyncio.gather(
+            *(self._load_logged(name) for name in names), return_exceptions=False
+        )
+        if mode == ControlMode.POLL:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop())
+        return [msg for msg in results if msg]
+
+    async def _load_logged(self, name: str) -> str:
+        try:
+            await self.load(name)
+        except InferenceError as exc:
+            log.error("%s", exc)
+            return str(exc)
+        return ""
+
+    async def stop(self) -> None:
+        """Unload every model (waiting for in-flight requests) and stop polling."""
+        if self._poll_task:
+            self._poll_task.cancel()
+        await asyncio.gather(
+            *(self._unload_record(record) for record in list(self._records.values())),
+            return_exceptions=True,
+        )
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        """The ready version that serves a request (latest ready when none is given)."""
+        record = self._records.get(name)
+        if record is None:
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        if not version or version == "-1":
+            if not record.loaded:
+                raise NotFound(f"Request for unknown model: '{name}' has no available versions")
+            return record.loaded[max(record.loaded)]
+        try:
+            number = int(version)
+        except ValueError:
+            raise InvalidArgument(f"invalid model version '{version}'") from None
+        found = record.loaded.get(number)
+        if found is None:
+            if number in record.states:
+                raise Unavailable(
+                    f"Request for unknown model: '{name}' version {number} is not at ready state"
+                )
+            raise NotFound(f"Request for unknown model: '{name}' version {number} is not found")
+        return found
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except InferenceError:
+            return False
+        return True
+
+    def all_ready(self) -> bool:
+        """Every model that was asked to load has a ready version (strict readiness)."""
+        return all(record.loaded for record in self._records.values())
+
+    def loaded_versions(self) -> Iterable[LoadedVersion]:
+        for record in list(self._records.values()):
+            yield from list(record.loaded.values())
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The repository index: every model in the roots plus any loaded elsewhere."""
+        entries: list[dict[str, str]] = []
+        try:
+            on_disk = list(list_models(self.options.roots))
+        except InferenceError:
+            on_disk = []
+        names = sorted(set(on_disk) | set(self._records))
+        for name in names:
+            record = self._records.get(name)
+            if record is None or (not record.states and not record.error):
+                if not ready_only:
+                    entries.append({"name": name})
+                continue
+            if record.error and not record.states:
+                if not ready_only:
+                    entries.append({"name": name, "state": "UNAVAILABLE", "reason": record.error})
+                continue
+            for version, (state, reason) in sorted(record.states.items()):
+                if ready_only and state != ModelState.READY:
+                    continue
+                entries.append(
+                    {"name": name, "version": str(version), "state": state.value, "reason": reason}
+                )
+        return entries
+
+    # -- load / unload -----------------------------------------------------------------
+
+    def check_explicit_allowed(self) -> None:
+        if self.options.control_mode != ControlMode.EXPLICIT:
+            raise Unsupported(
+                "explicit model load / unload is not allowed if polling is enabled"
+                if self.options.control_mode == ControlMode.POLL
+                else "explicit model load / unload is not allowed in model control mode 'none'"
+            )
+
+    async def load(
+        self,
+        name: str,
+        config_json: str | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        """(Re)load a model; raises with the reason when no version became ready."""
+        check_model_name(name)
+        record = self._records.setdefault(name, _Record(name))
+        async with record.lock:
+            await self._load_locked(record, config_json, files)
+
+    async def _load_locked(
+        self, record: _Record, config_json: str | None, files: dict[str, bytes] | None
+    ) -> None:
+        name = record.name
+        temp_dir: Path | None = None
+        try:
+            if files:
+                if config_json is None:
+                    raise InvalidArgument(
+                        f"failed to load '{name}': a model config must be provided with "
+                        "'config' when loading from 'file:' parameters"
+                    )
+                temp_dir = _write_override_files(name, files)
+                model_dir = temp_dir / name
+            else:
+                model_dir = find_model(self.options.roots, name)
+            raw = (
+                parse_config_json(config_json, f"config override of '{name}'")
+                if config_json is not None
+                else read_config(model_dir)
+            )
+            config = await asyncio.get_running_loop().run_in_executor(
+                self._pool,
+                lambda: complete_config(
+                    raw,
+                    model_dir,
+                    name,
+                    auto_complete=self.options.auto_complete,
+                    backend_configs=self.options.backend_configs,
+                ),
+            )
+            versions = _select_versions(config, version_dirs(model_dir))
+            if not versions:
+                raise InvalidArgument(
+                    f"failed to load '{name}': no version is available under {model_dir}"
+                )
+        except InferenceError as exc:
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            message = str(exc)
+            if not message.startswith(("failed to load", "load failed")):
+                message = f"failed to load '{name}': {message}"
+            record.error = message
+            record.states = {
+                v: (ModelState.UNAVAILABLE, message) for v in record.states if v not in record.loaded
+            } | {v: (ModelState.READY, "") for v in record.loaded}
+            raise type(exc)(message) from None
+
+        record.error = ""
+        for version in versions:
+            record.states[version] = (ModelState.LOADING, "")
+        results = await asyncio.gather(
+            *(self._load_version(name, version, config, model_dir) for version in versions),
+            return_exceptions=True,
+        )
+        new: dict[int, LoadedVersion] = {}
+        failures: list[str] = []
+        for version, result in zip(versions, results, strict=True):
+            if isinstance(result, LoadedVersion):
+                new[version] = result
+                record.states[version] = (ModelState.READY, "")
+            else:
+                reason = str(result) if isinstance(result, InferenceError) else (
+                    f"{type(result).__name__}: {result}"
+                )
+                record.states[version] = (ModelState.UNAVAILABLE, reason)
+                failures.append(f"version {version} is at UNAVAILABLE state: {reason};")
+        old = record.loaded
+        record.loaded = new
+        for version in list(record.states):
+            if version not in versions:
+                record.states[version] = (ModelState.UNAVAILABLE, "unloaded")
+        old_temp, record.temp_dir = record.temp_dir, temp_dir
+        record.signature = _signature(model_dir)
+        await self._retire(list(old.values()), old_temp)
+        if failures:
+            raise Unavailable(f"load failed for model '{name}': " + " ".join(failures))
+        log.info("successfully loaded '%s' version(s) %s", name, ", ".join(map(str, versions)))
+
+    async def _load_version(
+        self, name: str, version: int, config: ModelConfig, model_dir: Path
+    ) -> LoadedVersion:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        backend_name = backend_of(config)
+        if config.platform == "ensemble":
+            raise Unsupported(f"ensemble model '{name}' is not supported yet")
+        backend = get_backend(backend_name)
+        context = ModelContext(
+            name=name,
+            version=version,
+            config=config,
+            model_dir=model_dir,
+            backend_config=self.options.backend_configs.get(backend_name, {}),
+            handle=self._handle,
+        )
+        instances: list[tuple[str, ModelInstance]] = []
+        try:
+            for group in config.instance_group:
+                for index in range(group.count):
+                    instance_name = f"{group.name}_{index}" if group.count > 1 else group.name
+                    instance = await loop.run_in_executor(
+                        self._pool, backend.create_instance, context, instance_name, 0
+                    )
+                    instances.append((instance_name, instance))
+            labels = await loop.run_in_executor(self._pool, _read_labels, config, model_dir)
+        except BaseException:
+            for _, instance in instances:
+                try:
+                    await loop.run_in_executor(self._pool, instance.finalize)
+                except Exception:
+                    log.exception("finalize after a failed load of '%s'", name)
+            raise
+        stats = ModelStats()
+        scheduler = Scheduler(config, str(version), instances, stats, loop)
+        return LoadedVersion(
+            name, version, config, scheduler, stats, labels, time.monotonic() - started
+        )
+
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        """Unload every version of a model once its in-flight requests finish."""
+        check_model_name(name)
+        record = self._records.get(name)
+        if record is None:
+            return
+        await self._unload_record(record)
+
+    async def _unload_record(self, record: _Record) -> None:
+        async with record.lock:
+            old = list(record.loaded.values())
+            for version in record.loaded:
+                record.states[version] = (ModelState.UNLOADING, "")
+            record.loaded = {}
+            await self._retire(old, record.temp_dir)
+            record.temp_dir = None
+            for version in record.states:
+                record.states[version] = (ModelState.UNAVAILABLE, "unloaded")
+            record.signature = {}
+
+    async def _retire(self, versions: list[LoadedVersion], temp_dir: Path | None) -> None:
+        await asyncio.gather(
+            *(v.scheduler.close(self.options.exit_timeout) for v in versions),
+            return_exceptions=True,
+        )
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    # -- polling -----------------------------------------------------------------------
+
+    async def poll_once(self) -> None:
+        """Load new and changed models, unload removed ones (control mode poll)."""
+        try:
+            on_disk = list_models(self.options.roots)
+        except InferenceError as exc:
+            log.error("repository poll failed: %s", exc)
+            return
+        for name in set(self._records) - set(on_disk):
+            record = self._records[name]
+            if record.loaded:
+                log.info("model '%s' was removed from the repository; unloading", name)
+                await self._unload_record(record)
+            del self._records[name]
+        for name, model_dir in on_disk.items():
+            signature = _signature(model_dir)
+            record = self._records.get(name)
+            if record is not None and record.signature == signature:
+                continue
+            await self._load_logged(name)
+            record = self._records.get(name)
+            if record is not None:
+                # Remembered for failures too: a broken model is retried when it changes.
+                record.signature = signature
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.poll_seconds)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("repository poll failed")
+
+
+def _select_versions(config: ModelConfig, available: list[int]) -> list[int]:
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return available
+    if which == "specific":
+        wanted = set(policy.specific.versions)
+        return [v for v in available if v in wanted]
+    count = policy.latest.num_versions if which == "latest" else 1
+    return available[-max(1, count) :] if available else []
+
+
+def _signature(model_dir: Path) -> dict[str, str]:
+    """Fingerprints of the config and of each version directory, for change detection."""
+    sig: dict[str, str] = {}
+    config_path = model_dir / "config.pbtxt"
+    if config_path.exists():
+        st = config_path.stat()
+        sig["config"] = f"{st.st_size}|{st.st_mtime_ns}"
+    for version in version_dirs(model_dir):
+        sig[str(version)] = tree_signature(model_dir / str(version))
+    for path in model_dir.iterdir() if model_dir.is_dir() else ():
+        if path.is_file() and path.name != "config.pbtxt":
+            st = path.stat()
+            sig["file:" + path.name] = f"{st.st_size}|{st.st_mtime_ns}"
+    return sig
+
+
+def _read_labels(config: ModelConfig, model_dir: Path) -> dict[str, list[str]]:
+    labels: dict[str, list[str]] = {}
+    for output in config.output:
+        if output.label_filename:
+            path = model_dir / output.label_filename
+            try:
+                labels[output.name] = path.read_text().splitlines()
+            except OSError as exc:
+                raise InvalidArgument(
+                    f"failed to read label file '{output.label_filename}' of output "
+                    f"'{output.name}': {exc}"
+                ) from None
+    return labels
+
+
+def _write_override_files(name: str, files: dict[str, bytes]) -> Path:
+    """Lay out ``file:<path>`` load parameters as a model directory in a temp dir."""
+    root = Path(tempfile.mkdtemp(prefix="openeas-override-"))
+    model_dir = (root / name).resolve()
+    model_dir.mkdir()
+    for rel, content in files.items():
+        target = (model_dir / rel).resolve()
+        if not target.is_relative_to(model_dir) or target == model_dir:
+            shutil.rmtree(root, ignore_errors=True)
+            raise InvalidArgument(f"invalid file path 'file:{rel}': it escapes the model directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return root
+
+
+def decode_file_parameter(value: str) -> bytes:
+    """The base64 contents of a ``file:<path>`` load parameter."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        raise InvalidArgument("'file:' parameter contents must be base64") from None

@@ -1,0 +1,265 @@
+"""tritonserver's command-line flags, with tritonserver's spelling and defaults.
+
+``--flag=value`` and ``--flag value`` both work; booleans take true/false/on/off/1/0.
+Flags that mean nothing on a CPU-only host are accepted and reported once at start-up.
+An unknown flag or a bad value is a one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from openeas import __version__
+
+_TRUE = {"true", "on", "1", "yes"}
+_FALSE = {"false", "off", "0", "no"}
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value '{value}' (use true/false/on/off/1/0)")
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer value '{value}'") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"value must be >= 0, got {number}")
+    return number
+
+
+def _port(value: str) -> int:
+    number = _non_negative_int(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {number}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{value}'") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"value must be > 0, got {value}")
+    return number
+
+
+def _backend_config(value: str) -> tuple[str, str, str]:
+    """``<backend>,<key>=<value>`` or a global ``<key>=<value>``."""
+    backend, _, setting = value.partition(",") if "," in value else ("", "", value)
+    key, sep, val = setting.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"invalid --backend-config '{value}', expected <backend>,<setting>=<value>"
+        )
+    return backend, key, val
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+@dataclass
+class ServerOptions:
+    """The processor's settings, after flag parsing."""
+
+    model_repositories: list[str]
+    model_control_mode: str = "none"
+    load_models: list[str] = field(default_factory=list)
+    repository_poll_secs: float = 15.0
+    auto_complete: bool = True
+    strict_readiness: bool = True
+    exit_on_error: bool = True
+    exit_timeout_secs: int = 30
+    server_id: str = "triton"
+    log_verbose: int = 0
+    log_info: bool = True
+    log_warning: bool = True
+    log_error: bool = True
+    log_format: str = "default"
+    log_file: str = ""
+    allow_http: bool = True
+    allow_grpc: bool = True
+    allow_metrics: bool = True
+    http_address: str = "0.0.0.0"
+    http_port: int = 8000
+    grpc_address: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8002
+    metrics_interval_ms: int = 2000
+    http_thread_count: int = 8
+    http_max_input_size: int = 64 * 1024 * 1024
+    grpc_max_message_size: int = 2**31 - 1
+    grpc_infer_allocation_pool_size: int = 8
+    allow_client_shm: bool = False
+    backend_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    model_load_thread_count: int = 4
+    #: flags accepted for compatibility that have no effect here, for the start-up log
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def repository_paths(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.model_repositories]
+
+
+# Flags accepted for compatibility; they configure GPU, tracing or cloud features this
+# CPU-only processor does not have.  (name, type)
+_ACCEPTED_NO_EFFECT: list[tuple[str, Any]] = [
+    ("--pinned-memory-pool-byte-size", _non_negative_int),
+    ("--cuda-memory-pool-byte-size", str),
+    ("--cuda-virtual-address-size", str),
+    ("--min-supported-compute-capability", float),
+    ("--buffer-manager-thread-count", _non_negative_int),
+    ("--backend-directory", str),
+    ("--repoagent-directory", str),
+    ("--cache-directory", str),
+    ("--allow-gpu-metrics", parse_bool),
+    ("--allow-cpu-metrics", parse_bool),
+    ("--host-policy", str),
+    ("--rate-limit", str),
+    ("--rate-limit-resource", str),
+    ("--trace-config", str),
+    ("--model-namespacing", parse_bool),
+    ("--enable-peer-access", parse_bool),
+    ("--allow-sagemaker", parse_bool),
+    ("--allow-vertex-ai", parse_bool),
+    ("--reuse-http-port", parse_bool),
+    ("--reuse-grpc-port", parse_bool),
+    ("--http-header-forward-pattern", str),
+    ("--grpc-header-forward-pattern", str),
+    ("--grpc-use-ssl", parse_bool),
+    ("--grpc-keepalive-time", _non_negative_int),
+    ("--grpc-keepalive-timeout", _non_negative_int),
+    ("--grpc-keepalive-permit-without-calls", parse_bool),
+    ("--grpc-http2-max-pings-without-data", _non_negative_int),
+    ("--grpc-infer-response-compression-level", str),
+    ("--grpc-restricted-protocol", str),
+    ("--http-restricted-api", str),
+    ("--metrics-config", str),
+    ("--response-cache-byte-size", _non_negative_int),
+    ("--cache-config", str),
+    ("--model-config-name", str),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="openeas-server",
+        description="OpenEAS triton processor: a Triton-compatible inference server "
+        "(accepts tritonserver's flags).",
+        allow_abbrev=False,
+    )
+    add = p.add_argument
+    add("--version", action="version", version=f"openeas-server {__version__}")
+    add("--model-repository", "--model-store", dest="model_repository", action="append",
+        metavar="PATH", help="model repository root (repeatable)")
+    add("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
+    add("--load-model", action="append", default=[], metavar="NAME",
+        help="model to load at start-up in explicit mode (repeatable, '*' for all)")
+    add("--repository-poll-secs", type=_positive_float, default=15.0)
+    add("--strict-model-config", type=parse_bool, default=False, metavar="BOOL")
+    add("--disable-auto-complete-config", action="store_true",
+        help="do not fill missing config fields from the model")
+    add("--strict-readiness", type=parse_bool, default=True, metavar="BOOL")
+    add("--exit-on-error", type=parse_bool, default=True, metavar="BOOL")
+    add("--exit-timeout-secs", type=_non_negative_int, default=30)
+    add("--id", default="triton", help="server identifier reported by GET /v2")
+    add("--log-verbose", type=_non_negative_int, default=0)
+    add("--log-info", type=parse_bool, default=True, metavar="BOOL")
+    add("--log-warning", type=parse_bool, default=True, metavar="BOOL")
+    add("--log-error", type=parse_bool, default=True, metavar="BOOL")
+    add("--log-format", choices=["default", "ISO8601"], default="default")
+    add("--log-file", default="")
+    add("--allow-http", type=parse_bool, default=True, metavar="BOOL")
+    add("--allow-grpc", type=parse_bool, default=True, metavar="BOOL")
+    add("--allow-metrics", type=parse_bool, default=True, metavar="BOOL")
+    add("--http-address", default="0.0.0.0")
+    add("--http-port", type=_port, default=8000)
+    add("--grpc-address", default="0.0.0.0")
+    add("--grpc-port", type=_port, default=8001)
+    add("--metrics-address", default=None)
+    add("--metrics-port", type=_port, default=8002)
+    add("--metrics-interval-ms", type=_non_negative_int, default=2000)
+    add("--http-thread-count", type=_non_negative_int, default=8)
+    add("--http-max-input-size", type=_non_negative_int, default=64 * 1024 * 1024)
+    add("--grpc-max-message-size", type=_non_negative_int, default=2**31 - 1)
+    add("--grpc-infer-allocation-pool-size", type=_non_negative_int, default=8)
+    add("--allow-client-shm", type=parse_bool, default=False, metavar="BOOL")
+    add("--backend-config", type=_backend_config, action="append", default=[],
+        metavar="<backend>,<key>=<value>")
+    add("--model-load-thread-count", type=_non_negative_int, default=4)
+    for flag, kind in _ACCEPTED_NO_EFFECT:
+        add(flag, type=kind, action="append", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> ServerOptions:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not ns.model_repository:
+        parser.error("--model-repository is required")
+    backend_configs: dict[str, dict[str, str]] = {}
+    for backend, key, value in ns.backend_config:
+        backend_configs.setdefault(backend, {})[key] = value
+    # Global settings (no backend prefix) apply to every backend, as in tritonserver.
+    for backend in ("onnxruntime", "python", "tensorflow", "pytorch"):
+        merged = dict(backend_configs.get("", {}))
+        merged.update(backend_configs.get(backend, {}))
+        if merged:
+            backend_configs[backend] = merged
+    ignored = [
+        f"{flag}={getattr(ns, flag[2:].replace('-', '_'))[-1]}"
+        for flag, _ in _ACCEPTED_NO_EFFECT
+        if getattr(ns, flag[2:].replace("-", "_")) is not None
+    ]
+    if ns.model_control_mode != "explicit" and ns.load_model:
+        parser.error("--load-model requires --model-control-mode=explicit")
+    return ServerOptions(
+        model_repositories=ns.model_repository,
+        model_control_mode=ns.model_control_mode,
+        load_models=ns.load_model,
+        repository_poll_secs=ns.repository_poll_secs,
+        auto_complete=not (ns.strict_model_config or ns.disable_auto_complete_config),
+        strict_readiness=ns.strict_readiness,
+        exit_on_error=ns.exit_on_error,
+        exit_timeout_secs=ns.exit_timeout_secs,
+        server_id=ns.id,
+        log_verbose=ns.log_verbose,
+        log_info=ns.log_info,
+        log_warning=ns.log_warning,
+        log_error=ns.log_error,
+        log_format=ns.log_format,
+        log_file=ns.log_file,
+        allow_http=ns.allow_http,
+        allow_grpc=ns.allow_grpc,
+        allow_metrics=ns.allow_metrics,
+        http_address=ns.http_address,
+        http_port=ns.http_port,
+        grpc_address=ns.grpc_address,
+        grpc_port=ns.grpc_port,
+        metrics_address=ns.metrics_address or ns.http_address,
+        metrics_port=ns.metrics_port,
+        metrics_interval_ms=ns.metrics_interval_ms,
+        http_thread_count=ns.http_thread_count,
+        http_max_input_size=ns.http_max_input_size,
+        grpc_max_message_size=ns.grpc_max_message_size,
+        grpc_infer_allocation_pool_size=ns.grpc_infer_allocation_pool_size,
+        allow_client_shm=ns.allow_client_shm,
+        backend_configs=backend_configs,
+        model_load_thread_count=max(1, ns.model_load_thread_count),
+        ignored=ignored,
+    )

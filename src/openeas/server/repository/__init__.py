@@ -1,0 +1,1 @@
+"""Model repositories: the on-disk layout and ``config.pbtxt`` model configurations."""
