@@ -246,7 +246,9 @@ def _raw_bytes(tensor: Tensor) -> bytes:
     return np.ascontiguousarray(tensor.data).tobytes()
 
 
-def encode_response(response: InferResponse, request: InferRequest | None = None) -> pb.ModelInferResponse:
+def encode_response(
+    response: InferResponse, request: InferRequest | None = None
+) -> pb.ModelInferResponse:
     """Encode a response; every output's data goes in ``raw_output_contents``."""
     msg = pb.ModelInferResponse(
         model_name=response.model_name,

@@ -189,8 +189,15 @@ def _from_json(name: str, datatype: str, shape: list[int], count: int, data: Any
             raise InvalidArgument(f"input '{name}': BOOL data must be JSON true/false")
     elif any(isinstance(v, bool | str | list | dict) or v is None for v in flat):
         raise InvalidArgument(f"input '{name}': {datatype} data must be JSON numbers")
+    dtype = datatypes.to_numpy_dtype(datatype)
+    if dtype.kind in "iu" and flat:
+        if not all(type(v) is int for v in flat):
+            raise InvalidArgument(f"input '{name}': {datatype} data must be JSON integers")
+        info = np.iinfo(dtype)
+        if min(flat) < info.min or max(flat) > info.max:
+            raise InvalidArgument(f"input '{name}': a value is out of range for {datatype}")
     try:
-        array = np.array(flat, dtype=datatypes.to_numpy_dtype(datatype))
+        array = np.array(flat, dtype=dtype)
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidArgument(f"input '{name}': cannot convert data to {datatype}: {exc}") from None
     return array.reshape(shape)

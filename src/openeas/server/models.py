@@ -217,11 +217,12 @@ class ModelManager:
     # -- load / unload -----------------------------------------------------------------
 
     def check_explicit_allowed(self) -> None:
+        # Triton answers UNAVAILABLE (HTTP 503) with this message in both 'none' and
+        # 'poll' mode; clients and tools match on the message text.
         if self.options.control_mode != ControlMode.EXPLICIT:
-            raise Unsupported(
+            raise Unavailable(
                 "explicit model load / unload is not allowed if polling is enabled"
-                if self.options.control_mode == ControlMode.POLL
-                else "explicit model load / unload is not allowed in model control mode 'none'"
+                f" (model control mode is '{self.options.control_mode.value}')"
             )
 
     async def load(
@@ -304,6 +305,21 @@ class ModelManager:
                 record.states[version] = (ModelState.UNAVAILABLE, reason)
                 failures.append(f"version {version} is at UNAVAILABLE state: {reason};")
         old = record.loaded
+        if failures and old:
+            # As in Triton: when a reload fails for any reason, the loaded model stays
+            # unchanged and keeps serving; what did load of the new set is discarded.
+            await self._retire(list(new.values()), temp_dir)
+            for version in versions:
+                if version in old:
+                    record.states[version] = (ModelState.READY, "")
+                elif version in new:
+                    record.states[version] = (
+                        ModelState.UNAVAILABLE, "not served: another version failed to load"
+                    )
+            raise Unavailable(
+                f"load failed for model '{name}': " + " ".join(failures)
+                + " the previously loaded version(s) keep serving"
+            )
         record.loaded = new
         for version in list(record.states):
             if version not in versions:

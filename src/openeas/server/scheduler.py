@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from openeas.protocol.errors import InferenceError, InternalError, Unavailable
 from openeas.protocol.types import InferRequest, InferResponse
-from openeas.server.backends.base import ExecTiming, ModelInstance
+from openeas.server.backends.base import ExecResult, ExecTiming, ModelInstance
 from openeas.server.repository.config import ModelConfig
 from openeas.server.stats import ModelStats
 from openeas.server.workers import WorkerThread
@@ -34,8 +34,59 @@ class _Pending:
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
 
 
+#: Executions whose running average stays under this run inline on the event loop.
+INLINE_BUDGET_NS = 250_000
+#: Executions measured on the worker thread before an instance may go inline.
+INLINE_WARMUP = 8
+_EWMA_ALPHA = 0.1
+
+
+class _Slot:
+    """One model instance, its worker thread and how long its executions take."""
+
+    __slots__ = ("name", "instance", "thread", "busy", "ewma_ns", "samples")
+
+    def __init__(self, name: str, instance: ModelInstance, thread: WorkerThread) -> None:
+        self.name = name
+        self.instance = instance
+        self.thread = thread
+        self.busy = False
+        self.ewma_ns = 0.0
+        self.samples = 0
+
+    @property
+    def inline(self) -> bool:
+        return (
+            self.instance.inline_capable
+            and self.samples >= INLINE_WARMUP
+            and self.ewma_ns < INLINE_BUDGET_NS
+        )
+
+    def observe(self, duration_ns: int) -> None:
+        if self.samples == 0:
+            self.ewma_ns = float(duration_ns)
+        else:
+            self.ewma_ns += _EWMA_ALPHA * (duration_ns - self.ewma_ns)
+        self.samples += 1
+
+
+def _timed_execute(
+    instance: ModelInstance, requests: list[InferRequest], timing: ExecTiming
+) -> tuple[ExecResult, int]:
+    start = time.perf_counter_ns()
+    results = instance.execute(requests, timing)
+    return results, time.perf_counter_ns() - start
+
+
 class Scheduler:
-    """Queues requests for one model version and executes them on its instances."""
+    """Queues requests for one model version and executes them on its instances.
+
+    Executions normally run on the instance's worker thread.  An instance whose backend
+    allows it (:attr:`ModelInstance.inline_capable`) and whose executions measure under
+    :data:`INLINE_BUDGET_NS` runs them inline on the event loop instead: for cheap models
+    the thread hand-off costs more than the model.  A request that finds such an instance
+    idle and nothing queued executes at once, without going through the queue.
+    """
 
     def __init__(
         self,
@@ -64,12 +115,10 @@ class Scheduler:
         policy = config.dynamic_batching.default_queue_policy
         self._max_queue = policy.max_queue_size if batching else 0
 
-        self._instances = instances
-        self._threads = [WorkerThread(f"{name}", loop) for name, _ in instances]
-        self._tasks = [
-            loop.create_task(self._worker(instance, thread))
-            for (_, instance), thread in zip(instances, self._threads, strict=True)
+        self._slots = [
+            _Slot(name, instance, WorkerThread(name, loop)) for name, instance in instances
         ]
+        self._tasks = [loop.create_task(self._worker(slot)) for slot in self._slots]
 
     @property
     def pending(self) -> int:
@@ -80,6 +129,10 @@ class Scheduler:
         """Queue ``request`` and wait for its response (raises InferenceError)."""
         if self._closed:
             raise Unavailable(f"model '{self._config.name}' is unloading")
+        if not self._queue and not self._delay_s:
+            for slot in self._slots:
+                if not slot.busy and slot.inline:
+                    return self._run_inline_now(slot, request, batch_size)
         if self._max_queue and len(self._queue) >= self._max_queue:
             raise Unavailable("Exceeds maximum queue size")
         future: asyncio.Future[InferResponse] = self._loop.create_future()
@@ -93,6 +146,28 @@ class Scheduler:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
+
+    def _run_inline_now(
+        self, slot: _Slot, request: InferRequest, batch_size: int
+    ) -> InferResponse:
+        self._stats.queue.add(0)
+        timing = ExecTiming()
+        slot.busy = True
+        try:
+            try:
+                results, elapsed = _timed_execute(slot.instance, [request], timing)
+            except InferenceError as exc:
+                results, elapsed = [exc], 0
+            except Exception as exc:
+                log.exception("model '%s' execution failed", self._config.name)
+                results, elapsed = [InternalError(f"{type(exc).__name__}: {exc}")], 0
+        finally:
+            slot.busy = False
+        results = self._finish(slot, 1, batch_size, timing, results, elapsed)
+        result = results[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new requests, let queued ones finish, then finalize the instances."""
@@ -108,16 +183,16 @@ class Scheduler:
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(Unavailable(f"model '{self._config.name}' unloaded"))
-        for (_, instance), thread in zip(self._instances, self._threads, strict=True):
+        for slot in self._slots:
             try:
-                await thread.submit(instance.finalize)
+                await slot.thread.submit(slot.instance.finalize)
             except Exception:  # a model's finalize must not stop the unload
                 log.exception("finalize of model '%s' failed", self._config.name)
-            thread.stop()
+            slot.thread.stop()
 
-    async def _worker(self, instance: ModelInstance, thread: WorkerThread) -> None:
+    async def _worker(self, slot: _Slot) -> None:
         while True:
-            while not self._queue:
+            while not self._queue or slot.busy:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             batch = await self._take_batch()
@@ -128,29 +203,24 @@ class Scheduler:
                 self._stats.queue.add(start_ns - item.enqueued_ns)
             timing = ExecTiming()
             requests = [item.request for item in batch]
+            slot.busy = True
             try:
-                results = await thread.submit(instance.execute, requests, timing)
+                if slot.inline:
+                    results, elapsed = _timed_execute(slot.instance, requests, timing)
+                else:
+                    results, elapsed = await slot.thread.submit(
+                        _timed_execute, slot.instance, requests, timing
+                    )
             except InferenceError as exc:
-                results = [exc] * len(batch)
+                results, elapsed = [exc] * len(batch), 0
             except Exception as exc:
                 log.exception("model '%s' execution failed", self._config.name)
                 results = [InternalError(f"{type(exc).__name__}: {exc}")] * len(batch)
-            elapsed = time.monotonic_ns() - start_ns
-            if not (timing.compute_input_ns or timing.compute_infer_ns or timing.compute_output_ns):
-                timing.compute_infer_ns = elapsed
-            if len(results) != len(batch):
-                results = [
-                    InternalError(
-                        f"model '{self._config.name}' returned {len(results)} responses "
-                        f"for {len(batch)} requests"
-                    )
-                ] * len(batch)
-            self._stats.record_execution(
-                sum(item.batch_size for item in batch),
-                len(batch),
-                timing.compute_input_ns,
-                timing.compute_infer_ns,
-                timing.compute_output_ns,
+                elapsed = 0
+            finally:
+                slot.busy = False
+            results = self._finish(
+                slot, len(batch), sum(item.batch_size for item in batch), timing, results, elapsed
             )
             for item, result in zip(batch, results, strict=True):
                 if item.future.done():
@@ -159,6 +229,38 @@ class Scheduler:
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+            if self._queue:
+                self._wakeup.set()
+
+    def _finish(
+        self,
+        slot: _Slot,
+        requests: int,
+        batch_size: int,
+        timing: ExecTiming,
+        results: ExecResult,
+        elapsed: int,
+    ) -> ExecResult:
+        """Record an execution's statistics; check the backend answered every request."""
+        if elapsed:
+            slot.observe(elapsed)
+        if not (timing.compute_input_ns or timing.compute_infer_ns or timing.compute_output_ns):
+            timing.compute_infer_ns = elapsed
+        if len(results) != requests:
+            results = [
+                InternalError(
+                    f"model '{self._config.name}' returned {len(results)} responses "
+                    f"for {requests} requests"
+                )
+            ] * requests
+        self._stats.record_execution(
+            batch_size,
+            requests,
+            timing.compute_input_ns,
+            timing.compute_infer_ns,
+            timing.compute_output_ns,
+        )
+        return results
 
     async def _take_batch(self) -> list[_Pending]:
         first = self._queue.popleft()

@@ -75,6 +75,11 @@ ExecResult = list[InferResponse | InferenceError]
 class ModelInstance(ABC):
     """One loaded copy of a model that executes batches of requests."""
 
+    #: True when :meth:`execute` may also run on the server's event loop thread: it never
+    #: blocks on other requests (no BLS) nor on its own event loop.  The scheduler then
+    #: runs executions that measure fast inline, skipping the thread hand-off.
+    inline_capable: bool = False
+
     @abstractmethod
     def execute(self, requests: list[InferRequest], timing: ExecTiming) -> ExecResult:
         """Run ``requests``; return one response or error per request, in order."""

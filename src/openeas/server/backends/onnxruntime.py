@@ -517,6 +517,9 @@ def validate_config(
 class OnnxRuntimeInstance(ModelInstance):
     """One ``InferenceSession`` that executes merged batches of requests."""
 
+    # Pure computation; the scheduler runs it inline only when it measures fast.
+    inline_capable = True
+
     def __init__(
         self,
         name: str,

@@ -67,7 +67,9 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- health and metadata -----------------------------------------------------------
 
     @_rpc
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
     @_rpc
@@ -77,7 +79,9 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
     @_rpc
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(
             ready=self.dataplane.model_ready(request.name, request.version)
         )
@@ -116,7 +120,9 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- inference ---------------------------------------------------------------------
 
     @_rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
         infer_request = grpc_codec.decode_request(request)
         response = await self.dataplane.infer(infer_request)
         return grpc_codec.encode_response(response, infer_request)

@@ -157,6 +157,22 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def _inline_capable(model: Any, path: Path) -> bool:
+    """Whether a model's execute may run on the server's event loop thread.
+
+    Not for ``async def execute`` (it runs on the instance's own loop) nor for models whose
+    source mentions BLS (``InferenceRequest``): a blocking BLS call from the server's loop
+    thread would wait for itself.
+    """
+    if inspect.iscoroutinefunction(model.execute):
+        return False
+    try:
+        source = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return "InferenceRequest(" not in source and "async_exec" not in source
+
+
 class PythonModelInstance(ModelInstance):
     """One ``TritonPythonModel`` object, its module and its event loop."""
 
@@ -190,6 +206,7 @@ class PythonModelInstance(ModelInstance):
             initialize = getattr(self._model, "initialize", None)
             if callable(initialize):
                 self._call(initialize, self.initialize_args())
+            self.inline_capable = _inline_capable(self._model, path)
         except Exception as exc:
             self._release()
             raise InternalError(
