@@ -6,10 +6,12 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Protocol
 
 from openeas.server.dataplane import DataPlane
 from openeas.server.frontends.http import HttpFrontend
-from openeas.server.frontends.serving import AsgiServer, bind_socket
+from openeas.server.frontends.httpserver import HttpServer, bind_socket
+from openeas.server.frontends.metrics import MetricsApp
 from openeas.server.models import ControlMode, RepositoryOptions
 from openeas.server.options import ServerOptions, parse_args
 
@@ -20,7 +22,10 @@ def setup_logging(options: ServerOptions) -> None:
     if options.log_format == "ISO8601":
         fmt, datefmt = "%(asctime)s %(levelname)s %(name)s] %(message)s", "%Y-%m-%dT%H:%M:%SZ"
     else:
-        fmt, datefmt = "%(levelname).1s%(asctime)s %(process)d %(name)s] %(message)s", "%m%d %H:%M:%S"
+        fmt, datefmt = (
+            "%(levelname).1s%(asctime)s %(process)d %(name)s] %(message)s",
+            "%m%d %H:%M:%S",
+        )
     handler: logging.Handler = (
         logging.FileHandler(options.log_file) if options.log_file else logging.StreamHandler()
     )
@@ -79,54 +84,64 @@ async def serve(options: ServerOptions) -> int:
         await dataplane.stop()
         return 1
 
-    servers: list[tuple[str, AsgiServer]] = []
     try:
-        if options.allow_http:
-            sock = bind_socket(options.http_address, options.http_port)
-            app = HttpFrontend(dataplane, options.http_max_input_size)
-            servers.append(("HTTPService", AsgiServer(app, sock, options.exit_timeout_secs)))
-        if options.allow_metrics:
-            from openeas.server.frontends.metrics import MetricsApp
-
-            sock = bind_socket(options.metrics_address, options.metrics_port)
-            servers.append(
-                ("Metrics Service", AsgiServer(MetricsApp(dataplane), sock, 5))
-            )
+        servers = _front_ends(options, dataplane)
+        for name, server in servers:
+            await server.start()
+            log.info("Started %s at %s", name, server.port)
+            print(f"Started {name} at 0.0.0.0:{server.port}", file=sys.stderr, flush=True)
     except OSError as exc:
         log.error("%s", exc)
         await dataplane.stop()
         return 1
-    grpc_frontend = None
-    if options.allow_grpc:
-        from openeas.server.frontends.grpc import GrpcFrontend
-
-        grpc_frontend = GrpcFrontend(dataplane, options)
-        try:
-            await grpc_frontend.start()
-        except OSError as exc:
-            log.error("%s", exc)
-            await dataplane.stop()
-            return 1
-        log.info("Started GRPCInferenceService at %s", grpc_frontend.port)
-        print(
-            f"Started GRPCInferenceService at 0.0.0.0:{grpc_frontend.port}",
-            file=sys.stderr,
-            flush=True,
-        )
-    for name, server in servers:
-        await server.start()
-        log.info("Started %s at %s", name, server.port)
-        print(f"Started {name} at 0.0.0.0:{server.port}", file=sys.stderr, flush=True)
 
     await stop.wait()
     log.info("shutting down: draining in-flight requests (up to %ss)", options.exit_timeout_secs)
     dataplane.shutting_down = True
-    stopping = [server.stop() for _, server in servers]
-    if grpc_frontend is not None:
-        stopping.append(grpc_frontend.stop(options.exit_timeout_secs))
-    await asyncio.gather(*stopping, return_exceptions=True)
+    await asyncio.gather(
+        *(server.stop(options.exit_timeout_secs) for _, server in servers),
+        return_exceptions=True,
+    )
     await dataplane.stop()
     return 0
+
+
+class _FrontEnd(Protocol):
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+
+def _front_ends(options: ServerOptions, dataplane: DataPlane) -> list[tuple[str, _FrontEnd]]:
+    """The enabled front ends, their sockets bound (OSError names a busy address)."""
+    servers: list[tuple[str, _FrontEnd]] = []
+    if options.allow_grpc:
+        from openeas.server.frontends.grpc import GrpcFrontend
+
+        servers.append(("GRPCInferenceService", GrpcFrontend(dataplane, options)))
+    if options.allow_http:
+        app = HttpFrontend(dataplane, options.http_max_input_size)
+        sock = bind_socket(options.http_address, options.http_port)
+        servers.append(
+            (
+                "HTTPService",
+                HttpServer(
+                    app,
+                    sock,
+                    max_body_size=options.http_max_input_size,
+                    too_large_body=lambda size: (
+                        f"request body of at least {size} bytes exceeds the maximum input size "
+                        f"of {options.http_max_input_size} bytes (--http-max-input-size)"
+                    ).encode(),
+                ),
+            )
+        )
+    if options.allow_metrics:
+        sock = bind_socket(options.metrics_address, options.metrics_port)
+        servers.append(("Metrics Service", HttpServer(MetricsApp(dataplane), sock)))
+    return servers
 
 
 def main(argv: list[str] | None = None) -> None:

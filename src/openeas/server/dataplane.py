@@ -26,7 +26,6 @@ from openeas.server.models import (
 )
 from openeas.server.repository.config import config_to_dict
 from openeas.server.settings import LogSettings, TraceSettings
-from openeas.server.validation import validate_request
 
 #: Protocol extensions this server implements (reported by ``GET /v2``).
 EXTENSIONS = [
@@ -133,7 +132,7 @@ class DataPlane:
         model = self.models.get(request.model_name, request.model_version)
         start = time.monotonic_ns()
         try:
-            batch_size = validate_request(request, model.config)
+            batch_size = model.validate(request)
             response = await model.scheduler.infer(request, batch_size)
             response.model_version = model.version_str
             if request.outputs and any(o.classification for o in request.outputs):

@@ -42,6 +42,7 @@ from openeas.server.repository.layout import (
 from openeas.server.repository.normalize import complete_config
 from openeas.server.scheduler import Scheduler
 from openeas.server.stats import ModelStats
+from openeas.server.validation import RequestValidator
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class LoadedVersion:
     stats: ModelStats
     labels: dict[str, list[str]]
     load_seconds: float = 0.0
+    validate: RequestValidator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.validate = RequestValidator(self.config)
 
     @property
     def version_str(self) -> str:

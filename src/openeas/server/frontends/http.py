@@ -29,7 +29,6 @@ from openeas.server.frontends.asgi import (
     Receive,
     Scope,
     Send,
-    header,
     read_body,
     send_error,
     send_json,
@@ -54,10 +53,16 @@ class HttpFrontend:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
             return
         try:
+            path: str = scope["path"]
+            if path.endswith("/infer") and scope["method"] == "POST":
+                # The hot path: /v2/models/<m>[/versions/<v>]/infer, no general routing.
+                parts = path.split("/")
+                if len(parts) == 5 and parts[1] == "v2" and parts[2] == "models":
+                    return await self._infer(scope, receive, send, parts[3], "")
+                if len(parts) == 7 and parts[1] == "v2" and parts[4] == "versions":
+                    return await self._infer(scope, receive, send, parts[3], parts[5])
             await self._route(scope, receive, send)
         except InferenceError as exc:
             await send_error(send, exc)
@@ -133,10 +138,16 @@ class HttpFrontend:
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str
     ) -> None:
         body = await read_body(receive, self.max_input_size)
-        encoding = header(scope, b"content-encoding")
+        encoding = raw_length = accept = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                raw_length = value
+            elif key == b"content-encoding":
+                encoding = value
+            elif key == b"accept-encoding":
+                accept = value
         if encoding:
             body = _decompress(body, encoding, self.max_input_size)
-        raw_length = header(scope, b"inference-header-content-length")
         header_length: int | None = None
         if raw_length is not None:
             try:
@@ -160,7 +171,6 @@ class HttpFrontend:
                 (b"content-type", _OCTET),
                 (b"inference-header-content-length", str(json_length).encode()),
             ]
-        accept = header(scope, b"accept-encoding")
         if accept:
             payload, used = _compress(payload, accept)
             if used:
@@ -271,14 +281,3 @@ def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes | None]:
     if b"deflate" in offered:
         return zlib.compress(payload), b"deflate"
     return payload, None
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-

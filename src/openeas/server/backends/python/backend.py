@@ -248,6 +248,9 @@ class PythonModelInstance(ModelInstance):
 
     def _call(self, function: Any, *args: Any) -> Any:
         """Call model code as the current instance; await it if it is a coroutine."""
+        if self.inline_capable:
+            # No BLS and a plain ``def execute``: nothing needs the ambient instance.
+            return function(*args)
         with _runtime.activate(self._runtime):
             result = function(*args)
             if inspect.isawaitable(result):

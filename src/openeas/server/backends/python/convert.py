@@ -169,7 +169,8 @@ def to_server_response(
             if wanted is not None and tensor.name() not in wanted:
                 continue
             outputs.append(to_server_tensor(tensor))
-        parameters = json.loads(response.parameters()) if response.parameters() else {}
+        raw = response.parameters()
+        parameters = json.loads(raw) if raw and raw != "{}" else {}
     except InferenceError as exc:
         return InternalError(f"failed to read the response of the model: {exc}")
     except (TypeError, ValueError) as exc:
