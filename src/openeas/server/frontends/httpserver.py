@@ -97,6 +97,7 @@ class HttpProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_active = 0.0
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -132,7 +133,7 @@ class HttpProtocol(asyncio.Protocol):
         self._writable.set()
 
     def data_received(self, data: bytes) -> None:
-        self._cancel_idle_timer()
+        self._last_active = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -236,8 +237,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._transport.resume_reading()
         finally:
             self._task = None
-            if not self._closing:
-                self._arm_idle_timer()
+            self._last_active = self._loop.time()
 
     async def _serve(self, request: _Request) -> None:
         responder = _Responder(self, request.keep_alive)
@@ -297,9 +297,21 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
 
     def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
+        """Start the keep-alive timer: one timer per connection, re-armed lazily."""
+        self._last_active = self._loop.time()
         if self._server.keep_alive_timeout > 0:
-            self._idle_handle = self._loop.call_later(self._server.keep_alive_timeout, self._close)
+            self._idle_handle = self._loop.call_later(
+                self._server.keep_alive_timeout, self._check_idle
+            )
+
+    def _check_idle(self) -> None:
+        timeout = self._server.keep_alive_timeout
+        idle_for = self._loop.time() - self._last_active
+        if self._task is None and idle_for >= timeout:
+            self._close()
+            return
+        delay = timeout if self._task is not None else max(timeout - idle_for, 0.05)
+        self._idle_handle = self._loop.call_later(delay, self._check_idle)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_handle is not None:
