@@ -96,6 +96,7 @@ class HttpProtocol(asyncio.Protocol):
         self._pending: collections.deque[_Request] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._base_scope: dict[str, Any] = {}
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_active = 0.0
         self._writable = asyncio.Event()
@@ -115,6 +116,14 @@ class HttpProtocol(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self._peer = tuple(peer[:2]) if isinstance(peer, tuple) else None  # type: ignore[assignment]
         self._local = tuple(local[:2]) if isinstance(local, tuple) else None  # type: ignore[assignment]
+        self._base_scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "scheme": "http",
+            "root_path": "",
+            "server": self._local,
+            "client": self._peer,
+        }
         self._server.connections.add(self)
         self._arm_idle_timer()
 
@@ -177,24 +186,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._server.too_large_status, self._server.too_large_body(self._body_size)
             )
             return
-        parsed = httptools.parse_url(self._url)
-        raw_path = parsed.path
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": self._parser.get_http_version(),
-            "method": self._parser.get_method().decode("ascii"),
-            "scheme": "http",
-            "path": unquote(raw_path.decode("ascii", "replace"))
-            if b"%" in raw_path
-            else raw_path.decode("ascii", "replace"),
-            "raw_path": raw_path,
-            "query_string": parsed.query or b"",
-            "root_path": "",
-            "headers": self._headers,
-            "server": self._local,
-            "client": self._peer,
-        }
+        url = self._url
+        if b"?" in url or b"#" in url or not url.startswith(b"/"):
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path, parsed.query or b""
+        else:
+            raw_path, query = url, b""
+        path = raw_path.decode("ascii", "replace")
+        scope = dict(self._base_scope)
+        scope["http_version"] = self._parser.get_http_version()
+        scope["method"] = self._parser.get_method().decode("ascii")
+        scope["path"] = unquote(path) if "%" in path else path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = self._headers
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._pending.append(_Request(scope, body, self._parser.should_keep_alive()))
         if self._task is None:

@@ -83,6 +83,8 @@ def to_pb_tensor(tensor: Tensor) -> pb.Tensor:
 
 def request_flags(request: InferRequest) -> int:
     """``TRITONSERVER_REQUEST_FLAG_SEQUENCE_*`` bits of a server request."""
+    if not request.parameters:
+        return 0
     flags = 0
     if request.sequence_start:
         flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
@@ -120,7 +122,11 @@ def to_pb_request(
 ) -> pb.InferenceRequest:
     """The ``pb_utils.InferenceRequest`` that ``execute`` gets for a server request."""
     parameters = request.parameters
-    custom = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
+    custom = (
+        {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
+        if parameters
+        else None
+    )
     return pb.InferenceRequest._received(
         request_id=request.id,
         correlation_id=request.correlation_id,
@@ -129,7 +135,7 @@ def to_pb_request(
         model_name=model_name,
         model_version=model_version,
         flags=request_flags(request),
-        timeout=_timeout_us(parameters),
+        timeout=_timeout_us(parameters) if "timeout" in parameters else 0,
         parameters_json=json.dumps(custom, default=str) if custom else "{}",
         send_hook=send_hook,
         cancelled_hook=cancelled_hook,

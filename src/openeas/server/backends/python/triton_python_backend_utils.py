@@ -418,6 +418,11 @@ class InferenceTrace:
     """A request's trace context; tracing is not implemented, so it carries nothing."""
 
 
+#: Shared defaults of received requests (nothing in the backend modifies them).
+_CPU_MEMORY = PreferredMemory()
+_NO_TRACE = InferenceTrace()
+
+
 class ResponseSender:
     """Sends responses for one received request (``request.get_response_sender()``).
 
@@ -541,8 +546,8 @@ class InferenceRequest:
         request._model_version = model_version
         request._flags = flags
         request._timeout = timeout
-        request._preferred_memory = PreferredMemory()
-        request._trace = InferenceTrace()
+        request._preferred_memory = _CPU_MEMORY
+        request._trace = _NO_TRACE
         request._parameters = parameters_json
         request._send_hook = send_hook
         request._cancelled_hook = cancelled_hook
