@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from openeas.protocol import datatypes, grpc_codec
-from openeas.protocol.errors import NotFound, Unsupported
+from openeas.protocol.errors import NotFound
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from openeas.server.frontends.grpc import GrpcFrontend, GrpcInferenceServicer
 from openeas.server.options import ServerOptions
@@ -346,11 +346,11 @@ def test_infer_wrong_datatype(client: grpcclient.InferenceServerClient) -> None:
     assert "INT32" in exc.value.message()
 
 
-def test_shared_memory_is_unimplemented(client: grpcclient.InferenceServerClient) -> None:
+def test_shared_memory_is_disabled_by_default(client: grpcclient.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException) as exc:
         client.get_system_shared_memory_status()
-    assert _status(exc) == "StatusCode.UNIMPLEMENTED"
-    assert "shared memory" in exc.value.message()
+    assert _status(exc) == "StatusCode.UNAVAILABLE"
+    assert "--allow-client-shm=true" in exc.value.message()
     with pytest.raises(InferenceServerException) as exc:
         client.register_cuda_shared_memory("region", b"", 0, 16)
     assert _status(exc) == "StatusCode.UNIMPLEMENTED"
@@ -657,12 +657,15 @@ def test_codec_zero_copy_and_read_only() -> None:
     assert tensor.data.tolist() == data.tolist()
 
 
-def test_codec_shared_memory_is_unsupported() -> None:
+def test_codec_records_shared_memory_parameters() -> None:
     message = service_pb2.ModelInferRequest(model_name="m")
     spec = message.inputs.add(name="X", datatype="FP32", shape=[1])
     spec.parameters["shared_memory_region"].string_param = "r"
-    with pytest.raises(Unsupported):
-        grpc_codec.decode_request(message)
+    spec.parameters["shared_memory_byte_size"].int64_param = 4
+    tensor = grpc_codec.decode_request(message).inputs[0]
+    # the data plane reads the region; the codec only keeps the parameters
+    assert tensor.data.size == 0
+    assert tensor.parameters == {"shared_memory_region": "r", "shared_memory_byte_size": 4}
 
 
 class _AbortCalled(Exception):
@@ -701,7 +704,7 @@ def test_errors_map_to_status_codes() -> None:
     assert "boom" in context.details
     context = asyncio.run(call("ModelMetadata", service_pb2.ModelMetadataRequest(name="x")))
     assert context.code == grpc.StatusCode.NOT_FOUND
-    context = asyncio.run(call("SystemSharedMemoryStatus", None))
+    context = asyncio.run(call("CudaSharedMemoryStatus", None))
     assert context.code == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -5,6 +5,12 @@ input order: the little-endian element bytes, or length-prefixed elements for BY
 in each input's typed ``contents``; fixed-size raw inputs become zero-copy numpy views of
 their buffers.  Responses always use ``raw_output_contents``, as Triton does.  Parameters
 are ``InferParameter`` oneofs on the wire and plain Python values in memory.
+
+Inputs in system shared memory (``shared_memory_region`` parameter) take no raw input
+contents: they get an empty placeholder and keep their ``shared_memory_*`` parameters for
+the data plane.  Outputs that the data plane wrote into shared memory keep their place in
+``raw_output_contents`` with an empty entry, as Triton does, so that the entries stay
+aligned with ``outputs`` (clients index them by position).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from openeas.protocol import datatypes
-from openeas.protocol.errors import InvalidArgument, Unsupported
+from openeas.protocol.errors import InvalidArgument
+from openeas.protocol.http_codec import SHM_PLACEHOLDER, SHM_REGION, uses_shared_memory
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 #: Triton datatype -> (the ``InferTensorContents`` field that carries it, that field's dtype).
@@ -49,8 +56,6 @@ _CONTENTS_FIELDS = (
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
-
-_SHARED_MEMORY_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -128,10 +133,14 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                 f"input '{name}' for model '{model}' has a negative dimension in shape {shape}"
             )
         params = decode_parameters(spec.parameters)
-        if any(k in params for k in _SHARED_MEMORY_KEYS):
-            raise Unsupported(
-                f"input '{name}': shared memory inputs are not supported by this server yet"
-            )
+        if params and uses_shared_memory(params, name):
+            if spec.HasField("contents"):
+                raise InvalidArgument(
+                    f"unexpected 'content' provided when using shared memory for input tensor "
+                    f"'{name}' for model '{model}'"
+                )
+            inputs.append(Tensor(name, datatype, shape, SHM_PLACEHOLDER, params))
+            continue
         count = datatypes.element_count(shape)
         if spec.HasField("contents"):
             if n_raw:
@@ -230,10 +239,8 @@ def _decode_output(spec: pb.ModelInferRequest.InferRequestedOutputTensor) -> Req
         or classification < 0
     ):
         raise InvalidArgument(f"output '{spec.name}': 'classification' must be an integer")
-    if any(k in params for k in _SHARED_MEMORY_KEYS):
-        raise Unsupported(
-            f"output '{spec.name}': shared memory outputs are not supported by this server yet"
-        )
+    if params and uses_shared_memory(params, spec.name) and classification:
+        raise InvalidArgument("output can't set both 'shared_memory_region' and 'classification'")
     return RequestedOutput(spec.name, None, classification, params)
 
 
@@ -241,6 +248,8 @@ def _decode_output(spec: pb.ModelInferRequest.InferRequestedOutputTensor) -> Req
 
 
 def _raw_bytes(tensor: Tensor) -> bytes:
+    if tensor.parameters and SHM_REGION in tensor.parameters:
+        return b""  # in shared memory: an empty entry keeps the others aligned
     if tensor.datatype == "BYTES":
         return datatypes.serialize_bytes(tensor.data)
     return np.ascontiguousarray(tensor.data).tobytes()
@@ -274,7 +283,9 @@ def encode_request(request: InferRequest) -> pb.ModelInferRequest:
         model_name=request.model_name,
         model_version=request.model_version,
         id=request.id,
-        raw_input_contents=[_raw_bytes(t) for t in request.inputs],
+        raw_input_contents=[
+            _raw_bytes(t) for t in request.inputs if SHM_REGION not in t.parameters
+        ],
     )
     encode_parameters(msg.parameters, request.parameters)
     for tensor in request.inputs:

@@ -6,6 +6,11 @@ Request: a JSON header, optionally followed by binary tensor buffers when the
 Response: outputs are binary when their ``parameters.binary_data`` (or the request's
 ``binary_data_output``) says so; their buffers follow the JSON in output order.
 Binary inputs become zero-copy numpy views of the request body.
+
+Tensors in system shared memory (``parameters.shared_memory_region``) carry no data here:
+inputs get an empty placeholder and keep their ``shared_memory_*`` parameters, which the
+data plane resolves; outputs that the data plane wrote into shared memory are encoded
+with those parameters and without data.
 """
 
 from __future__ import annotations
@@ -16,10 +21,16 @@ import numpy as np
 import orjson
 
 from openeas.protocol import datatypes
-from openeas.protocol.errors import InvalidArgument, Unsupported
+from openeas.protocol.errors import InvalidArgument
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 HEADER_LENGTH = "inference-header-content-length"
+
+SHM_REGION = "shared_memory_region"
+_SHM_ORPHANS = ("shared_memory_offset", "shared_memory_byte_size")
+#: The data of an input that lives in shared memory, until the data plane reads it.
+SHM_PLACEHOLDER = np.empty(0, dtype=np.uint8)
+SHM_PLACEHOLDER.flags.writeable = False
 
 
 def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
@@ -35,6 +46,22 @@ def _shape(value: Any, name: str) -> list[int]:
     ):
         raise InvalidArgument(f"input '{name}': 'shape' must be a list of non-negative integers")
     return value
+
+
+def uses_shared_memory(params: dict[str, Any], tensor: str) -> bool:
+    """Whether a tensor's parameters name a shared memory region.
+
+    An offset or byte size without a region is an error, as in Triton.
+    """
+    if SHM_REGION in params:
+        return True
+    for key in _SHM_ORPHANS:
+        if key in params:
+            raise InvalidArgument(
+                f"'{key}' can not be specified without '{SHM_REGION}' parameter for tensor "
+                f"'{tensor}'"
+            )
+    return False
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -119,6 +146,13 @@ def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple
     params = _parameters(raw.get("parameters"), f"input '{name}'")
     count = datatypes.element_count(shape)
     size = params.pop("binary_data_size", None)
+    if params and uses_shared_memory(params, name):
+        if size is not None or "data" in raw:
+            raise InvalidArgument(
+                f"input '{name}' takes its data from shared memory; it must not also have "
+                "'data' or 'binary_data_size'"
+            )
+        return Tensor(name, datatype, shape, SHM_PLACEHOLDER, params), 0
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidArgument(f"input '{name}': 'binary_data_size' must be an integer")
@@ -129,10 +163,6 @@ def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple
             )
         chunk = binary[offset : offset + size]
         return Tensor(name, datatype, shape, _from_buffer(name, datatype, shape, count, chunk), params), size
-    if "shared_memory_region" in params:
-        raise Unsupported(
-            f"input '{name}': shared memory inputs are not supported by this server yet"
-        )
     if "data" not in raw:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
     return Tensor(name, datatype, shape, _from_json(name, datatype, shape, count, raw["data"]), params), 0
@@ -213,10 +243,8 @@ def _decode_output(raw: Any) -> RequestedOutput:
     classification = params.pop("classification", 0)
     if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
         raise InvalidArgument(f"output '{raw['name']}': 'classification' must be an integer")
-    if "shared_memory_region" in params:
-        raise Unsupported(
-            f"output '{raw['name']}': shared memory outputs are not supported by this server yet"
-        )
+    if params and uses_shared_memory(params, raw["name"]) and classification:
+        raise InvalidArgument("output can't set both 'shared_memory_region' and 'classification'")
     return RequestedOutput(raw["name"], binary, classification, params)
 
 
@@ -260,7 +288,9 @@ def encode_response(
             "shape": list(tensor.shape),
         }
         params = dict(tensor.parameters) if tensor.parameters else {}
-        if binary:
+        if params and SHM_REGION in params:
+            pass  # the data plane wrote the data into shared memory
+        elif binary:
             buffer = _binary_view(tensor)
             params["binary_data_size"] = len(buffer)
             buffers.append(buffer)

@@ -26,6 +26,12 @@ from openeas.server.models import (
 )
 from openeas.server.repository.config import config_to_dict
 from openeas.server.settings import LogSettings, TraceSettings
+from openeas.server.shared_memory import (
+    REGION,
+    SharedMemoryRegistry,
+    disabled_error,
+    write_outputs,
+)
 
 #: Protocol extensions this server implements (reported by ``GET /v2``).
 EXTENSIONS = [
@@ -40,6 +46,9 @@ EXTENSIONS = [
     "logging",
 ]
 
+#: Reported in addition when client shared memory is allowed (``--allow-client-shm``).
+SHARED_MEMORY_EXTENSIONS = ["system_shared_memory"]
+
 
 class DataPlane:
     """Server-wide operations shared by every front end."""
@@ -51,8 +60,13 @@ class DataPlane:
         server_id: str = "triton",
         strict_readiness: bool = True,
         log_settings: dict[str, Any] | None = None,
+        allow_client_shm: bool = False,
     ) -> None:
         self.server_id = server_id
+        self.allow_client_shm = allow_client_shm
+        #: Registered system shared memory regions (empty unless allow_client_shm).
+        self.shared_memory = SharedMemoryRegistry()
+        self.extensions = EXTENSIONS + SHARED_MEMORY_EXTENSIONS if allow_client_shm else EXTENSIONS
         self.strict_readiness = strict_readiness
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self.models = ModelManager(repository, self)
@@ -71,6 +85,7 @@ class DataPlane:
     async def stop(self) -> None:
         self.shutting_down = True
         await self.models.stop()
+        self.shared_memory.unregister_all()
 
     # -- health and metadata -----------------------------------------------------------
 
@@ -83,7 +98,7 @@ class DataPlane:
         return self.models.all_ready() if self.strict_readiness else True
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": self.server_id, "version": __version__, "extensions": EXTENSIONS}
+        return {"name": self.server_id, "version": __version__, "extensions": self.extensions}
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.models.is_ready(name, version)
@@ -130,6 +145,16 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, schedule and post-process one request."""
         model = self.models.get(request.model_name, request.model_version)
+        shm_outputs = None
+        for tensor in request.inputs:
+            if REGION in tensor.parameters:
+                self._shared_memory().read_inputs(request)
+                break
+        if request.outputs:
+            for output in request.outputs:
+                if REGION in output.parameters:
+                    shm_outputs = self._shared_memory().output_targets(request)
+                    break
         start = time.monotonic_ns()
         try:
             batch_size = model.validate(request)
@@ -137,6 +162,8 @@ class DataPlane:
             response.model_version = model.version_str
             if request.outputs and any(o.classification for o in request.outputs):
                 _classify(response, request, model)
+            if shm_outputs:
+                write_outputs(response, shm_outputs)
         except InferenceError:
             model.stats.record_failure(time.monotonic_ns() - start, "BACKEND")
             raise
@@ -150,6 +177,28 @@ class DataPlane:
 
     def is_model_ready(self, name: str, version: str = "") -> bool:
         return self.models.is_ready(name, version)
+
+    # -- system shared memory ----------------------------------------------------------
+
+    def _shared_memory(self) -> SharedMemoryRegistry:
+        if not self.allow_client_shm:
+            raise disabled_error()
+        return self.shared_memory
+
+    def check_shared_memory_allowed(self) -> None:
+        """SharedMemoryDisabled unless the server runs with ``--allow-client-shm=true``."""
+        self._shared_memory()
+
+    def system_shm_status(self, name: str = "") -> list[dict[str, Any]]:
+        """``[{name, key, offset, byte_size}]`` of region ``name``, or of every region."""
+        return self._shared_memory().status(name)
+
+    def system_shm_register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
+        self._shared_memory().register(name, key, offset, byte_size)
+
+    def system_shm_unregister(self, name: str = "") -> None:
+        """Unregister region ``name`` (unknown names are no error), or every region."""
+        self._shared_memory().unregister(name)
 
     # -- statistics --------------------------------------------------------------------
 

@@ -224,19 +224,34 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.RepositoryModelUnloadResponse()
 
-    # -- shared memory (not yet) -------------------------------------------------------
+    # -- shared memory -----------------------------------------------------------------
 
     @_rpc
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        raise _system_shm()
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.system_shm_status(request.name):
+            response.regions[region["name"]].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+            )
+        return response
 
     @_rpc
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        raise _system_shm()
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.dataplane.system_shm_register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return pb.SystemSharedMemoryRegisterResponse()
 
     @_rpc
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        raise _system_shm()
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dataplane.system_shm_unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     @_rpc
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
@@ -306,10 +321,6 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             else:
                 entry.string_param = str(value)
         return response
-
-
-def _system_shm() -> Unsupported:
-    return Unsupported("system shared memory is not supported by this server yet")
 
 
 def _cuda_shm() -> Unsupported:

@@ -92,8 +92,10 @@ class HttpFrontend:
             return await self._logging(receive, send, method)
         if section == "trace" and n == 3 and parts[2] == "setting":
             return await self._trace(receive, send, method, None)
-        if section in ("systemsharedmemory", "cudasharedmemory"):
-            return await self._shared_memory(send, section)
+        if section == "systemsharedmemory":
+            return await self._system_shared_memory(receive, send, method, parts)
+        if section == "cudasharedmemory":
+            raise Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
         raise NotFound("Not Found")
 
     async def _models(
@@ -233,10 +235,32 @@ class HttpFrontend:
         body = await self._json_body(receive)
         return await send_json(send, self.dataplane.trace_settings.update(body, model))
 
-    async def _shared_memory(self, send: Send, section: str) -> None:
-        if section == "cudasharedmemory":
-            raise Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
-        raise Unsupported("system shared memory is not supported by this server yet")
+    async def _system_shared_memory(
+        self, receive: Receive, send: Send, method: str, parts: list[str]
+    ) -> None:
+        """``/v2/systemsharedmemory[/region/<name>]/(status|register|unregister)``."""
+        n = len(parts)
+        if n == 3:
+            name, action = "", parts[2]
+        elif n == 5 and parts[2] == "region" and parts[3]:
+            name, action = parts[3], parts[4]
+        else:
+            raise NotFound("Not Found")
+        if action not in ("status", "register", "unregister"):
+            raise NotFound("Not Found")
+        self.dataplane.check_shared_memory_allowed()
+        if action == "status":
+            _allow(method, "GET")
+            return await send_json(send, self.dataplane.system_shm_status(name))
+        _allow(method, "POST")
+        if action == "register":
+            body = await self._json_body(receive)
+            self.dataplane.system_shm_register(
+                name, body.get("key"), body.get("offset"), body.get("byte_size")
+            )
+        else:
+            self.dataplane.system_shm_unregister(name)
+        return await send_response(send, 200, b"", JSON_HEADERS)
 
     async def _json_body(self, receive: Receive) -> dict[str, Any]:
         body = await read_body(receive, self.max_input_size)
