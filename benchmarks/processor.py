@@ -55,6 +55,7 @@ def main() -> None:
     shutil.copytree(MODEL, repository / "identity")
 
     results: dict[str, dict[int, list[dict[str, float]]]] = {}
+    failures: dict[str, str] = {}
     for rep in range(args.repeat):
         for peer in make_peers(args.peers.split(",")):
             why = peer.available()
@@ -65,8 +66,8 @@ def main() -> None:
             if peer.name.startswith("mlserver") and args.protocol == "http":
                 extra = ["--input-tensor-format", "json", "--output-tensor-format", "json"]
             print(f"[{rep + 1}/{args.repeat}] {peer.name} ({args.protocol})", flush=True)
-            peer.start(repository)
             try:
+                peer.start(repository)
                 url = peer.http_url if args.protocol == "http" else peer.grpc_url
                 for concurrency in args.concurrency:
                     point, _ = run_perf_analyzer(
@@ -81,10 +82,16 @@ def main() -> None:
                     results.setdefault(peer.name, {}).setdefault(concurrency, []).append(
                         {"throughput": point.throughput, "p50": point.p50_us, "p99": point.p99_us}
                     )
+            except (RuntimeError, TimeoutError) as exc:
+                first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                print(f"    {peer.name} failed: {first_line}", flush=True)
+                failures.setdefault(peer.name, first_line)
             finally:
                 peer.stop()
     shutil.rmtree(repository, ignore_errors=True)
     report = render(results, args)
+    for name, reason in failures.items():
+        report += f"\n{name} could not be measured: {reason}\n"
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.date.today().isoformat()

@@ -22,25 +22,12 @@ from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput,
 from openeas.server.frontends.grpc import GrpcFrontend, GrpcInferenceServicer
 from openeas.server.options import ServerOptions
 from openeas.testing.onnx_models import (
+    ADD_SUB_CONFIG,
     write_add_sub_model,
     write_identity_model,
     write_model_config,
 )
 from openeas.testing.server import ServerProcess, start_server
-
-SIMPLE_CONFIG = """
-name: "simple"
-backend: "onnxruntime"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-"""
 
 
 def _identity_config(name: str, datatype: str, dims: str) -> str:
@@ -55,7 +42,7 @@ output [ {{ name: "OUTPUT0" data_type: {datatype} dims: [ {dims} ] }} ]
 
 def _write_repository(root: Path) -> Path:
     write_add_sub_model(root / "simple" / "1")
-    write_model_config(root / "simple", SIMPLE_CONFIG)
+    write_model_config(root / "simple", ADD_SUB_CONFIG)
     for name, datatype, config_type, dims in (
         ("identity_bytes", "BYTES", "TYPE_STRING", (-1, -1)),
         ("identity_int8", "INT8", "TYPE_INT8", (-1,)),

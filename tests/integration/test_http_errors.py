@@ -13,22 +13,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from openeas.testing.onnx_models import write_add_sub_model, write_model_config
+from openeas.testing.onnx_models import ADD_SUB_CONFIG, write_add_sub_model, write_model_config
 from tests.integration.conftest import binary_infer_body, raw_request
 
-SIMPLE_CONFIG = """
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-"""
 INFER = "/v2/models/simple/infer"
 ZEROS = [0.0] * 16
 
@@ -37,7 +24,7 @@ ZEROS = [0.0] * 16
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("errors-repo")
     write_add_sub_model(root / "simple" / "1", dims=(16,))
-    write_model_config(root / "simple", SIMPLE_CONFIG)
+    write_model_config(root / "simple", ADD_SUB_CONFIG)
     return root
 
 
@@ -70,8 +57,12 @@ def _binary_header(sizes: tuple[int, int]) -> bytes:
     return json.dumps(
         {
             "inputs": [
-                {"name": n, "datatype": "FP32", "shape": [1, 16],
-                 "parameters": {"binary_data_size": size}}
+                {
+                    "name": n,
+                    "datatype": "FP32",
+                    "shape": [1, 16],
+                    "parameters": {"binary_data_size": size},
+                }
                 for n, size in zip(("INPUT0", "INPUT1"), sizes, strict=True)
             ]
         }
@@ -87,51 +78,174 @@ BAD_REQUESTS = [
     ("malformed-json", "POST", INFER, b'{"inputs": [', {}, 400, "JSON"),
     ("json-not-object", "POST", INFER, b"[1, 2, 3]", {}, 400, ""),
     ("no-inputs", "POST", INFER, b'{"outputs": []}', {}, 400, "inputs"),
-    ("wrong-shape", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 8], ZEROS[:8]), _json_input("INPUT1", [1, 16], ZEROS)),
-     {}, 400, "INPUT0"),
-    ("batch-too-large", "POST", INFER,
-     _json_body(_json_input("INPUT0", [9, 16], ZEROS * 9), _json_input("INPUT1", [9, 16], ZEROS * 9)),
-     {}, 400, "batch"),
-    ("wrong-datatype", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 16], [0] * 16, "INT32"), _json_input("INPUT1", [1, 16], ZEROS)),
-     {}, 400, "INPUT0"),
-    ("invalid-datatype", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 16], ZEROS, "FLOAT"), _json_input("INPUT1", [1, 16], ZEROS)),
-     {}, 400, "INPUT0"),
-    ("unknown-input", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 16], ZEROS), _json_input("INPUT1", [1, 16], ZEROS),
-                _json_input("BOGUS", [1, 16], ZEROS)),
-     {}, 400, "BOGUS"),
-    ("missing-input", "POST", INFER, _json_body(_json_input("INPUT0", [1, 16], ZEROS)),
-     {}, 400, "INPUT1"),
-    ("unknown-output", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 16], ZEROS), _json_input("INPUT1", [1, 16], ZEROS),
-                outputs=[{"name": "NOPE"}]),
-     {}, 400, "NOPE"),
-    ("element-count-mismatch", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 16], ZEROS[:15]), _json_input("INPUT1", [1, 16], ZEROS)),
-     {}, 400, "INPUT0"),
-    ("string-in-fp32-data", "POST", INFER,
-     _json_body(_json_input("INPUT0", [1, 16], ["x"] * 16), _json_input("INPUT1", [1, 16], ZEROS)),
-     {}, 400, "INPUT0"),
-    ("negative-dim", "POST", INFER,
-     _json_body(_json_input("INPUT0", [-1, 16], ZEROS), _json_input("INPUT1", [1, 16], ZEROS)),
-     {}, 400, "shape"),
-    ("byte-count-mismatch", "POST", INFER,
-     *_with_header(_binary_header((60, 64)), b"\0" * 124), 400, "INPUT0"),
-    ("binary-size-past-end", "POST", INFER,
-     *_with_header(_binary_header((64, 64)), b"\0" * 100), 400, "INPUT1"),
-    ("unclaimed-binary-data", "POST", INFER,
-     *_with_header(_binary_header((64, 64)), b"\0" * 130), 400, "binary"),
-    ("header-length-past-body", "POST", INFER, GOOD_BINARY,
-     {"Inference-Header-Content-Length": str(len(GOOD_BINARY) + 1)}, 400,
-     "Inference-Header-Content-Length"),
-    ("header-length-not-integer", "POST", INFER, GOOD_BINARY,
-     {"Inference-Header-Content-Length": "lots"}, 400, "Inference-Header-Content-Length"),
-    ("header-length-cuts-json", "POST", INFER, GOOD_BINARY,
-     {"Inference-Header-Content-Length": str(BINARY_HEADER_LENGTH - 5)}, 400, ""),
-    ("unknown-model", "POST", "/v2/models/no_such_model/infer", GOOD_JSON, {}, 404, "no_such_model"),
+    (
+        "wrong-shape",
+        "POST",
+        INFER,
+        _json_body(_json_input("INPUT0", [1, 8], ZEROS[:8]), _json_input("INPUT1", [1, 16], ZEROS)),
+        {},
+        400,
+        "INPUT0",
+    ),
+    (
+        "batch-too-large",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [9, 16], ZEROS * 9), _json_input("INPUT1", [9, 16], ZEROS * 9)
+        ),
+        {},
+        400,
+        "batch",
+    ),
+    (
+        "wrong-datatype",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [1, 16], [0] * 16, "INT32"), _json_input("INPUT1", [1, 16], ZEROS)
+        ),
+        {},
+        400,
+        "INPUT0",
+    ),
+    (
+        "invalid-datatype",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [1, 16], ZEROS, "FLOAT"), _json_input("INPUT1", [1, 16], ZEROS)
+        ),
+        {},
+        400,
+        "INPUT0",
+    ),
+    (
+        "unknown-input",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [1, 16], ZEROS),
+            _json_input("INPUT1", [1, 16], ZEROS),
+            _json_input("BOGUS", [1, 16], ZEROS),
+        ),
+        {},
+        400,
+        "BOGUS",
+    ),
+    (
+        "missing-input",
+        "POST",
+        INFER,
+        _json_body(_json_input("INPUT0", [1, 16], ZEROS)),
+        {},
+        400,
+        "INPUT1",
+    ),
+    (
+        "unknown-output",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [1, 16], ZEROS),
+            _json_input("INPUT1", [1, 16], ZEROS),
+            outputs=[{"name": "NOPE"}],
+        ),
+        {},
+        400,
+        "NOPE",
+    ),
+    (
+        "element-count-mismatch",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [1, 16], ZEROS[:15]), _json_input("INPUT1", [1, 16], ZEROS)
+        ),
+        {},
+        400,
+        "INPUT0",
+    ),
+    (
+        "string-in-fp32-data",
+        "POST",
+        INFER,
+        _json_body(
+            _json_input("INPUT0", [1, 16], ["x"] * 16), _json_input("INPUT1", [1, 16], ZEROS)
+        ),
+        {},
+        400,
+        "INPUT0",
+    ),
+    (
+        "negative-dim",
+        "POST",
+        INFER,
+        _json_body(_json_input("INPUT0", [-1, 16], ZEROS), _json_input("INPUT1", [1, 16], ZEROS)),
+        {},
+        400,
+        "shape",
+    ),
+    (
+        "byte-count-mismatch",
+        "POST",
+        INFER,
+        *_with_header(_binary_header((60, 64)), b"\0" * 124),
+        400,
+        "INPUT0",
+    ),
+    (
+        "binary-size-past-end",
+        "POST",
+        INFER,
+        *_with_header(_binary_header((64, 64)), b"\0" * 100),
+        400,
+        "INPUT1",
+    ),
+    (
+        "unclaimed-binary-data",
+        "POST",
+        INFER,
+        *_with_header(_binary_header((64, 64)), b"\0" * 130),
+        400,
+        "binary",
+    ),
+    (
+        "header-length-past-body",
+        "POST",
+        INFER,
+        GOOD_BINARY,
+        {"Inference-Header-Content-Length": str(len(GOOD_BINARY) + 1)},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    (
+        "header-length-not-integer",
+        "POST",
+        INFER,
+        GOOD_BINARY,
+        {"Inference-Header-Content-Length": "lots"},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    (
+        "header-length-cuts-json",
+        "POST",
+        INFER,
+        GOOD_BINARY,
+        {"Inference-Header-Content-Length": str(BINARY_HEADER_LENGTH - 5)},
+        400,
+        "",
+    ),
+    (
+        "unknown-model",
+        "POST",
+        "/v2/models/no_such_model/infer",
+        GOOD_JSON,
+        {},
+        404,
+        "no_such_model",
+    ),
     ("unknown-version", "POST", "/v2/models/simple/versions/7/infer", GOOD_JSON, {}, 404, "simple"),
     ("unknown-path", "GET", "/v2/nothing/here", b"", {}, 404, ""),
     ("not-v2", "GET", "/v1/models/simple", b"", {}, 404, ""),
@@ -139,8 +253,15 @@ BAD_REQUESTS = [
     ("post-on-metadata", "POST", "/v2/models/simple", b"{}", {}, 405, ""),
     ("delete-on-server-metadata", "DELETE", "/v2", b"", {}, 405, ""),
     ("post-on-ready", "POST", "/v2/health/ready", b"", {}, 405, ""),
-    ("unsupported-content-encoding", "POST", INFER, GOOD_JSON, {"Content-Encoding": "br"},
-     501, "br"),
+    (
+        "unsupported-content-encoding",
+        "POST",
+        INFER,
+        GOOD_JSON,
+        {"Content-Encoding": "br"},
+        501,
+        "br",
+    ),
 ]
 
 
@@ -226,9 +347,7 @@ def test_body_over_max_input_size_is_400(small_server):
     # a small compressed body that inflates past the limit is refused too
     compressed = gzip.compress(json_body)
     assert len(compressed) < 4096
-    response = raw_request(
-        small_server, "POST", INFER, compressed, {"Content-Encoding": "gzip"}
-    )
+    response = raw_request(small_server, "POST", INFER, compressed, {"Content-Encoding": "gzip"})
     assert response.status == 400, response
     response.error()
 

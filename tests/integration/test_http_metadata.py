@@ -10,6 +10,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from openeas.testing.onnx_models import (
+    ADD_SUB_CONFIG,
     write_add_sub_model,
     write_identity_model,
     write_model_config,
@@ -29,22 +30,7 @@ VERSION_POLICIES = {
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("metadata-repo")
     write_add_sub_model(root / "simple" / "1", dims=(16,))
-    write_model_config(
-        root / "simple",
-        """
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-""",
-    )
+    write_model_config(root / "simple", ADD_SUB_CONFIG)
     write_identity_model(root / "nobatch" / "1", "INT32", (2, 3))
     write_model_config(
         root / "nobatch",

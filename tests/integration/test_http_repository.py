@@ -16,25 +16,13 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from openeas.testing.onnx_models import (
+    ADD_SUB_CONFIG,
     write_add_sub_model,
     write_identity_model,
     write_model_config,
 )
 from tests.integration.conftest import raw_request, wait_until, write_add_constant_model
 
-SIMPLE_CONFIG = """
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-"""
 ADD_CONSTANT_CONFIG = """
 platform: "onnxruntime_onnx"
 max_batch_size: 0
@@ -61,7 +49,7 @@ def _vector_input(values: list[float]):
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("explicit-repo")
     write_add_sub_model(root / "simple" / "1", dims=(16,))
-    write_model_config(root / "simple", SIMPLE_CONFIG)
+    write_model_config(root / "simple", ADD_SUB_CONFIG)
     write_identity_model(root / "ident" / "1", "INT32", (-1,))
     write_model_config(
         root / "ident",

@@ -32,25 +32,12 @@ from tritonclient.utils import (
 from openeas.protocol import grpc_codec, http_codec
 from openeas.protocol.errors import InvalidArgument
 from openeas.server.shared_memory import SharedMemoryRegistry
-from openeas.testing.onnx_models import write_add_sub_model, write_model_config
+from openeas.testing.onnx_models import ADD_SUB_CONFIG, write_add_sub_model, write_model_config
 from openeas.testing.server import ServerProcess
 from tests.integration.conftest import copy_test_model, raw_request, wait_until
 
 pytestmark = pytest.mark.python_backend
 
-SIMPLE_CONFIG = """
-name: "simple"
-backend: "onnxruntime"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-"""
 
 TENSOR_BYTES = 64  # one [1, 16] FP32 tensor
 PROTOCOLS = ["http", "grpc"]
@@ -69,7 +56,7 @@ def marker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def repo(tmp_path_factory: pytest.TempPathFactory, marker_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("shm-repo")
     write_add_sub_model(root / "simple" / "1")
-    write_model_config(root / "simple", SIMPLE_CONFIG)
+    write_model_config(root / "simple", ADD_SUB_CONFIG)
     copy_test_model(root, "identity_bytes")
     copy_test_model(
         root,
@@ -89,7 +76,7 @@ def server(launch, repo) -> ServerProcess:
 def disabled_server(launch, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     root = tmp_path_factory.mktemp("shm-disabled-repo")
     write_add_sub_model(root / "simple" / "1")
-    write_model_config(root / "simple", SIMPLE_CONFIG)
+    write_model_config(root / "simple", ADD_SUB_CONFIG)
     return launch(root)
 
 
@@ -177,9 +164,7 @@ def test_register_and_status(client: Client, create_region: Create) -> None:
     _, key2 = create_region("second", 4096 + 64)
     client.register_system_shared_memory("first", key, 128)
     client.register_system_shared_memory("second", key2, 64, offset=4096)
-    assert client.status("first") == [
-        {"name": "first", "key": key, "offset": 0, "byte_size": 128}
-    ]
+    assert client.status("first") == [{"name": "first", "key": key, "offset": 0, "byte_size": 128}]
     everything = sorted(client.status(), key=lambda r: r["name"])
     assert everything == [
         {"name": "first", "key": key, "offset": 0, "byte_size": 128},
@@ -330,9 +315,7 @@ def test_infer_inputs_and_outputs_in_shm(client: Client, create_region: Create) 
         assert list(response.raw_output_contents) == [b"", b""]
 
 
-def test_infer_offsets_and_page_aligned_registration(
-    client: Client, create_region: Create
-) -> None:
+def test_infer_offsets_and_page_aligned_registration(client: Client, create_region: Create) -> None:
     """A region registered at an offset of its object; tensors at offsets in the region."""
     a, b = _add_sub_data()
     size = 8192 + 3 * TENSOR_BYTES
@@ -374,9 +357,7 @@ def test_infer_mixed_shm_and_regular_tensors(client: Client, create_region: Crea
     result = client.infer("simple", [in0, in1], outputs=[out0, out1])
 
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
-    np.testing.assert_array_equal(
-        shm.get_contents_as_numpy(out_handle, np.float32, [1, 16]), a + b
-    )
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [1, 16]), a + b)
     assert client.output_params(result, "OUTPUT0")["shared_memory_region"] == "out0"
 
     # shm input, every output returned normally
@@ -385,7 +366,9 @@ def test_infer_mixed_shm_and_regular_tensors(client: Client, create_region: Crea
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
 
 
-def test_infer_json_outputs_next_to_shm_output(server: ServerProcess, create_region: Create) -> None:
+def test_infer_json_outputs_next_to_shm_output(
+    server: ServerProcess, create_region: Create
+) -> None:
     """HTTP: JSON and binary outputs next to one in shared memory, in one response."""
     a, b = _add_sub_data()
     out_handle, out_key = create_region("json_out", TENSOR_BYTES)
@@ -602,9 +585,7 @@ def test_disabled_by_default_http(disabled_server: ServerProcess, create_region:
             client.infer("simple", [in0, in1], outputs=[out0])
         assert "--allow-client-shm=true" in _error(exc)
         # regular inference is unaffected
-        np.testing.assert_array_equal(
-            client.infer("simple", [in0, in1]).as_numpy("OUTPUT0"), a + b
-        )
+        np.testing.assert_array_equal(client.infer("simple", [in0, in1]).as_numpy("OUTPUT0"), a + b)
     finally:
         client.close()
 

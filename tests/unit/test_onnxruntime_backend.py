@@ -18,24 +18,10 @@ from openeas.server.backends.onnxruntime import (
     graph_optimization_level,
 )
 from openeas.server.repository.config import ModelConfig, parse_config_text
-from openeas.testing.onnx_models import write_add_sub_model, write_identity_model
+from openeas.testing.onnx_models import ADD_SUB_CONFIG, write_add_sub_model, write_identity_model
 
 # The models are built with the onnx package (a dev dependency).
 pytest.importorskip("onnx")
-
-SIMPLE_CONFIG = """
-name: "simple"
-backend: "onnxruntime"
-max_batch_size: 8
-input [
-  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-output [
-  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
-]
-"""
 
 
 @pytest.fixture()
@@ -43,9 +29,14 @@ def backend() -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend()
 
 
-def load(backend: OnnxRuntimeBackend, model_dir: Path, config: ModelConfig,
-         backend_config: dict[str, str] | None = None, strict: bool = True,
-         version: int = 1) -> OnnxRuntimeInstance:
+def load(
+    backend: OnnxRuntimeBackend,
+    model_dir: Path,
+    config: ModelConfig,
+    backend_config: dict[str, str] | None = None,
+    strict: bool = True,
+    version: int = 1,
+) -> OnnxRuntimeInstance:
     backend_config = backend_config or {}
     if not strict:
         backend.auto_complete_config(config, model_dir, version, backend_config)
@@ -53,8 +44,14 @@ def load(backend: OnnxRuntimeBackend, model_dir: Path, config: ModelConfig,
     return backend.create_instance(context, f"{config.name}_0_0", 0)
 
 
-def add_sub_request(batch: int, seed: int = 0, outputs=None, dtype=np.float32,
-                    datatype: str = "FP32", dims: tuple[int, ...] = (16,)) -> InferRequest:
+def add_sub_request(
+    batch: int,
+    seed: int = 0,
+    outputs=None,
+    dtype=np.float32,
+    datatype: str = "FP32",
+    dims: tuple[int, ...] = (16,),
+) -> InferRequest:
     rng = np.random.default_rng(seed)
     shape = (batch, *dims)
     a = (rng.random(shape) * 10).astype(dtype)
@@ -62,8 +59,10 @@ def add_sub_request(batch: int, seed: int = 0, outputs=None, dtype=np.float32,
     return InferRequest(
         model_name="simple",
         id=f"req{seed}",
-        inputs=[Tensor("INPUT0", datatype, list(shape), a),
-                Tensor("INPUT1", datatype, list(shape), b)],
+        inputs=[
+            Tensor("INPUT0", datatype, list(shape), a),
+            Tensor("INPUT1", datatype, list(shape), b),
+        ],
         outputs=outputs,
     )
 
@@ -92,9 +91,13 @@ def test_auto_complete_fills_batching_and_io(tmp_path: Path, backend) -> None:
     assert config.max_batch_size == 4
     assert config.HasField("dynamic_batching")
     assert [(io.name, io.data_type, list(io.dims)) for io in config.input] == [
-        ("INPUT0", 11, [16]), ("INPUT1", 11, [16])]  # 11 == TYPE_FP32
+        ("INPUT0", 11, [16]),
+        ("INPUT1", 11, [16]),
+    ]  # 11 == TYPE_FP32
     assert [(io.name, list(io.dims)) for io in config.output] == [
-        ("OUTPUT0", [16]), ("OUTPUT1", [16])]
+        ("OUTPUT0", [16]),
+        ("OUTPUT1", [16]),
+    ]
     assert not any(io.HasField("reshape") for io in config.input)
 
 
@@ -145,7 +148,8 @@ def test_auto_complete_of_a_scalar_model(tmp_path, backend) -> None:
     assert not config.input[0].HasField("reshape")
     data = np.array([7], dtype=np.int32)
     [resp] = instance.execute(
-        [InferRequest("scalar", inputs=[Tensor("INPUT0", "INT32", [1], data)])], ExecTiming())
+        [InferRequest("scalar", inputs=[Tensor("INPUT0", "INT32", [1], data)])], ExecTiming()
+    )
     assert resp.output("OUTPUT0").shape == [1]
     assert resp.output("OUTPUT0").data.tolist() == [7]
 
@@ -153,7 +157,7 @@ def test_auto_complete_of_a_scalar_model(tmp_path, backend) -> None:
 def test_auto_complete_is_skipped_when_io_is_given(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    config = parse_config_text(SIMPLE_CONFIG.replace("max_batch_size: 8", ""))
+    config = parse_config_text(ADD_SUB_CONFIG.replace("max_batch_size: 8", ""))
     before = config.SerializeToString()
     backend.auto_complete_config(config, model_dir, 1, {})
     assert config.SerializeToString() == before
@@ -179,7 +183,7 @@ def test_auto_complete_fills_only_missing_outputs(tmp_path, backend) -> None:
 def test_execute_single_request(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    instance = load(backend, model_dir, parse_config_text(SIMPLE_CONFIG))
+    instance = load(backend, model_dir, parse_config_text(ADD_SUB_CONFIG))
     req = add_sub_request(1)
     timing = ExecTiming()
     [resp] = instance.execute([req], timing)
@@ -202,25 +206,32 @@ def test_execute_batches_requests_of_different_sizes(tmp_path, backend) -> None:
 def test_execute_returns_only_requested_outputs(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    instance = load(backend, model_dir, parse_config_text(SIMPLE_CONFIG))
-    reqs = [add_sub_request(2, seed=1, outputs=[RequestedOutput("OUTPUT1")]),
-            add_sub_request(1, seed=2, outputs=[RequestedOutput("OUTPUT1")])]
+    instance = load(backend, model_dir, parse_config_text(ADD_SUB_CONFIG))
+    reqs = [
+        add_sub_request(2, seed=1, outputs=[RequestedOutput("OUTPUT1")]),
+        add_sub_request(1, seed=2, outputs=[RequestedOutput("OUTPUT1")]),
+    ]
     results = instance.execute(reqs, ExecTiming())
     for req, resp in zip(reqs, results, strict=True):
         assert [t.name for t in resp.outputs] == ["OUTPUT1"]
-        np.testing.assert_allclose(resp.outputs[0].data,
-                                   req.inputs[0].data - req.inputs[1].data, rtol=1e-5)
+        np.testing.assert_allclose(
+            resp.outputs[0].data, req.inputs[0].data - req.inputs[1].data, rtol=1e-5
+        )
 
 
-@pytest.mark.parametrize(("datatype", "dtype"), [("INT32", np.int32), ("FP16", np.float16),
-                                                 ("INT64", np.int64), ("FP64", np.float64)])
+@pytest.mark.parametrize(
+    ("datatype", "dtype"),
+    [("INT32", np.int32), ("FP16", np.float16), ("INT64", np.int64), ("FP64", np.float64)],
+)
 def test_execute_other_datatypes(tmp_path, backend, datatype, dtype) -> None:
     model_dir = tmp_path / "typed"
     write_add_sub_model(model_dir / "1", dtype=datatype)
     config = parse_config_text('name: "typed"')
     instance = load(backend, model_dir, config, strict=False)
-    reqs = [add_sub_request(1, seed=1, dtype=dtype, datatype=datatype),
-            add_sub_request(3, seed=2, dtype=dtype, datatype=datatype)]
+    reqs = [
+        add_sub_request(1, seed=1, dtype=dtype, datatype=datatype),
+        add_sub_request(3, seed=2, dtype=dtype, datatype=datatype),
+    ]
     results = instance.execute(reqs, ExecTiming())
     for req, resp in zip(reqs, results, strict=True):
         check_add_sub(req, resp)
@@ -302,7 +313,7 @@ def test_model_path_may_be_a_directory(tmp_path, backend) -> None:
 def test_default_model_filename(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1", filename="other.onnx")
-    config = parse_config_text(SIMPLE_CONFIG + 'default_model_filename: "other.onnx"')
+    config = parse_config_text(ADD_SUB_CONFIG + 'default_model_filename: "other.onnx"')
     instance = load(backend, model_dir, config)
     req = add_sub_request(1)
     check_add_sub(req, instance.execute([req], ExecTiming())[0])
@@ -311,13 +322,13 @@ def test_default_model_filename(tmp_path, backend) -> None:
 def test_missing_model_file_is_unavailable(tmp_path, backend) -> None:
     (tmp_path / "simple" / "1").mkdir(parents=True)
     with pytest.raises(Unavailable, match="unable to find"):
-        load(backend, tmp_path / "simple", parse_config_text(SIMPLE_CONFIG))
+        load(backend, tmp_path / "simple", parse_config_text(ADD_SUB_CONFIG))
 
 
 def test_finalize_releases_the_session(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    instance = load(backend, model_dir, parse_config_text(SIMPLE_CONFIG))
+    instance = load(backend, model_dir, parse_config_text(ADD_SUB_CONFIG))
     instance.finalize()
     assert instance.session is None
 
@@ -328,16 +339,19 @@ def test_finalize_releases_the_session(tmp_path, backend) -> None:
 def test_datatype_mismatch_fails_to_load(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    text = SIMPLE_CONFIG.replace(
-        '{ name: "INPUT0" data_type: TYPE_FP32', '{ name: "INPUT0" data_type: TYPE_INT32')
+    text = ADD_SUB_CONFIG.replace(
+        '{ name: "INPUT0" data_type: TYPE_FP32', '{ name: "INPUT0" data_type: TYPE_INT32'
+    )
     with pytest.raises(InvalidArgument) as info:
         load(backend, model_dir, parse_config_text(text))
     assert str(info.value) == (
         "unable to load model 'simple', configuration expects datatype TYPE_INT32 for "
-        "input 'INPUT0', model provides TYPE_FP32")
+        "input 'INPUT0', model provides TYPE_FP32"
+    )
 
-    text = SIMPLE_CONFIG.replace(
-        '{ name: "OUTPUT1" data_type: TYPE_FP32', '{ name: "OUTPUT1" data_type: TYPE_FP64')
+    text = ADD_SUB_CONFIG.replace(
+        '{ name: "OUTPUT1" data_type: TYPE_FP32', '{ name: "OUTPUT1" data_type: TYPE_FP64'
+    )
     with pytest.raises(InvalidArgument, match="TYPE_FP64 for output 'OUTPUT1'"):
         load(backend, model_dir, parse_config_text(text))
 
@@ -345,13 +359,14 @@ def test_datatype_mismatch_fails_to_load(tmp_path, backend) -> None:
 def test_unknown_tensor_fails_to_load(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    text = SIMPLE_CONFIG.replace('name: "OUTPUT1"', 'name: "OUTPUTX"')
+    text = ADD_SUB_CONFIG.replace('name: "OUTPUT1"', 'name: "OUTPUTX"')
     with pytest.raises(InvalidArgument) as info:
         load(backend, model_dir, parse_config_text(text))
     assert str(info.value) == (
-        "unexpected inference output 'OUTPUTX', allowed outputs are: OUTPUT0, OUTPUT1")
+        "unexpected inference output 'OUTPUTX', allowed outputs are: OUTPUT0, OUTPUT1"
+    )
 
-    text = SIMPLE_CONFIG.replace('name: "INPUT1"', 'name: "INPUTX"')
+    text = ADD_SUB_CONFIG.replace('name: "INPUT1"', 'name: "INPUTX"')
     with pytest.raises(InvalidArgument, match="unexpected inference input 'INPUTX'"):
         load(backend, model_dir, parse_config_text(text))
 
@@ -359,8 +374,7 @@ def test_unknown_tensor_fails_to_load(tmp_path, backend) -> None:
 def test_input_count_mismatch_fails_to_load(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    text = SIMPLE_CONFIG.replace(
-        '{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },', "")
+    text = ADD_SUB_CONFIG.replace('{ name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },', "")
     with pytest.raises(InvalidArgument, match="configuration expects 1 inputs, model provides 2"):
         load(backend, model_dir, parse_config_text(text))
 
@@ -368,16 +382,17 @@ def test_input_count_mismatch_fails_to_load(tmp_path, backend) -> None:
 def test_dims_mismatch_fails_to_load(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    text = SIMPLE_CONFIG.replace(
+    text = ADD_SUB_CONFIG.replace(
         '{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }',
-        '{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 8 ] }')
+        '{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 8 ] }',
+    )
     with pytest.raises(InvalidArgument, match=r"tensor 'INPUT1': the model expects 2 dimensions"):
         load(backend, model_dir, parse_config_text(text))
 
     nobatch = tmp_path / "nobatch"
     write_add_sub_model(nobatch / "1", batch=False)
     with pytest.raises(InvalidArgument, match="first dimension must be -1"):
-        load(backend, nobatch, parse_config_text(SIMPLE_CONFIG))
+        load(backend, nobatch, parse_config_text(ADD_SUB_CONFIG))
 
 
 def test_reshape_is_validated_and_applied(tmp_path, backend) -> None:
@@ -393,8 +408,8 @@ def test_reshape_is_validated_and_applied(tmp_path, backend) -> None:
     instance = load(backend, model_dir, config)
     data = np.arange(12, dtype=np.float32).reshape(3, 4)
     [resp] = instance.execute(
-        [InferRequest("reshaped", inputs=[Tensor("INPUT0", "FP32", [3, 4], data)])],
-        ExecTiming())
+        [InferRequest("reshaped", inputs=[Tensor("INPUT0", "FP32", [3, 4], data)])], ExecTiming()
+    )
     assert resp.output("OUTPUT0").shape == [3, 2, 2]
     np.testing.assert_array_equal(resp.output("OUTPUT0").data, data.reshape(3, 2, 2))
 
@@ -405,14 +420,17 @@ def test_reshape_is_validated_and_applied(tmp_path, backend) -> None:
 def test_session_options_from_config_parameters(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    config = parse_config_text(SIMPLE_CONFIG + """
+    config = parse_config_text(
+        ADD_SUB_CONFIG
+        + """
         optimization { graph { level: 2 } }
         parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
         parameters { key: "inter_op_thread_count" value: { string_value: "3" } }
         parameters { key: "execution_mode" value: { string_value: "1" } }
         parameters { key: "enable_mem_arena" value: { string_value: "0" } }
         parameters { key: "enable_mem_pattern" value: { string_value: "false" } }
-    """)
+    """
+    )
     instance = load(backend, model_dir, config)
     options = instance.session.get_session_options()
     assert options.intra_op_num_threads == 2
@@ -428,11 +446,14 @@ def test_session_options_from_config_parameters(tmp_path, backend) -> None:
 def test_memory_arena_shrinkage_is_a_run_option(tmp_path, backend) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
-    config = parse_config_text(SIMPLE_CONFIG + """
+    config = parse_config_text(
+        ADD_SUB_CONFIG
+        + """
         parameters { key: "enable_mem_arena" value: { string_value: "1" } }
         parameters { key: "memory.enable_memory_arena_shrinkage"
                      value: { string_value: "cpu:0" } }
-    """)
+    """
+    )
     instance = load(backend, model_dir, config)
     key = "memory.enable_memory_arena_shrinkage"
     assert instance.run_options.get_run_config_entry(key) == "cpu:0"
@@ -444,9 +465,12 @@ def test_backend_config_gives_defaults_and_config_wins(tmp_path, backend) -> Non
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
     backend_config = {"intra_op_thread_count": "1", "inter_op_thread_count": "2"}
-    config = parse_config_text(SIMPLE_CONFIG + """
+    config = parse_config_text(
+        ADD_SUB_CONFIG
+        + """
         parameters { key: "inter_op_thread_count" value: { string_value: "4" } }
-    """)
+    """
+    )
     instance = load(backend, model_dir, config, backend_config)
     options = instance.session.get_session_options()
     assert options.intra_op_num_threads == 1
@@ -463,15 +487,19 @@ def test_graph_optimization_levels_follow_triton() -> None:
     assert graph_optimization_level(2) == levels.ORT_DISABLE_ALL
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("execution_mode", "2", "execution_mode are 0 or 1"),
-    ("intra_op_thread_count", "many", "must be an integer"),
-    ("enable_mem_arena", "maybe", "to boolean value"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("execution_mode", "2", "execution_mode are 0 or 1"),
+        ("intra_op_thread_count", "many", "must be an integer"),
+        ("enable_mem_arena", "maybe", "to boolean value"),
+    ],
+)
 def test_invalid_parameters_fail_to_load(tmp_path, backend, key, value, message) -> None:
     model_dir = tmp_path / "simple"
     write_add_sub_model(model_dir / "1")
     config = parse_config_text(
-        SIMPLE_CONFIG + f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+        ADD_SUB_CONFIG + f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+    )
     with pytest.raises(InvalidArgument, match=message):
         load(backend, model_dir, config)
