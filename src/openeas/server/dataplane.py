@@ -248,9 +248,6 @@ class DataPlane:
         dependents = bool((parameters or {}).get("unload_dependents", False))
         await self.models.unload(name, dependents)
 
-    def pending_requests(self) -> dict[tuple[str, str], int]:
-        return {(v.name, v.version_str): v.scheduler.pending for v in self.models.loaded_versions()}
-
 
 def _classify(response: InferResponse, request: InferRequest, model: LoadedVersion) -> None:
     """Replace outputs that asked for ``classification`` with top-k label strings."""

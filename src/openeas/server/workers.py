@@ -34,33 +34,9 @@ class WorkerThread:
         self._queue.put((future, fn, args))
         return future
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """Run ``fn(*args)`` on the thread from any other thread and wait for it."""
-        done = threading.Event()
-        box: list[Any] = []
-
-        def wrapper() -> None:
-            try:
-                box.append((True, fn(*args)))
-            except BaseException as exc:  # handed to the caller
-                box.append((False, exc))
-            finally:
-                done.set()
-
-        self._queue.put((None, wrapper, ()))
-        if not done.wait(timeout):
-            raise TimeoutError(f"worker {self._thread.name} did not finish in {timeout}s")
-        ok, value = box[0]
-        if ok:
-            return value
-        raise value
-
     def stop(self) -> None:
         """Let the thread finish the work queued so far, then exit."""
         self._queue.put(_STOP)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
