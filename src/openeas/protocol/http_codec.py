@@ -41,11 +41,13 @@ def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
 
 
 def _shape(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
-    ):
-        raise InvalidArgument(f"input '{name}': 'shape' must be a list of non-negative integers")
-    return value
+    if type(value) is list:
+        for dim in value:
+            if type(dim) is not int or dim < 0:  # bool is not int here, on purpose
+                break
+        else:
+            return value
+    raise InvalidArgument(f"input '{name}': 'shape' must be a list of non-negative integers")
 
 
 def uses_shared_memory(params: dict[str, Any], tensor: str) -> bool:

@@ -68,9 +68,7 @@ def to_server_tensor(tensor: pb.Tensor) -> Tensor:
     else:
         datatype = from_numpy_dtype(array.dtype)
         data = array if array.flags.c_contiguous else np.array(array, order="C")
-    return Tensor(
-        name=tensor.name(), datatype=datatype, shape=[int(d) for d in data.shape], data=data
-    )
+    return Tensor(name=tensor.name(), datatype=datatype, shape=list(data.shape), data=data)
 
 
 def to_pb_tensor(tensor: Tensor) -> pb.Tensor:
