@@ -12,12 +12,12 @@ echo "==> starting openeas-server on :$PORT (log: $LOG)"
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
-  if curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null 2>&1; then break; fi
+  if .venv/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$PORT/v2/health/ready', timeout=1)" 2>/dev/null; then break; fi
   kill -0 $SERVER 2>/dev/null || { cat "$LOG"; exit 1; }
   sleep 0.1
 done
 echo "==> models:"
-curl -s -X POST "http://127.0.0.1:$PORT/v2/repository/index"; echo
+.venv/bin/python -c "import tritonclient.http as h; [print(' ', m) for m in h.InferenceServerClient('127.0.0.1:$PORT').get_model_repository_index()]"
 echo "==> querying add_sub_onnx (binary tensors, as in the user's document)"
 .venv/bin/python examples/client.py --url "127.0.0.1:$PORT" --model add_sub_onnx
 echo "==> done; stopping the server"
