@@ -51,7 +51,7 @@ def test_binary_inputs_are_views_of_the_body():
     ("header", "extra", "message"),
     [
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 12}}]},
-         b"\0" * 12, "needs 16 bytes"),
+         b"\0" * 12, "Expected 16, got 12"),
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 16}}]},
          b"\0" * 8, "only 8 remain"),
         ({"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]},

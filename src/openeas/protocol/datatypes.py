@@ -143,3 +143,24 @@ def to_bytes_array(values: Iterable[object]) -> np.ndarray:
     out = np.empty(len(items), dtype=np.object_)
     out[:] = items
     return out
+
+
+def array_from_buffer(
+    datatype: str, shape: list[int], buffer: bytes | memoryview, what: str
+) -> np.ndarray:
+    """A tensor's data from its raw bytes: a zero-copy view, or decoded BYTES elements.
+
+    ``what`` names the tensor in errors (e.g. ``"input 'x' for model 'm'"``); a buffer whose
+    size does not match the shape is an InvalidArgument in Triton's words.
+    """
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return deserialize_bytes(buffer, count).reshape(shape)
+    dtype = to_numpy_dtype(datatype)
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise InvalidArgument(
+            f"input byte size mismatch for {what}. Expected {expected}, got {len(buffer)} "
+            f"(shape {shape} of {datatype})"
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)

@@ -155,7 +155,9 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                     f"expecting {len(msg.inputs)} inputs, got {n_raw} raw input contents for "
                     f"model '{model}'"
                 )
-            data = _from_raw(name, datatype, shape, count, raw[raw_index])
+            data = datatypes.array_from_buffer(
+                datatype, shape, raw[raw_index], f"input '{name}' for model '{model}'"
+            )
             raw_index += 1
         inputs.append(Tensor(name, datatype, shape, data, params))
     if raw_index != n_raw:
@@ -178,19 +180,6 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         parameters=params,
         binary_output=True,
     )
-
-
-def _from_raw(name: str, datatype: str, shape: list[int], count: int, buffer: bytes) -> np.ndarray:
-    if datatype == "BYTES":
-        return datatypes.deserialize_bytes(buffer, count).reshape(shape)
-    dtype = datatypes.to_numpy_dtype(datatype)
-    expected = count * dtype.itemsize
-    if len(buffer) != expected:
-        raise InvalidArgument(
-            f"unexpected total byte size {len(buffer)} for input '{name}', expecting "
-            f"{expected} (shape {shape} of {datatype})"
-        )
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def _from_contents(

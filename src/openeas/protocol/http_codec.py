@@ -163,24 +163,13 @@ def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple
                 f"input '{name}' claims {size} bytes of binary data, but only "
                 f"{len(binary) - offset} remain in the request body"
             )
-        chunk = binary[offset : offset + size]
-        return Tensor(name, datatype, shape, _from_buffer(name, datatype, shape, count, chunk), params), size
+        data = datatypes.array_from_buffer(
+            datatype, shape, binary[offset : offset + size], f"input '{name}'"
+        )
+        return Tensor(name, datatype, shape, data, params), size
     if "data" not in raw:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
     return Tensor(name, datatype, shape, _from_json(name, datatype, shape, count, raw["data"]), params), 0
-
-
-def _from_buffer(name: str, datatype: str, shape: list[int], count: int, chunk: memoryview) -> np.ndarray:
-    if datatype == "BYTES":
-        return datatypes.deserialize_bytes(chunk, count).reshape(shape)
-    dtype = datatypes.to_numpy_dtype(datatype)
-    expected = count * dtype.itemsize
-    if len(chunk) != expected:
-        raise InvalidArgument(
-            f"unexpected number of bytes for input '{name}': shape {shape} of {datatype} needs "
-            f"{expected} bytes, got {len(chunk)}"
-        )
-    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
 
 
 def _flatten(data: Any) -> list[Any]:

@@ -292,19 +292,11 @@ class SharedMemoryRegistry:
 
 
 def _input_array(model: str, tensor: Tensor, view: memoryview) -> np.ndarray:
-    shape = tensor.shape
-    count = datatypes.element_count(shape)
-    if tensor.datatype == "BYTES":
-        return datatypes.deserialize_bytes(view, count).reshape(shape)
-    dtype = datatypes.to_numpy_dtype(tensor.datatype)
-    expected = count * dtype.itemsize
-    if len(view) != expected:
-        raise InvalidArgument(
-            f"input byte size mismatch for input '{tensor.name}' for model '{model}'. "
-            f"Expected {expected}, got {len(view)}"
-        )
-    array = np.frombuffer(view, dtype=dtype).reshape(shape)
-    array.flags.writeable = False
+    array = datatypes.array_from_buffer(
+        tensor.datatype, tensor.shape, view, f"input '{tensor.name}' for model '{model}'"
+    )
+    if array.dtype.kind != "O":
+        array.flags.writeable = False
     return array
 
 
