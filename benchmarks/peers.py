@@ -21,6 +21,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2
+
 from openeas.testing.server import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -162,18 +165,39 @@ class IdentityRuntime(MLModel):
         return InferenceResponse(model_name=self.name, outputs=[output])
 '''
 
-# MLServer has no GET /v2/models/<m>/config, which perf_analyzer asks for first; this
-# launcher adds that one route to MLServer's REST app, then runs `mlserver start`.
+# MLServer has neither GET /v2/models/<m>/config nor the gRPC ModelConfig RPC, which
+# perf_analyzer asks for first; this launcher adds both to MLServer's servers, then runs
+# `mlserver start`.  The gRPC answer is a serialized ModelConfigResponse (argv[3], hex),
+# built here with tritonclient's protos, which the MLServer environment lacks.
 _MLSERVER_LAUNCHER = '''
 import json, sys
 
 
 def run() -> None:
+    import grpc
+    import mlserver.grpc.server as grpc_server
     import mlserver.rest.server as rest_server
     from mlserver.cli.main import main
 
     config = json.loads(open(sys.argv[1]).read())
+    config_response = bytes.fromhex(sys.argv[3])
     create_app = rest_server.create_app
+    create_server = grpc_server.GRPCServer._create_server
+
+    def create_server_with_config(self):
+        server = create_server(self)
+
+        async def model_config(request, context):
+            return config_response
+
+        handler = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {"ModelConfig": grpc.unary_unary_rpc_method_handler(model_config)},
+        )
+        server.add_generic_rpc_handlers((handler,))
+        return server
+
+    grpc_server.GRPCServer._create_server = create_server_with_config
 
     def create_app_with_config(*args, **kwargs):
         app = create_app(*args, **kwargs)
@@ -195,7 +219,7 @@ if __name__ == "__main__":  # MLServer's worker processes re-import this file
 
 
 class MLServer(Peer):
-    """MLServer 1.7 serving an identity runtime (JSON tensors only over HTTP)."""
+    """MLServer 1.7 serving an identity runtime (JSON tensors over HTTP; gRPC too)."""
 
     venv = PEERS_DIR / "mlserver"
 
@@ -214,11 +238,14 @@ class MLServer(Peer):
         model_dir = root / "identity"
         model_dir.mkdir(parents=True)
         (model_dir / "identity_runtime.py").write_text(_MLSERVER_RUNTIME)
-        (model_dir / "config.json").write_text(json.dumps({
+        config = {
             "name": "identity", "platform": "", "backend": "python", "max_batch_size": 64,
             "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}],
             "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [16]}],
-        }))  # fmt: skip
+        }  # fmt: skip
+        (model_dir / "config.json").write_text(json.dumps(config))
+        response = service_pb2.ModelConfigResponse()
+        json_format.ParseDict({"config": config}, response)
         (model_dir / "model-settings.json").write_text(json.dumps({
             "name": "identity",
             "implementation": "identity_runtime.IdentityRuntime",
@@ -240,4 +267,5 @@ class MLServer(Peer):
         env = dict(os.environ)
         env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"
         python = str(self.venv / "bin" / "python")
-        return [python, str(launcher), str(model_dir / "config.json"), str(root)], env
+        args = [str(launcher), str(model_dir / "config.json"), str(root)]
+        return [python, *args, response.SerializeToString().hex()], env
