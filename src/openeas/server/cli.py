@@ -145,7 +145,8 @@ def _front_ends(options: ServerOptions, dataplane: DataPlane) -> list[tuple[str,
         )
     if options.allow_metrics:
         sock = bind_socket(options.metrics_address, options.metrics_port)
-        servers.append(("Metrics Service", HttpServer(MetricsApp(dataplane), sock)))
+        metrics = MetricsApp(dataplane, options.metrics_interval_ms)
+        servers.append(("Metrics Service", HttpServer(metrics, sock)))
     return servers
 
 

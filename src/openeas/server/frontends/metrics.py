@@ -6,6 +6,7 @@ statistics endpoint reports, at scrape time, so the two always agree.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -23,8 +24,9 @@ _LABELS = ["model", "version"]
 class TritonCollector(Collector):
     """Builds Triton's nv_* metric families from the data plane's statistics."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, interval_ms: int = 2000) -> None:
         self._dataplane = dataplane
+        self._host = _HostSampler(interval_ms / 1000.0)
 
     def collect(self) -> Iterator[Metric]:
         def counter(name: str, doc: str, labels: list[str] = _LABELS) -> _Counter:
@@ -64,14 +66,40 @@ class TritonCollector(Collector):
         yield from (success, failure, count, exec_count, request_us, queue_us, input_us,
                     infer_us, output_us, pending, load)
 
-        memory = psutil.virtual_memory()
+        utilization, memory_total, memory_used = self._host.sample()
         cpu = GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]")
-        cpu.add_metric([], psutil.cpu_percent(interval=None) / 100.0)
+        cpu.add_metric([], utilization)
         total = GaugeMetricFamily("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes")
-        total.add_metric([], float(memory.total))
+        total.add_metric([], memory_total)
         used = GaugeMetricFamily("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes")
-        used.add_metric([], float(memory.total - memory.available))
+        used.add_metric([], memory_used)
         yield from (cpu, total, used)
+
+
+class _HostSampler:
+    """CPU utilization and memory, sampled at most once per ``--metrics-interval-ms``.
+
+    As in Triton, host metrics are refreshed on an interval; between refreshes a scrape sees
+    the last sample.  Utilization is the average over the time since the previous sample.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
+        self._taken = 0.0
+        self._values = (0.0, 0.0, 0.0)
+        psutil.cpu_percent(interval=None)  # starts the utilization window
+
+    def sample(self) -> tuple[float, float, float]:
+        now = time.monotonic()
+        if not self._taken or now - self._taken >= self._interval:
+            memory = psutil.virtual_memory()
+            self._values = (
+                psutil.cpu_percent(interval=None) / 100.0,
+                float(memory.total),
+                float(memory.total - memory.available),
+            )
+            self._taken = now
+        return self._values
 
 
 class _Counter(Metric):
@@ -119,10 +147,9 @@ def _number(value: float) -> str:
 class MetricsApp:
     """ASGI app answering ``GET /metrics`` in the Prometheus text format."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, interval_ms: int = 2000) -> None:
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(TritonCollector(dataplane))
-        psutil.cpu_percent(interval=None)  # prime the CPU sampler
+        self._registry.register(TritonCollector(dataplane, interval_ms))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
