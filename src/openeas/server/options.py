@@ -159,49 +159,151 @@ _ACCEPTED_NO_EFFECT: list[tuple[str, Any]] = [
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="openeas-server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="OpenEAS triton processor: a Triton-compatible inference server "
         "(accepts tritonserver's flags).",
         allow_abbrev=False,
     )
     add = p.add_argument
     add("--version", action="version", version=f"openeas-server {__version__}")
-    add("--model-repository", "--model-store", dest="model_repository", action="append",
-        metavar="PATH", help="model repository root (repeatable)")
-    add("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
-    add("--load-model", action="append", default=[], metavar="NAME",
-        help="model to load at start-up in explicit mode (repeatable, '*' for all)")
-    add("--repository-poll-secs", type=_positive_float, default=15.0)
-    add("--strict-model-config", type=parse_bool, default=False, metavar="BOOL")
-    add("--disable-auto-complete-config", action="store_true",
-        help="do not fill missing config fields from the model")
-    add("--strict-readiness", type=parse_bool, default=True, metavar="BOOL")
-    add("--exit-on-error", type=parse_bool, default=True, metavar="BOOL")
-    add("--exit-timeout-secs", type=_non_negative_int, default=30)
+    add(
+        "--model-repository",
+        "--model-store",
+        dest="model_repository",
+        action="append",
+        metavar="PATH",
+        help="model repository root (repeatable)",
+    )
+    add(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        default="none",
+        help="none: load every model at start; poll: also rescan the repositories; explicit: load/unload through the repository API",
+    )
+    add(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="model to load at start-up in explicit mode (repeatable, '*' for all)",
+    )
+    add(
+        "--repository-poll-secs",
+        type=_positive_float,
+        default=15.0,
+        help="seconds between repository scans in poll mode",
+    )
+    add(
+        "--strict-model-config",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="require a complete config.pbtxt (no auto-complete)",
+    )
+    add(
+        "--disable-auto-complete-config",
+        action="store_true",
+        help="do not fill missing config fields from the model",
+    )
+    add(
+        "--strict-readiness",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="ready only when every model is ready",
+    )
+    add(
+        "--exit-on-error",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="exit when a model fails to load at start-up",
+    )
+    add(
+        "--exit-timeout-secs",
+        type=_non_negative_int,
+        default=30,
+        help="seconds in-flight requests get to finish at shutdown",
+    )
     add("--id", default="triton", help="server identifier reported by GET /v2")
-    add("--log-verbose", type=_non_negative_int, default=0)
-    add("--log-info", type=parse_bool, default=True, metavar="BOOL")
-    add("--log-warning", type=parse_bool, default=True, metavar="BOOL")
-    add("--log-error", type=parse_bool, default=True, metavar="BOOL")
-    add("--log-format", choices=["default", "ISO8601"], default="default")
-    add("--log-file", default="")
-    add("--allow-http", type=parse_bool, default=True, metavar="BOOL")
-    add("--allow-grpc", type=parse_bool, default=True, metavar="BOOL")
-    add("--allow-metrics", type=parse_bool, default=True, metavar="BOOL")
-    add("--http-address", default="0.0.0.0")
-    add("--http-port", type=_port, default=8000)
-    add("--grpc-address", default="0.0.0.0")
-    add("--grpc-port", type=_port, default=8001)
-    add("--metrics-address", default=None)
-    add("--metrics-port", type=_port, default=8002)
-    add("--metrics-interval-ms", type=_non_negative_int, default=2000)
-    add("--http-thread-count", type=_non_negative_int, default=8)
-    add("--http-max-input-size", type=_non_negative_int, default=64 * 1024 * 1024)
-    add("--grpc-max-message-size", type=_non_negative_int, default=2**31 - 1)
-    add("--grpc-infer-allocation-pool-size", type=_non_negative_int, default=8)
-    add("--allow-client-shm", type=parse_bool, default=False, metavar="BOOL")
-    add("--backend-config", type=_backend_config, action="append", default=[],
-        metavar="<backend>,<key>=<value>")
-    add("--model-load-thread-count", type=_non_negative_int, default=4)
+    add("--log-verbose", type=_non_negative_int, default=0, help="verbose logging level (0 = off)")
+    add(
+        "--log-info",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="log informational messages",
+    )
+    add("--log-warning", type=parse_bool, default=True, metavar="BOOL", help="log warnings")
+    add("--log-error", type=parse_bool, default=True, metavar="BOOL", help="log errors")
+    add("--log-format", choices=["default", "ISO8601"], default="default", help="log line format")
+    add("--log-file", default="", help="write the log to this file instead of stderr")
+    add("--allow-http", type=parse_bool, default=True, metavar="BOOL", help="serve HTTP/REST")
+    add("--allow-grpc", type=parse_bool, default=True, metavar="BOOL", help="serve gRPC")
+    add(
+        "--allow-metrics",
+        type=parse_bool,
+        default=True,
+        metavar="BOOL",
+        help="serve Prometheus metrics",
+    )
+    add("--http-address", default="0.0.0.0", help="HTTP bind address")
+    add("--http-port", type=_port, default=8000, help="HTTP port")
+    add("--grpc-address", default="0.0.0.0", help="gRPC bind address")
+    add("--grpc-port", type=_port, default=8001, help="gRPC port")
+    add("--metrics-address", default=None, help="metrics bind address (default: the HTTP address)")
+    add("--metrics-port", type=_port, default=8002, help="metrics port")
+    add(
+        "--metrics-interval-ms",
+        type=_non_negative_int,
+        default=2000,
+        help="refresh interval of host metrics",
+    )
+    add(
+        "--http-thread-count",
+        type=_non_negative_int,
+        default=8,
+        help="accepted for compatibility (HTTP is served by one event loop)",
+    )
+    add(
+        "--http-max-input-size",
+        type=_non_negative_int,
+        default=64 * 1024 * 1024,
+        help="largest accepted HTTP request body, in bytes",
+    )
+    add(
+        "--grpc-max-message-size",
+        type=_non_negative_int,
+        default=2**31 - 1,
+        help="largest gRPC message, in bytes",
+    )
+    add(
+        "--grpc-infer-allocation-pool-size",
+        type=_non_negative_int,
+        default=8,
+        help="accepted for compatibility",
+    )
+    add(
+        "--allow-client-shm",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="allow clients to register system shared memory regions",
+    )
+    add(
+        "--backend-config",
+        type=_backend_config,
+        action="append",
+        default=[],
+        metavar="<backend>,<key>=<value>",
+        help="backend setting, e.g. onnxruntime,default-max-batch-size=8 (repeatable)",
+    )
+    add(
+        "--model-load-thread-count",
+        type=_non_negative_int,
+        default=4,
+        help="models loaded in parallel",
+    )
     for flag, kind in _ACCEPTED_NO_EFFECT:
         add(flag, type=kind, action="append", default=None, help=argparse.SUPPRESS)
     return p
