@@ -671,15 +671,106 @@ def test_load_failures(tmp_path: Path) -> None:
         PythonBackend().create_instance(missing, "missing_0_0", 0)
 
 
-def test_decoupled_models_are_refused(tmp_path: Path) -> None:
+DECOUPLED_MODEL = """
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.errors = []
+        self.threads = []
+        self.cancelled = {}
+
+    def execute(self, requests):
+        for request in requests:
+            data = request.inputs()[0].as_numpy()
+            if int(data[0]) < 0:
+                raise pb_utils.TritonModelException("negative")
+            thread = threading.Thread(target=self._answer, args=(request, data))
+            thread.start()
+            self.threads.append(thread)
+        return None
+
+    def _answer(self, request, data):
+        sender = request.get_response_sender()
+        for index in range(int(data[0])):
+            sender.send(pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT0", np.array([index], dtype=np.int64))]))
+        sender.send(flags=FINAL)
+        for args in ((None, FINAL), (None, 0)):
+            try:
+                sender.send(*args)
+            except pb_utils.TritonError as exc:
+                self.errors.append(exc.message())
+        self.cancelled[request.request_id()] = request.is_cancelled()
+"""
+
+
+def _drain(loop: asyncio.AbstractEventLoop, stream) -> list:
+    async def collect() -> list:
+        items = []
+        while True:
+            item = await asyncio.wait_for(stream.get(), 10)
+            items.append(item)
+            if item[1]:
+                return items
+
+    return loop.run_until_complete(collect())
+
+
+def test_decoupled_model_sends_through_its_streams(tmp_path: Path, load) -> None:
+    from openeas.server.backends.base import ResponseStream
+
     context = write_model(
         tmp_path,
         "decoupled",
-        IDENTITY_MODEL,
+        DECOUPLED_MODEL,
         IDENTITY_CONFIG + "model_transaction_policy { decoupled: true }",
     )
-    with pytest.raises(Unsupported, match="decoupled"):
-        PythonBackend().create_instance(context, "decoupled_0_0", 0)
+    instance = load(context)
+    assert instance.decoupled and not instance.inline_capable
+    loop = asyncio.new_event_loop()
+    try:
+        streams = [ResponseStream(loop), ResponseStream(loop)]
+        requests = [
+            InferRequest(
+                model_name="decoupled",
+                id=f"r{n}",
+                inputs=[tensor("INPUT0", np.array([n], dtype=np.int64), "INT64")],
+            )
+            for n in (2, 0)
+        ]
+        streams[1].cancel()
+        instance.execute_decoupled(requests, streams, ExecTiming())
+        first, second = (_drain(loop, stream) for stream in streams)
+        for thread in instance.model.threads:
+            thread.join(5)
+        assert [(r.id, r.outputs[0].data.tolist(), f) for r, f in first[:2]] == [
+            ("r2", [0], False),
+            ("r2", [1], False),
+        ]
+        assert first[2] == (None, True) and second == [(None, True)]
+        assert all(stream.closed for stream in streams)
+        assert instance.model.errors == [
+            "Unable to send response. Response sender has been closed."
+        ] * 4
+        assert instance.model.cancelled == {"r2": False, "r0": True}
+
+        failing = ResponseStream(loop)
+        bad = InferRequest(
+            model_name="decoupled",
+            inputs=[tensor("INPUT0", np.array([-1], dtype=np.int64), "INT64")],
+        )
+        instance.execute_decoupled([bad], [failing], ExecTiming())
+        ((error, final),) = _drain(loop, failing)
+        assert final and isinstance(error, InternalError) and "negative" in error.message
+    finally:
+        loop.close()
 
 
 # --------------------------------------------------------------------------- tensors

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from openeas import __version__
 from openeas.protocol import datatypes
-from openeas.protocol.errors import InferenceError, InvalidArgument
+from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
+from openeas.server.backends.base import StreamItem
 from openeas.server.models import (
     LoadedVersion,
     ModelManager,
@@ -28,6 +31,7 @@ from openeas.server.repository.config import config_to_dict
 from openeas.server.settings import LogSettings, TraceSettings
 from openeas.server.shared_memory import (
     REGION,
+    OutputTarget,
     SharedMemoryRegistry,
     disabled_error,
     write_outputs,
@@ -48,6 +52,20 @@ EXTENSIONS = [
 
 #: Reported in addition when client shared memory is allowed (``--allow-client-shm``).
 SHARED_MEMORY_EXTENSIONS = ["system_shared_memory"]
+
+
+class DecoupledModelError(Unsupported):
+    """A unary inference request for a model with the decoupled transaction policy.
+
+    Front ends replace the message with Triton's wording for their endpoint.
+    """
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__(
+            f"model '{model_name}' uses the decoupled transaction policy; its responses "
+            f"can only be streamed (gRPC ModelStreamInfer)"
+        )
+        self.model_name = model_name
 
 
 class DataPlane:
@@ -142,10 +160,8 @@ class DataPlane:
 
     # -- inference ---------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, schedule and post-process one request."""
-        model = self.models.get(request.model_name, request.model_version)
-        shm_outputs = None
+    def _resolve_shared_memory(self, request: InferRequest) -> list[OutputTarget] | None:
+        """Read inputs that live in shared memory; the regions outputs go to (or None)."""
         for tensor in request.inputs:
             if REGION in tensor.parameters:
                 self._shared_memory().read_inputs(request)
@@ -153,8 +169,18 @@ class DataPlane:
         if request.outputs:
             for output in request.outputs:
                 if REGION in output.parameters:
-                    shm_outputs = self._shared_memory().output_targets(request)
-                    break
+                    return self._shared_memory().output_targets(request)
+        return None
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, schedule and post-process one request.
+
+        Raises :class:`DecoupledModelError` for a decoupled model (use :meth:`infer_stream`).
+        """
+        model = self.models.get(request.model_name, request.model_version)
+        if model.scheduler.decoupled:
+            raise DecoupledModelError(model.name)
+        shm_outputs = self._resolve_shared_memory(request)
         start = time.monotonic_ns()
         try:
             batch_size = model.validate(request)
@@ -169,6 +195,62 @@ class DataPlane:
             raise
         model.stats.record_success(time.monotonic_ns() - start)
         return response
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[StreamItem]:
+        """Run one request and yield ``(response, final)`` for each response it produces.
+
+        A decoupled model yields every response its model sends, in order, up to the one
+        with the final flag; ``response`` is an :class:`InferResponse`, an
+        :class:`InferenceError` the model sent as an error response (yielded, not raised:
+        the request may go on), or None for a bare final flag.  Any other model yields
+        its single response as ``(response, True)``.  Errors before the request reaches
+        the model (unknown model, invalid inputs, full queue) and any error of a
+        non-decoupled model are raised.  Closing the iterator before the final response
+        cancels the request (the model sees ``request.is_cancelled()``).
+
+        Statistics count a decoupled request once, when its final flag arrives: a failure
+        when any of its responses was an error, a success otherwise.
+        """
+        model = self.models.get(request.model_name, request.model_version)
+        if not model.scheduler.decoupled:
+            yield await self.infer(request), True
+            return
+        shm_outputs = self._resolve_shared_memory(request)
+        classify = bool(request.outputs) and any(o.classification for o in request.outputs)
+        start = time.monotonic_ns()
+        failed = False
+        try:
+            batch_size = model.validate(request)
+        except InferenceError:
+            model.stats.record_failure(time.monotonic_ns() - start, "BACKEND")
+            raise
+        async with aclosing(model.scheduler.stream(request, batch_size)) as responses:
+            while True:
+                try:
+                    response, final = await anext(responses)
+                except StopAsyncIteration:
+                    return
+                except InferenceError:  # refused before it was queued (unloading, full)
+                    model.stats.record_failure(time.monotonic_ns() - start, "BACKEND")
+                    raise
+                if isinstance(response, InferResponse):
+                    try:
+                        response.model_version = model.version_str
+                        if classify:
+                            _classify(response, request, model)
+                        if shm_outputs:
+                            write_outputs(response, shm_outputs)
+                    except InferenceError as exc:
+                        response = exc
+                if isinstance(response, InferenceError):
+                    failed = True
+                if final:
+                    elapsed = time.monotonic_ns() - start
+                    if failed:
+                        model.stats.record_failure(elapsed, "BACKEND")
+                    else:
+                        model.stats.record_success(elapsed)
+                yield response, final
 
     # InferenceHandle (BLS from Python models)
     def infer_blocking(self, request: InferRequest, timeout: float | None = None) -> InferResponse:
@@ -277,4 +359,3 @@ def _classify(response: InferResponse, request: InferRequest, model: LoadedVersi
         data = datatypes.to_bytes_array(results)
         shape = [rows.shape[0], k] if batched else [k]
         response.outputs[index] = Tensor(tensor.name, "BYTES", shape, data.reshape(shape))
-

@@ -6,6 +6,10 @@ queue and runs it on the instance's own thread.  With ``dynamic_batching`` (and
 (same non-batch shapes, total batch size <= ``max_batch_size``), waiting up to
 ``max_queue_delay_microseconds`` for more when the batch is not full; otherwise each
 request executes alone.
+
+Decoupled models (:attr:`ModelInstance.decoupled`) go through :meth:`Scheduler.stream`:
+an execution ends when ``execute_decoupled`` returns (the instance takes the next batch)
+while its requests stay open until the model sends their final flag.
 """
 
 from __future__ import annotations
@@ -14,11 +18,19 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from openeas.protocol.errors import InferenceError, InternalError, Unavailable
 from openeas.protocol.types import InferRequest, InferResponse
-from openeas.server.backends.base import ExecResult, ExecTiming, ModelInstance
+from openeas.server.backends.base import (
+    ExecResult,
+    ExecTiming,
+    ModelInstance,
+    ResponseStream,
+    StreamItem,
+)
 from openeas.server.repository.config import ModelConfig
 from openeas.server.stats import ModelStats
 from openeas.server.workers import WorkerThread
@@ -32,6 +44,8 @@ class _Pending:
     batch_size: int
     future: asyncio.Future[InferResponse]
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
+    #: Where a decoupled model's responses go (None for other models).
+    stream: ResponseStream | None = None
 
 
 #: Executions whose running average stays under this run inline on the event loop.
@@ -78,6 +92,17 @@ def _timed_execute(
     return results, time.perf_counter_ns() - start
 
 
+def _timed_execute_decoupled(
+    instance: ModelInstance,
+    requests: list[InferRequest],
+    streams: list[ResponseStream],
+    timing: ExecTiming,
+) -> int:
+    start = time.perf_counter_ns()
+    instance.execute_decoupled(requests, streams, timing)
+    return time.perf_counter_ns() - start
+
+
 class Scheduler:
     """Queues requests for one model version and executes them on its instances.
 
@@ -103,6 +128,11 @@ class Scheduler:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closed = False
+        #: The instances are decoupled (the backend honours the decoupled transaction
+        #: policy): requests go through stream(), never infer().
+        self.decoupled = any(instance.decoupled for _, instance in instances)
+        #: Streams of decoupled requests that have not seen their final flag yet.
+        self._streams: set[ResponseStream] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -147,9 +177,40 @@ class Scheduler:
             if not self._inflight:
                 self._idle.set()
 
-    def _run_inline_now(
-        self, slot: _Slot, request: InferRequest, batch_size: int
-    ) -> InferResponse:
+    async def stream(self, request: InferRequest, batch_size: int) -> AsyncIterator[StreamItem]:
+        """Queue a request for a decoupled model; yield its responses up to the final one.
+
+        Closing the iterator early (the client went away) cancels the request: a queued
+        one never executes, a running one sees ``cancelled`` on its stream.
+        """
+        if self._closed:
+            raise Unavailable(f"model '{self._config.name}' is unloading")
+        if self._max_queue and len(self._queue) >= self._max_queue:
+            raise Unavailable("Exceeds maximum queue size")
+        stream = ResponseStream(self._loop)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.append(_Pending(request, batch_size, future, stream=stream))
+        self._streams.add(stream)
+        self._inflight += 1
+        self._idle.clear()
+        self._wakeup.set()
+        try:
+            while True:
+                item = await stream.get()
+                yield item
+                if item[1]:
+                    return
+        finally:
+            if not future.done():
+                future.cancel()  # still queued: _take_batch skips it
+            if not stream.closed:
+                stream.cancel()
+            self._streams.discard(stream)
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    def _run_inline_now(self, slot: _Slot, request: InferRequest, batch_size: int) -> InferResponse:
         self._stats.queue.add(0)
         timing = ExecTiming()
         slot.busy = True
@@ -176,13 +237,21 @@ class Scheduler:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             log.warning("model '%s' still has requests in flight at unload", self._config.name)
+            # decoupled requests whose model never sent the final flag end here
+            for stream in list(self._streams):
+                stream.cancel()
+                stream.close_with(Unavailable(f"model '{self._config.name}' unloaded"))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._queue:
             item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(Unavailable(f"model '{self._config.name}' unloaded"))
+            error = Unavailable(f"model '{self._config.name}' unloaded")
+            if item.stream is not None:
+                item.stream.close_with(error)
+                item.future.cancel()
+            elif not item.future.done():
+                item.future.set_exception(error)
         for slot in self._slots:
             try:
                 await slot.thread.submit(slot.instance.finalize)
@@ -203,6 +272,9 @@ class Scheduler:
                 self._stats.queue.add(start_ns - item.enqueued_ns)
             timing = ExecTiming()
             requests = [item.request for item in batch]
+            if slot.instance.decoupled:
+                await self._execute_decoupled(slot, batch, requests, timing)
+                continue
             slot.busy = True
             try:
                 if slot.inline:
@@ -232,6 +304,61 @@ class Scheduler:
             if self._queue:
                 self._wakeup.set()
 
+    async def _execute_decoupled(
+        self, slot: _Slot, batch: list[_Pending], requests: list[InferRequest], timing: ExecTiming
+    ) -> None:
+        """Run one batch of a decoupled model; its responses go through the streams."""
+        streams: list[ResponseStream] = []
+        for item in batch:
+            if item.stream is None:  # a unary request reached a decoupled model
+                item.stream = ResponseStream(self._loop)
+                if not item.future.done():
+                    item.future.set_exception(
+                        InternalError(
+                            f"model '{self._config.name}' is decoupled; its responses can "
+                            f"only be streamed"
+                        )
+                    )
+            streams.append(item.stream)
+        slot.busy = True
+        elapsed = 0
+        try:
+            elapsed = await slot.thread.submit(
+                _timed_execute_decoupled, slot.instance, requests, streams, timing
+            )
+        except InferenceError as exc:
+            for stream in streams:
+                stream.close_with(exc)
+        except Exception as exc:
+            log.exception("model '%s' execution failed", self._config.name)
+            error = InternalError(f"{type(exc).__name__}: {exc}")
+            for stream in streams:
+                stream.close_with(error)
+        finally:
+            slot.busy = False
+        self._record(slot, len(batch), sum(item.batch_size for item in batch), timing, elapsed)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(None)
+        if self._queue:
+            self._wakeup.set()
+
+    def _record(
+        self, slot: _Slot, requests: int, batch_size: int, timing: ExecTiming, elapsed: int
+    ) -> None:
+        """Record an execution's statistics."""
+        if elapsed:
+            slot.observe(elapsed)
+        if not (timing.compute_input_ns or timing.compute_infer_ns or timing.compute_output_ns):
+            timing.compute_infer_ns = elapsed
+        self._stats.record_execution(
+            batch_size,
+            requests,
+            timing.compute_input_ns,
+            timing.compute_infer_ns,
+            timing.compute_output_ns,
+        )
+
     def _finish(
         self,
         slot: _Slot,
@@ -242,10 +369,6 @@ class Scheduler:
         elapsed: int,
     ) -> ExecResult:
         """Record an execution's statistics; check the backend answered every request."""
-        if elapsed:
-            slot.observe(elapsed)
-        if not (timing.compute_input_ns or timing.compute_infer_ns or timing.compute_output_ns):
-            timing.compute_infer_ns = elapsed
         if len(results) != requests:
             results = [
                 InternalError(
@@ -253,13 +376,7 @@ class Scheduler:
                     f"for {requests} requests"
                 )
             ] * requests
-        self._stats.record_execution(
-            batch_size,
-            requests,
-            timing.compute_input_ns,
-            timing.compute_infer_ns,
-            timing.compute_output_ns,
-        )
+        self._record(slot, requests, batch_size, timing, elapsed)
         return results
 
     async def _take_batch(self) -> list[_Pending]:

@@ -4,7 +4,8 @@ It runs in the server's event loop, next to the HTTP front end, and every handle
 decodes the message, calls the :class:`DataPlane` and encodes the answer.  Errors are
 :class:`InferenceError` subclasses whose ``grpc_code`` becomes the call's status;
 anything else is ``INTERNAL``.  The generated messages come from the ``tritonclient``
-wheel (``tritonclient.grpc.service_pb2``); no protos are vendored.
+wheel (``tritonclient.grpc.service_pb2``); no protos are vendored.  The same server also
+answers the standard ``grpc.health.v1.Health`` service (:mod:`.grpc_health`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 import grpc
@@ -22,10 +24,19 @@ from tritonclient.grpc import service_pb2_grpc
 
 from openeas.protocol import grpc_codec
 from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
-from openeas.server.dataplane import DataPlane
+from openeas.server.dataplane import DataPlane, DecoupledModelError
+from openeas.server.frontends.grpc_health import add_health_servicer
 from openeas.server.options import ServerOptions
 
 log = logging.getLogger(__name__)
+
+#: Triton's answer to ModelInfer for a model with the decoupled transaction policy.
+DECOUPLED_MODEL_INFER = "ModelInfer RPC doesn't support models with decoupled transaction policy"
+#: Request parameter: send an empty response for a bare final flag, and mark every
+#: response with :data:`FINAL_RESPONSE`.
+EMPTY_FINAL = "triton_enable_empty_final_response"
+#: Response parameter (bool) that tells whether a stream response is its request's last.
+FINAL_RESPONSE = "triton_final_response"
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -124,41 +135,75 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
         infer_request = grpc_codec.decode_request(request)
-        response = await self.dataplane.infer(infer_request)
+        try:
+            response = await self.dataplane.infer(infer_request)
+        except DecoupledModelError:
+            raise Unsupported(DECOUPLED_MODEL_INFER) from None
         return grpc_codec.encode_response(response, infer_request)
 
-    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+    async def _stream_one(
+        self,
+        request: pb.ModelInferRequest,
+        put: Callable[[pb.ModelStreamInferResponse], None],
+    ) -> None:
+        """Run one request of a stream; ``put`` every answer it produces.
+
+        A decoupled model's responses are put as they arrive; with the request parameter
+        ``triton_enable_empty_final_response`` each carries ``triton_final_response`` and
+        a bare final flag becomes an empty response, otherwise a bare final sends nothing.
+        Errors are put as ``error_message`` answers (the stream stays open).
+        """
+        empty_final = False
         try:
             infer_request = grpc_codec.decode_request(request)
-            response = await self.dataplane.infer(infer_request)
-            return pb.ModelStreamInferResponse(
-                infer_response=grpc_codec.encode_response(response, infer_request)
-            )
+            if EMPTY_FINAL in infer_request.parameters:
+                empty_final = _bool_parameter(infer_request.parameters.pop(EMPTY_FINAL))
+            async with aclosing(self.dataplane.infer_stream(infer_request)) as responses:
+                async for response, final in responses:
+                    if response is None:
+                        if not empty_final:
+                            continue
+                        answer = pb.ModelInferResponse(
+                            id=request.id,
+                            model_name=request.model_name,
+                            model_version=request.model_version,
+                        )
+                        message = pb.ModelStreamInferResponse(infer_response=answer)
+                    elif isinstance(response, InferenceError):
+                        message = _stream_error(request, response.message)
+                    else:
+                        message = pb.ModelStreamInferResponse(
+                            infer_response=grpc_codec.encode_response(response, infer_request)
+                        )
+                    if empty_final:
+                        final_param = message.infer_response.parameters[FINAL_RESPONSE]
+                        final_param.bool_param = final
+                    put(message)
+            return
         except InferenceError as exc:
-            message = exc.message
+            text = exc.message
         except Exception as exc:
             log.exception("unhandled error in gRPC ModelStreamInfer")
-            message = f"internal error: {type(exc).__name__}: {exc}"
-        # The id (and model) tell the client which request failed.
-        return pb.ModelStreamInferResponse(
-            error_message=message,
-            infer_response=pb.ModelInferResponse(
-                id=request.id, model_name=request.model_name, model_version=request.model_version
-            ),
-        )
+            text = f"internal error: {type(exc).__name__}: {exc}"
+        message = _stream_error(request, text)
+        if empty_final:
+            message.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        put(message)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of a stream run concurrently; each answer is written when it is ready.
 
-        A failed request answers with ``error_message`` and leaves the stream open.
+        A failed request answers with ``error_message`` and leaves the stream open.  When
+        the client cancels the call (or it ends otherwise), requests still running are
+        cancelled: decoupled models see ``request.is_cancelled()``.
         """
         queue: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.ModelInferRequest) -> None:
-            queue.put_nowait(await self._stream_one(request))
+            await self._stream_one(request, queue.put_nowait)
 
         async def read() -> None:
             try:
@@ -323,6 +368,22 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    """A stream answer that reports ``message`` for ``request`` (its id tells which)."""
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            id=request.id, model_name=request.model_name, model_version=request.model_version
+        ),
+    )
+
+
+def _bool_parameter(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 def _cuda_shm() -> Unsupported:
     return Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
 
@@ -362,6 +423,7 @@ class GrpcFrontend:
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_health_servicer(server, lambda: self.dataplane.ready())
         address = self.address
         try:
             port = server.add_insecure_port(address)

@@ -23,7 +23,7 @@ from openeas.protocol.errors import (
     Unsupported,
 )
 from openeas.protocol.types import InferRequest
-from openeas.server.dataplane import DataPlane
+from openeas.server.dataplane import DataPlane, DecoupledModelError
 from openeas.server.frontends.asgi import (
     JSON_HEADERS,
     Receive,
@@ -38,6 +38,8 @@ from openeas.server.frontends.asgi import (
 log = logging.getLogger(__name__)
 
 _OCTET = b"application/octet-stream"
+#: Triton's answer (501) to an infer request for a model with the decoupled policy.
+DECOUPLED_HTTP_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
 
 
 class MethodNotAllowed(InferenceError):
@@ -162,7 +164,10 @@ class HttpFrontend:
             request = self._raw_request(body, name, version)
         else:
             request = http_codec.decode_request(body, header_length, name, version)
-        response = await self.dataplane.infer(request)
+        try:
+            response = await self.dataplane.infer(request)
+        except DecoupledModelError:
+            raise Unsupported(DECOUPLED_HTTP_INFER) from None
         parts, json_length = http_codec.encode_response(response, request)
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         headers: list[tuple[bytes, bytes]]

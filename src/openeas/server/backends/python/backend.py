@@ -35,7 +35,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from openeas.protocol.errors import InternalError, InvalidArgument, Unsupported
+from openeas.protocol.errors import InternalError, InvalidArgument
 from openeas.protocol.types import InferRequest
 from openeas.server.backends.base import (
     Backend,
@@ -43,6 +43,8 @@ from openeas.server.backends.base import (
     ExecTiming,
     ModelContext,
     ModelInstance,
+    ResponseStream,
+    StreamClosed,
 )
 from openeas.server.backends.python import _runtime, convert
 from openeas.server.backends.python import triton_python_backend_utils as pb_utils
@@ -182,11 +184,7 @@ class PythonModelInstance(ModelInstance):
         self._device_id = device_id
         self._version = str(context.version)
         config = context.config
-        if config.model_transaction_policy.decoupled:
-            raise Unsupported(
-                f"model '{context.name}' uses the decoupled transaction policy; decoupled "
-                f"Python models are not supported yet"
-            )
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
         self._output_names = [output.name for output in config.output]
         self._runtime = _runtime.InstanceRuntime(context.name, instance_name, context.handle)
         _runtime.set_default_handle(context.handle)
@@ -206,7 +204,8 @@ class PythonModelInstance(ModelInstance):
             initialize = getattr(self._model, "initialize", None)
             if callable(initialize):
                 self._call(initialize, self.initialize_args())
-            self.inline_capable = _inline_capable(self._model, path)
+            # decoupled models answer from their own threads: never on the server's loop
+            self.inline_capable = not self.decoupled and _inline_capable(self._model, path)
         except Exception as exc:
             self._release()
             raise InternalError(
@@ -265,7 +264,7 @@ class PythonModelInstance(ModelInstance):
     ) -> None:
         raise pb_utils.TritonError(
             f"model '{self._context.name}': sending responses through a response sender "
-            f"needs a decoupled model; decoupled Python models are not supported yet",
+            f"needs a model with the decoupled transaction policy",
             pb_utils.TritonError.UNSUPPORTED,
         )
 
@@ -321,6 +320,65 @@ class PythonModelInstance(ModelInstance):
         results = self._results(requests, filters, result)
         timing.compute_output_ns = time.perf_counter_ns() - infer_done
         return results
+
+    def execute_decoupled(
+        self, requests: list[InferRequest], streams: list[ResponseStream], timing: ExecTiming
+    ) -> None:
+        """Run one batch of a decoupled model: ``execute`` answers through response senders.
+
+        Each request's ``get_response_sender()`` sends into its stream, from any thread and
+        also after ``execute`` returned; ``request.is_cancelled()`` reads the stream's
+        cancellation.  When ``execute`` raises (or returns something other than None) every
+        request whose sender is still open fails.
+        """
+        if not requests:
+            return
+        if self._model is None:
+            error = InternalError(f"model instance '{self._instance_name}' is finalized")
+            for stream in streams:
+                stream.close_with(error)
+            return
+        start = time.perf_counter_ns()
+        pb_requests: list[pb_utils.InferenceRequest] = []
+        try:
+            for request, stream in zip(requests, streams, strict=True):
+                wanted = convert.requested_outputs(request, self._output_names)
+                sender = _StreamSender(request, stream, wanted, self._version)
+                pb_requests.append(
+                    convert.to_pb_request(
+                        request,
+                        model_name=self._context.name,
+                        model_version=self._context.version,
+                        output_names=wanted,
+                        send_hook=sender.send,
+                        cancelled_hook=sender.cancelled,
+                    )
+                )
+        except Exception as exc:
+            error = InternalError(self._failure(_format_exception(exc)))
+            for stream in streams:
+                stream.close_with(error)
+            return
+        inputs_done = time.perf_counter_ns()
+        timing.compute_input_ns = inputs_done - start
+        try:
+            result = self._call(self._model.execute, pb_requests)
+        except Exception as exc:
+            message = self._failure(_format_exception(exc))
+            _LOG.info("%s", message)
+            result = None
+            for stream in streams:
+                stream.close_with(InternalError(message))
+        timing.compute_infer_ns = time.perf_counter_ns() - inputs_done
+        if result is not None:
+            error = InternalError(
+                self._failure(
+                    f"Python model '{self._context.name}' is using the decoupled mode and the "
+                    f"execute function must return None."
+                )
+            )
+            for stream in streams:
+                stream.close_with(error)
 
     def _results(
         self, requests: list[InferRequest], filters: list[list[str] | None], result: Any
@@ -385,6 +443,61 @@ class PythonModelInstance(ModelInstance):
                 loop.close()
         unload_model_module(self._module)
         self._model = None
+
+
+class _StreamSender:
+    """The ``send`` and ``is_cancelled`` hooks of one request of a decoupled model."""
+
+    __slots__ = ("_request", "_stream", "_wanted", "_version")
+
+    def __init__(
+        self,
+        request: InferRequest,
+        stream: ResponseStream,
+        wanted: list[str] | None,
+        version: str,
+    ) -> None:
+        self._request = request
+        self._stream = stream
+        self._wanted = wanted
+        self._version = version
+
+    def cancelled(self) -> bool:
+        return self._stream.cancelled
+
+    def send(
+        self,
+        request: pb_utils.InferenceRequest,
+        response: pb_utils.InferenceResponse | None,
+        flags: int,
+    ) -> None:
+        if self._stream.closed:
+            raise pb_utils.TritonError("Unable to send response. Response sender has been closed.")
+        if flags not in (0, pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL):
+            raise pb_utils.TritonError(
+                "Unable to send response. Unsupported flag provided.",
+                pb_utils.TritonError.INVALID_ARG,
+            )
+        final = flags == pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if response is None and not final:
+            raise pb_utils.TritonError(
+                "Inference Response object must be provided when the response flags is "
+                "set to zero.",
+                pb_utils.TritonError.INVALID_ARG,
+            )
+        answer = (
+            None
+            if response is None
+            else convert.to_server_response(
+                self._request, response, model_version=self._version, requested=self._wanted
+            )
+        )
+        try:
+            self._stream.send(answer, final)
+        except StreamClosed:
+            raise pb_utils.TritonError(
+                "Unable to send response. Response sender has been closed."
+            ) from None
 
 
 # --------------------------------------------------------------------------- backend

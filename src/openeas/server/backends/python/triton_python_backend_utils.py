@@ -426,8 +426,10 @@ _NO_TRACE = InferenceTrace()
 class ResponseSender:
     """Sends responses for one received request (``request.get_response_sender()``).
 
-    The backend decides what sending means through the ``send`` callback; until
-    decoupled models are supported it raises ``TritonError(UNSUPPORTED)``.
+    The backend decides what sending means through the ``send`` callback: for a model
+    with the decoupled transaction policy each call hands a response (and/or the final
+    flag) to the client, from any thread; sending after the final flag raises
+    ``TritonError``.  Other models get ``TritonError(UNSUPPORTED)``.
     """
 
     def __init__(
