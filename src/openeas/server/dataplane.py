@@ -21,6 +21,7 @@ from openeas.protocol import datatypes
 from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
 from openeas.server.backends.base import StreamItem
+from openeas.server.batching import QueueRejected
 from openeas.server.models import (
     LoadedVersion,
     ModelManager,
@@ -190,8 +191,8 @@ class DataPlane:
                 _classify(response, request, model)
             if shm_outputs:
                 write_outputs(response, shm_outputs)
-        except InferenceError:
-            model.stats.record_failure(time.monotonic_ns() - start, "BACKEND")
+        except InferenceError as exc:
+            model.stats.record_failure(time.monotonic_ns() - start, _failure_reason(exc))
             raise
         model.stats.record_success(time.monotonic_ns() - start)
         return response
@@ -230,8 +231,8 @@ class DataPlane:
                     response, final = await anext(responses)
                 except StopAsyncIteration:
                     return
-                except InferenceError:  # refused before it was queued (unloading, full)
-                    model.stats.record_failure(time.monotonic_ns() - start, "BACKEND")
+                except InferenceError as exc:  # refused in the queue (unloading, full, timeout)
+                    model.stats.record_failure(time.monotonic_ns() - start, _failure_reason(exc))
                     raise
                 if isinstance(response, InferResponse):
                     try:
@@ -329,6 +330,11 @@ class DataPlane:
         self.models.check_explicit_allowed()
         dependents = bool((parameters or {}).get("unload_dependents", False))
         await self.models.unload(name, dependents)
+
+
+def _failure_reason(error: InferenceError) -> str:
+    """The ``reason`` label of nv_inference_request_failure for an error."""
+    return "REJECTED" if isinstance(error, QueueRejected) else "BACKEND"
 
 
 def _classify(response: InferResponse, request: InferRequest, model: LoadedVersion) -> None:

@@ -26,10 +26,16 @@ from openeas.protocol.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    Unsupported,
 )
 from openeas.server.backends import get_backend
 from openeas.server.backends.base import InferenceHandle, ModelContext, ModelInstance
+from openeas.server.ensemble import (
+    EnsembleExecutor,
+    EnsemblePlan,
+    Step,
+    build_plan,
+    check_composing,
+)
 from openeas.server.repository.config import ModelConfig, backend_of, parse_config_json
 from openeas.server.repository.layout import (
     check_model_name,
@@ -63,12 +69,16 @@ class ModelState(enum.StrEnum):
 
 @dataclass
 class LoadedVersion:
-    """A ready model version: its config, scheduler, statistics and output labels."""
+    """A ready model version: its config, scheduler, statistics and output labels.
+
+    An ensemble's ``scheduler`` is an :class:`EnsembleExecutor`, which has the same
+    surface (``infer``, ``pending``, ``decoupled``, ``close``).
+    """
 
     name: str
     version: int
     config: ModelConfig
-    scheduler: Scheduler
+    scheduler: Scheduler | EnsembleExecutor
     stats: ModelStats
     labels: dict[str, list[str]]
     load_seconds: float = 0.0
@@ -94,6 +104,8 @@ class _Record:
     signature: dict[str, str] = field(default_factory=dict)
     temp_dir: Path | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the composing models of a loaded ensemble (what it depends on)
+    composing: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -117,6 +129,8 @@ class ModelManager:
         self._records: dict[str, _Record] = {}
         self._pool = ThreadPoolExecutor(max(1, options.load_threads), "model-load")
         self._poll_task: asyncio.Task[None] | None = None
+        #: ensemble being loaded -> the composing model whose load it waits for
+        self._waiting_on: dict[str, str] = {}
 
     # -- start-up and shutdown ---------------------------------------------------------
 
@@ -278,6 +292,11 @@ class ModelManager:
                 raise InvalidArgument(
                     f"failed to load '{name}': no version is available under {model_dir}"
                 )
+            plan = (
+                await self._prepare_ensemble(name, config)
+                if config.platform == "ensemble"
+                else None
+            )
         except InferenceError as exc:
             if temp_dir:
                 shutil.rmtree(temp_dir, ignore_errors=True)
@@ -294,7 +313,10 @@ class ModelManager:
         for version in versions:
             record.states[version] = (ModelState.LOADING, "")
         results = await asyncio.gather(
-            *(self._load_version(name, version, config, model_dir) for version in versions),
+            *(
+                self._load_version(name, version, config, model_dir, plan)
+                for version in versions
+            ),
             return_exceptions=True,
         )
         new: dict[int, LoadedVersion] = {}
@@ -326,6 +348,7 @@ class ModelManager:
                 + " the previously loaded version(s) keep serving"
             )
         record.loaded = new
+        record.composing = plan.composing_models() if plan else set()
         for version in list(record.states):
             if version not in versions:
                 record.states[version] = (ModelState.UNAVAILABLE, "unloaded")
@@ -336,14 +359,72 @@ class ModelManager:
             raise Unavailable(f"load failed for model '{name}': " + " ".join(failures))
         log.info("successfully loaded '%s' version(s) %s", name, ", ".join(map(str, versions)))
 
+    async def _prepare_ensemble(self, name: str, config: ModelConfig) -> EnsemblePlan:
+        """Check an ensemble's graph and its composing models, loading them as needed."""
+        plan = build_plan(config)
+        composing: dict[tuple[str, str], tuple[ModelConfig, bool]] = {}
+        for step in plan.steps:
+            key = (step.model_name, step.model_version)
+            if key not in composing:
+                model = await self._composing_model(name, step)
+                composing[key] = (model.config, model.scheduler.decoupled)
+        check_composing(config, plan, composing)
+        return plan
+
+    async def _composing_model(self, ensemble: str, step: Step) -> LoadedVersion:
+        """The ready composing model of a step: waits for its load in progress, and
+        loads it when it is not loaded yet (always in explicit mode, as Triton does)."""
+        target = step.model_name
+        where = f"ensemble '{ensemble}': {step.label}"
+        current: str | None = target
+        while current is not None:  # loads waiting for each other: a cycle of ensembles
+            if current == ensemble:
+                raise InvalidArgument(f"{where} depends on the ensemble itself (a cycle)")
+            current = self._waiting_on.get(current)
+        self._waiting_on[ensemble] = target
+        try:
+            record = self._records.get(target)
+            if record is not None and record.lock.locked():
+                async with record.lock:  # a load in progress: wait for it
+                    pass
+            if not self.is_ready(target, step.model_version) and (
+                record is None or self.options.control_mode == ControlMode.EXPLICIT
+            ):
+                try:
+                    find_model(self.options.roots, target)
+                except InferenceError:
+                    raise InvalidArgument(
+                        f"{where} refers to a model that is not in the repository"
+                    ) from None
+                try:
+                    await self.load(target)
+                except InferenceError as exc:
+                    raise InvalidArgument(f"{where} failed to load: {exc}") from None
+            try:
+                return self.get(target, step.model_version)
+            except InferenceError as exc:
+                raise InvalidArgument(f"{where} is not available: {exc}") from None
+        finally:
+            self._waiting_on.pop(ensemble, None)
+
     async def _load_version(
-        self, name: str, version: int, config: ModelConfig, model_dir: Path
+        self,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        model_dir: Path,
+        plan: EnsemblePlan | None = None,
     ) -> LoadedVersion:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        if plan is not None:
+            stats = ModelStats()
+            labels = await loop.run_in_executor(self._pool, _read_labels, config, model_dir)
+            executor = EnsembleExecutor(plan, self._handle.infer, stats)
+            return LoadedVersion(
+                name, version, config, executor, stats, labels, time.monotonic() - started
+            )
         backend_name = backend_of(config)
-        if config.platform == "ensemble":
-            raise Unsupported(f"ensemble model '{name}' is not supported yet")
         backend = get_backend(backend_name)
         context = ModelContext(
             name=name,
@@ -377,12 +458,48 @@ class ModelManager:
         )
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
-        """Unload every version of a model once its in-flight requests finish."""
+        """Unload every version of a model once its in-flight requests finish.
+
+        With ``unload_dependents``, the loaded ensembles that use the model are unloaded
+        too, and when the model is an ensemble, so are its composing models that no other
+        loaded ensemble uses.  Without it, ensembles that use the model stay loaded and
+        their requests fail while the model is gone.
+        """
         check_model_name(name)
         record = self._records.get(name)
         if record is None:
             return
+        seen = {name}
+        if unload_dependents:
+            await self._unload_users(name, seen)
+        composing = set(record.composing)
         await self._unload_record(record)
+        if unload_dependents:
+            await self._unload_composing(composing, seen)
+
+    async def _unload_users(self, name: str, seen: set[str]) -> None:
+        """Unload the loaded ensembles that use ``name``, and the ensembles using those."""
+        for other in list(self._records.values()):
+            if other.name in seen or not other.loaded or name not in other.composing:
+                continue
+            seen.add(other.name)
+            await self._unload_users(other.name, seen)
+            log.info("unloading ensemble '%s', which uses '%s'", other.name, name)
+            await self._unload_record(other)
+
+    async def _unload_composing(self, names: set[str], seen: set[str]) -> None:
+        """Unload the composing models ``names`` that no loaded ensemble uses any more."""
+        for name in sorted(names):
+            record = self._records.get(name)
+            if record is None or name in seen or not record.loaded:
+                continue
+            if any(name in other.composing for other in self._records.values() if other.loaded):
+                continue
+            seen.add(name)
+            composing = set(record.composing)
+            log.info("unloading '%s', a composing model of an unloaded ensemble", name)
+            await self._unload_record(record)
+            await self._unload_composing(composing, seen)
 
     async def _unload_record(self, record: _Record) -> None:
         async with record.lock:
@@ -395,6 +512,7 @@ class ModelManager:
             for version in record.states:
                 record.states[version] = (ModelState.UNAVAILABLE, "unloaded")
             record.signature = {}
+            record.composing = set()
 
     async def _retire(self, versions: list[LoadedVersion], temp_dir: Path | None) -> None:
         await asyncio.gather(

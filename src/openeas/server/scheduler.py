@@ -4,8 +4,22 @@ Each instance has a worker coroutine on the event loop that takes work from the 
 queue and runs it on the instance's own thread.  With ``dynamic_batching`` (and
 ``max_batch_size > 0``) a worker takes every queued request that fits into one batch
 (same non-batch shapes, total batch size <= ``max_batch_size``), waiting up to
-``max_queue_delay_microseconds`` for more when the batch is not full; otherwise each
-request executes alone.
+``max_queue_delay_microseconds`` (counted from the oldest request's arrival) for more
+when the batch is not full; otherwise each request executes alone.  When the queued
+requests reach one of the ``preferred_batch_size`` values, the batch is cut at the
+largest one reached and sent at once.  One worker at a time forms a batch (as Triton's
+single batcher thread), so with several instances each batch goes to an idle instance.
+
+Dynamic batching also brings Triton's queue policies (:mod:`openeas.server.batching`):
+one queue per priority level (request parameter ``priority``; lower number first),
+``max_queue_size`` per level and a timeout per request (``default_timeout_microseconds``,
+or the request's ``timeout`` parameter where ``allow_timeout_override``).  A request
+whose timeout expires while queued fails at once with ``REJECT``, or with ``DELAY``
+stays queued behind the requests of its level that have not timed out.  Requests the
+queue refuses raise :class:`QueueRejected`.  With ``preserve_ordering`` each request's
+response is released only after those of every request that arrived before it (several
+instances may finish out of order); it does not apply to decoupled models, whose
+responses flow through their streams as the model sends them.
 
 Decoupled models (:attr:`ModelInstance.decoupled`) go through :meth:`Scheduler.stream`:
 an execution ends when ``execute_decoupled`` returns (the instance takes the next batch)
@@ -31,11 +45,24 @@ from openeas.server.backends.base import (
     ResponseStream,
     StreamItem,
 )
+from openeas.server.batching import (
+    QUEUE_FULL_MESSAGE,
+    TIMEOUT_MESSAGE,
+    QueueConfig,
+    QueuePolicy,
+    QueueRejected,
+    select_batch,
+)
 from openeas.server.repository.config import ModelConfig
 from openeas.server.stats import ModelStats
 from openeas.server.workers import WorkerThread
 
+__all__ = ["QueueRejected", "Scheduler"]
+
 log = logging.getLogger(__name__)
+
+#: States of a queued request.
+_QUEUED, _TAKEN, _GONE = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -46,6 +73,28 @@ class _Pending:
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
     #: Where a decoupled model's responses go (None for other models).
     stream: ResponseStream | None = None
+    #: Index of its priority level's queue.
+    level: int = 0
+    #: time.monotonic_ns() when its queue timeout expires (0: never).
+    deadline_ns: int = 0
+    #: _QUEUED until a batch takes it (_TAKEN) or it leaves the queue otherwise (_GONE).
+    state: int = _QUEUED
+    #: Rejects it when its timeout expires (REJECT policy only).
+    timer: asyncio.TimerHandle | None = None
+    #: Arrival number when responses are released in arrival order (else -1).
+    seq: int = -1
+
+
+class _Level:
+    """The queue of one priority level."""
+
+    __slots__ = ("items", "count", "policy")
+
+    def __init__(self, policy: QueuePolicy) -> None:
+        self.items: collections.deque[_Pending] = collections.deque()
+        #: Requests of ``items`` still _QUEUED.
+        self.count = 0
+        self.policy = policy
 
 
 #: Executions whose running average stays under this run inline on the event loop.
@@ -125,7 +174,11 @@ class Scheduler:
         self._version = version
         self._stats = stats
         self._loop = loop
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queue_config = queues = QueueConfig.from_config(config)
+        #: One queue per priority level, highest priority first.
+        self._levels = [_Level(policy) for policy in queues.policies]
+        #: Requests queued (still _QUEUED) over all levels.
+        self._queued = 0
         self._wakeup = asyncio.Event()
         self._closed = False
         #: The instances are decoupled (the backend honours the decoupled transaction
@@ -142,8 +195,27 @@ class Scheduler:
         self._delay_s = (
             config.dynamic_batching.max_queue_delay_microseconds / 1e6 if batching else 0.0
         )
-        policy = config.dynamic_batching.default_queue_policy
-        self._max_queue = policy.max_queue_size if batching else 0
+        self._delay_ns = int(self._delay_s * 1e9)
+        self._preferred = (
+            frozenset(size for size in config.dynamic_batching.preferred_batch_size if size > 0)
+            if batching
+            else frozenset()
+        )
+        #: ``preserve_ordering``: responses are released in arrival order.
+        self._ordering = (
+            config.dynamic_batching.preserve_ordering
+            and config.HasField("dynamic_batching")
+            and not self.decoupled
+        )
+        self._next_seq = 0
+        self._release_seq = 0
+        #: Finished requests waiting for an earlier one (``preserve_ordering``).
+        self._held: dict[int, tuple[_Pending, InferResponse | BaseException | None]] = {}
+        #: Requests must go through the queue (no inline execution on arrival): they
+        #: may have to wait for a batch, a priority, a timeout or an earlier request.
+        self._queue_only = bool(self._delay_s) or not queues.trivial or self._ordering
+        #: Only the worker holding this lock forms a batch.
+        self._forming = asyncio.Lock()
 
         self._slots = [
             _Slot(name, instance, WorkerThread(name, loop)) for name, instance in instances
@@ -159,20 +231,19 @@ class Scheduler:
         """Queue ``request`` and wait for its response (raises InferenceError)."""
         if self._closed:
             raise Unavailable(f"model '{self._config.name}' is unloading")
-        if not self._queue and not self._delay_s:
+        if not self._queued and not self._queue_only:
             for slot in self._slots:
                 if not slot.busy and slot.inline:
                     return self._run_inline_now(slot, request, batch_size)
-        if self._max_queue and len(self._queue) >= self._max_queue:
-            raise Unavailable("Exceeds maximum queue size")
         future: asyncio.Future[InferResponse] = self._loop.create_future()
-        self._queue.append(_Pending(request, batch_size, future))
-        self._inflight += 1
-        self._idle.clear()
-        self._wakeup.set()
+        item = self._enqueue(_Pending(request, batch_size, future))
         try:
             return await future
         finally:
+            if item.state == _QUEUED:  # the caller went away while it was queued
+                self._leave(item)
+                if item.seq >= 0:
+                    self._deliver(item, None)
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
@@ -185,30 +256,128 @@ class Scheduler:
         """
         if self._closed:
             raise Unavailable(f"model '{self._config.name}' is unloading")
-        if self._max_queue and len(self._queue) >= self._max_queue:
-            raise Unavailable("Exceeds maximum queue size")
         stream = ResponseStream(self._loop)
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.append(_Pending(request, batch_size, future, stream=stream))
+        pending = self._enqueue(_Pending(request, batch_size, future, stream=stream))
         self._streams.add(stream)
-        self._inflight += 1
-        self._idle.clear()
-        self._wakeup.set()
         try:
             while True:
                 item = await stream.get()
+                if item[1] and isinstance(item[0], QueueRejected) and pending.state == _GONE:
+                    raise item[0]  # its timeout expired in the queue: it never ran
                 yield item
                 if item[1]:
                     return
         finally:
+            if pending.state == _QUEUED:  # never executes
+                self._leave(pending)
             if not future.done():
-                future.cancel()  # still queued: _take_batch skips it
+                future.cancel()
             if not stream.closed:
                 stream.cancel()
             self._streams.discard(stream)
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
+
+    def _enqueue(self, item: _Pending) -> _Pending:
+        """Put ``item`` into its priority level's queue (raises when it is refused)."""
+        queues = self._queue_config
+        if queues.trivial:
+            level = self._levels[0]
+        else:
+            item.level = queues.level_of(item.request, self._config.name)
+            level = self._levels[item.level]
+        policy = level.policy
+        if policy.max_size and level.count >= policy.max_size:
+            raise QueueRejected(QUEUE_FULL_MESSAGE)
+        if policy.has_timeouts:
+            timeout_ns = policy.timeout_ns(item.request)
+            if timeout_ns:
+                item.deadline_ns = item.enqueued_ns + timeout_ns
+                if policy.reject:
+                    item.timer = self._loop.call_later(timeout_ns / 1e9, self._expire, item)
+        if self._ordering:
+            item.seq = self._next_seq
+            self._next_seq += 1
+        level.items.append(item)
+        level.count += 1
+        self._queued += 1
+        self._inflight += 1
+        self._idle.clear()
+        self._wakeup.set()
+        return item
+
+    def _leave(self, item: _Pending) -> None:
+        """Take a _QUEUED ``item`` out of the counts (its deque drops it lazily)."""
+        item.state = _GONE
+        self._levels[item.level].count -= 1
+        self._queued -= 1
+        if item.timer is not None:
+            item.timer.cancel()
+
+    def _expire(self, item: _Pending) -> None:
+        """Reject a request whose queue timeout expired (REJECT policy)."""
+        if item.state != _QUEUED:
+            return
+        self._leave(item)
+        error = QueueRejected(TIMEOUT_MESSAGE)
+        if item.stream is not None:
+            item.stream.close_with(error)
+        else:
+            self._deliver(item, error)
+
+    def _deliver(self, item: _Pending, result: InferResponse | BaseException | None) -> None:
+        """Resolve ``item``'s future (None: nobody waits for it any more).
+
+        With ``preserve_ordering`` a result waits until every request that arrived
+        before it has been resolved.
+        """
+        if item.seq >= 0:
+            held = self._held
+            held[item.seq] = (item, result)
+            while self._release_seq in held:
+                item, result = held.pop(self._release_seq)
+                self._release_seq += 1
+                _resolve(item, result)
+            return
+        _resolve(item, result)
+
+    def _ordered(self, now_ns: int, limit: int) -> list[_Pending]:
+        """Queued requests in service order, until their batch sizes reach ``limit``.
+
+        Higher priority levels first; within a level, arrival order, except that
+        requests whose timeout expired (DELAY policy) come after the others of their
+        level.  Expired requests of REJECT levels are rejected here.
+        """
+        ordered: list[_Pending] = []
+        total = 0
+        for level in self._levels:
+            if not level.count:
+                continue
+            items = level.items
+            while items and items[0].state != _QUEUED:
+                items.popleft()
+            late: list[_Pending] = []
+            for item in items:
+                if item.state != _QUEUED:
+                    continue
+                if item.deadline_ns and now_ns >= item.deadline_ns:
+                    if level.policy.reject:
+                        self._expire(item)
+                    else:
+                        late.append(item)
+                    continue
+                ordered.append(item)
+                total += item.batch_size
+                if total >= limit:
+                    return ordered
+            for item in late:
+                ordered.append(item)
+                total += item.batch_size
+                if total >= limit:
+                    return ordered
+        return ordered
 
     def _run_inline_now(self, slot: _Slot, request: InferRequest, batch_size: int) -> InferResponse:
         self._stats.queue.add(0)
@@ -244,14 +413,22 @@ class Scheduler:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        while self._queue:
-            item = self._queue.popleft()
-            error = Unavailable(f"model '{self._config.name}' unloaded")
-            if item.stream is not None:
-                item.stream.close_with(error)
-                item.future.cancel()
-            elif not item.future.done():
-                item.future.set_exception(error)
+        for level in self._levels:
+            while level.items:
+                item = level.items.popleft()
+                if item.state != _QUEUED:
+                    continue
+                self._leave(item)
+                error = Unavailable(f"model '{self._config.name}' unloaded")
+                if item.stream is not None:
+                    item.stream.close_with(error)
+                    item.future.cancel()
+                else:
+                    self._deliver(item, error)
+        # preserve_ordering: nothing earlier will finish any more
+        for _, (item, result) in sorted(self._held.items()):
+            _resolve(item, result)
+        self._held.clear()
         for slot in self._slots:
             try:
                 await slot.thread.submit(slot.instance.finalize)
@@ -261,12 +438,8 @@ class Scheduler:
 
     async def _worker(self, slot: _Slot) -> None:
         while True:
-            while not self._queue or slot.busy:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            batch = await self._take_batch()
-            if not batch:
-                continue
+            async with self._forming:
+                batch = await self._take_batch()
             start_ns = time.monotonic_ns()
             for item in batch:
                 self._stats.queue.add(start_ns - item.enqueued_ns)
@@ -295,13 +468,8 @@ class Scheduler:
                 slot, len(batch), sum(item.batch_size for item in batch), timing, results, elapsed
             )
             for item, result in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
-            if self._queue:
+                self._deliver(item, result)
+            if self._queued:
                 self._wakeup.set()
 
     async def _execute_decoupled(
@@ -340,7 +508,7 @@ class Scheduler:
         for item in batch:
             if not item.future.done():
                 item.future.set_result(None)
-        if self._queue:
+        if self._queued:
             self._wakeup.set()
 
     def _record(
@@ -380,42 +548,42 @@ class Scheduler:
         return results
 
     async def _take_batch(self) -> list[_Pending]:
-        first = self._queue.popleft()
-        if first.future.done():
-            return []
-        batch = [first]
-        if not self._max_batch:
-            return batch
-        size = first.batch_size
-        deadline = time.monotonic() + self._delay_s
-        while size < self._max_batch:
-            while self._queue and size < self._max_batch:
-                nxt = self._queue[0]
-                if nxt.future.done():
-                    self._queue.popleft()
+        """Wait for the next batch (see :func:`select_batch`) and take it off the queue."""
+        limit = max(self._max_batch, 1)
+        while True:
+            if not self._queued:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            now_ns = time.monotonic_ns()
+            ordered = self._ordered(now_ns, limit)
+            if not ordered:  # all of them expired
+                continue
+            count, ready = select_batch(ordered, self._max_batch, self._preferred)
+            batch = ordered[:count]
+            if not ready and self._delay_ns:
+                oldest = min(item.enqueued_ns for item in batch)
+                remaining = oldest + self._delay_ns - now_ns
+                if remaining > 0:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining / 1e9)
+                    except TimeoutError:
+                        pass
                     continue
-                if size + nxt.batch_size > self._max_batch or not _compatible(first, nxt):
-                    return batch
-                self._queue.popleft()
-                batch.append(nxt)
-                size += nxt.batch_size
-            remaining = deadline - time.monotonic()
-            if size >= self._max_batch or remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                break
-        return batch
+            for item in batch:
+                item.state = _TAKEN
+                self._levels[item.level].count -= 1
+                if item.timer is not None:
+                    item.timer.cancel()
+            self._queued -= count
+            return batch
 
 
-def _compatible(a: _Pending, b: _Pending) -> bool:
-    """Whether two requests can share a batch: same inputs with the same non-batch shapes."""
-    if len(a.request.inputs) != len(b.request.inputs):
-        return False
-    for ta in a.request.inputs:
-        tb = b.request.input(ta.name)
-        if tb is None or tb.shape[1:] != ta.shape[1:] or tb.datatype != ta.datatype:
-            return False
-    return True
+def _resolve(item: _Pending, result: InferResponse | BaseException | None) -> None:
+    if result is None or item.future.done():
+        return
+    if isinstance(result, BaseException):
+        item.future.set_exception(result)
+    else:
+        item.future.set_result(result)
