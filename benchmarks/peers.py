@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: 
 
 
 @dataclass
-class Peer:
+class Peer(ABC):
     """A server under test; ``start`` returns once it answers ready."""
 
     name: str
@@ -65,8 +66,9 @@ class Peer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @abstractmethod
     def command(self, repository: Path) -> tuple[list[str], dict[str, str]]:
-        raise NotImplementedError
+        """The command line and environment that serve ``repository``."""
 
     def available(self) -> str:
         """"" when the peer can run here, else why not."""

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -268,6 +268,23 @@ class PythonModelInstance(ModelInstance):
             pb_utils.TritonError.UNSUPPORTED,
         )
 
+    def _pb_request(
+        self,
+        request: InferRequest,
+        wanted: list[str] | None,
+        send_hook: convert.SendHook,
+        cancelled_hook: Callable[[], bool] | None = None,
+    ) -> pb_utils.InferenceRequest:
+        """The ``pb_utils.InferenceRequest`` this instance's model gets for ``request``."""
+        return convert.to_pb_request(
+            request,
+            model_name=self._context.name,
+            model_version=self._context.version,
+            output_names=wanted,
+            send_hook=send_hook,
+            cancelled_hook=cancelled_hook,
+        )
+
     def _failure(self, message: str) -> str:
         return (
             f"Failed to process the request(s) for model instance '{self._instance_name}', "
@@ -292,15 +309,7 @@ class PythonModelInstance(ModelInstance):
             for request in requests:
                 wanted = convert.requested_outputs(request, self._output_names)
                 filters.append(wanted)
-                pb_requests.append(
-                    convert.to_pb_request(
-                        request,
-                        model_name=self._context.name,
-                        model_version=self._context.version,
-                        output_names=wanted,
-                        send_hook=self._send_unsupported,
-                    )
-                )
+                pb_requests.append(self._pb_request(request, wanted, self._send_unsupported))
         except Exception as exc:
             message = self._failure(_format_exception(exc))
             return [InternalError(message) for _ in requests]
@@ -345,14 +354,7 @@ class PythonModelInstance(ModelInstance):
                 wanted = convert.requested_outputs(request, self._output_names)
                 sender = _StreamSender(request, stream, wanted, self._version)
                 pb_requests.append(
-                    convert.to_pb_request(
-                        request,
-                        model_name=self._context.name,
-                        model_version=self._context.version,
-                        output_names=wanted,
-                        send_hook=sender.send,
-                        cancelled_hook=sender.cancelled,
-                    )
+                    self._pb_request(request, wanted, sender.send, sender.cancelled)
                 )
         except Exception as exc:
             error = InternalError(self._failure(_format_exception(exc)))
