@@ -49,6 +49,7 @@ from openeas.server.repository.normalize import complete_config
 from openeas.server.scheduler import Scheduler
 from openeas.server.stats import ModelStats
 from openeas.server.validation import RequestValidator
+from openeas.server.warmup import run_warmup, warmup_requests
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +444,12 @@ class ModelManager:
                         self._pool, backend.create_instance, context, instance_name, 0
                     )
                     instances.append((instance_name, instance))
+            if config.model_warmup:
+                samples = warmup_requests(config, model_dir, version)
+                for instance_name, instance in instances:
+                    await loop.run_in_executor(
+                        self._pool, run_warmup, instance, instance_name, samples
+                    )
             labels = await loop.run_in_executor(self._pool, _read_labels, config, model_dir)
         except BaseException:
             for _, instance in instances:
