@@ -63,6 +63,7 @@ async def serve(options: ServerOptions) -> int:
         server_id=options.server_id,
         strict_readiness=options.strict_readiness,
         allow_client_shm=options.allow_client_shm,
+        cache_size=options.cache_size,
         log_settings={
             "log_info": options.log_info,
             "log_warning": options.log_warning,

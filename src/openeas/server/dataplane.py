@@ -22,6 +22,7 @@ from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
 from openeas.server.backends.base import StreamItem
 from openeas.server.batching import QueueRejected
+from openeas.server.cache import ResponseCache
 from openeas.server.models import (
     LoadedVersion,
     ModelManager,
@@ -80,6 +81,7 @@ class DataPlane:
         strict_readiness: bool = True,
         log_settings: dict[str, Any] | None = None,
         allow_client_shm: bool = False,
+        cache_size: int = 0,
     ) -> None:
         self.server_id = server_id
         self.allow_client_shm = allow_client_shm
@@ -87,6 +89,8 @@ class DataPlane:
         self.shared_memory = SharedMemoryRegistry()
         self.extensions = EXTENSIONS + SHARED_MEMORY_EXTENSIONS if allow_client_shm else EXTENSIONS
         self.strict_readiness = strict_readiness
+        #: the response cache, when --cache-config gave it a size
+        self.cache = ResponseCache(cache_size) if cache_size else None
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self.models = ModelManager(repository, self)
         self.log_settings = LogSettings(log_settings or {})
@@ -182,6 +186,8 @@ class DataPlane:
         if model.scheduler.decoupled:
             raise DecoupledModelError(model.name)
         shm_outputs = self._resolve_shared_memory(request)
+        if model.cached and self.cache is not None and shm_outputs is None:
+            return await self._infer_cached(model, request, self.cache)
         start = time.monotonic_ns()
         try:
             batch_size = model.validate(request)
@@ -191,6 +197,33 @@ class DataPlane:
                 _classify(response, request, model)
             if shm_outputs:
                 write_outputs(response, shm_outputs)
+        except InferenceError as exc:
+            model.stats.record_failure(time.monotonic_ns() - start, _failure_reason(exc))
+            raise
+        model.stats.record_success(time.monotonic_ns() - start)
+        return response
+
+    async def _infer_cached(
+        self, model: LoadedVersion, request: InferRequest, cache: ResponseCache
+    ) -> InferResponse:
+        """:meth:`infer` through the response cache (hits skip the model entirely)."""
+        start = time.monotonic_ns()
+        try:
+            batch_size = model.validate(request)
+            key = cache.key(request, model.version_str)
+            cached = cache.get(key, request, model.version_str)
+            if cached is not None:
+                model.stats.cache_hit.add(time.monotonic_ns() - start)
+                model.stats.record_success(time.monotonic_ns() - start)
+                return cached
+            lookup_ns = time.monotonic_ns() - start
+            response = await model.scheduler.infer(request, batch_size)
+            response.model_version = model.version_str
+            if request.outputs and any(o.classification for o in request.outputs):
+                _classify(response, request, model)
+            insert_start = time.monotonic_ns()
+            cache.put(key, response)
+            model.stats.cache_miss.add(lookup_ns + time.monotonic_ns() - insert_start)
         except InferenceError as exc:
             model.stats.record_failure(time.monotonic_ns() - start, _failure_reason(exc))
             raise

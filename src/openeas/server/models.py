@@ -84,9 +84,12 @@ class LoadedVersion:
     labels: dict[str, list[str]]
     load_seconds: float = 0.0
     validate: RequestValidator = field(init=False)
+    #: ``response_cache { enable: true }``: responses may come from the server's cache
+    cached: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.validate = RequestValidator(self.config)
+        self.cached = self.config.response_cache.enable
 
     @property
     def version_str(self) -> str:

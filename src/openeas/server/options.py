@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from openeas import __version__
+from openeas.protocol.errors import InvalidArgument
+from openeas.server.cache import parse_cache_config
 
 _TRUE = {"true", "on", "1", "yes"}
 _FALSE = {"false", "off", "0", "no"}
@@ -106,6 +108,8 @@ class ServerOptions:
     grpc_max_message_size: int = 2**31 - 1
     grpc_infer_allocation_pool_size: int = 8
     allow_client_shm: bool = False
+    #: response cache capacity in bytes (0 = no cache)
+    cache_size: int = 0
     backend_configs: dict[str, dict[str, str]] = field(default_factory=dict)
     model_load_thread_count: int = 4
     #: flags accepted for compatibility that have no effect here, for the start-up log
@@ -150,8 +154,6 @@ _ACCEPTED_NO_EFFECT: list[tuple[str, Any]] = [
     ("--grpc-restricted-protocol", str),
     ("--http-restricted-api", str),
     ("--metrics-config", str),
-    ("--response-cache-byte-size", _non_negative_int),
-    ("--cache-config", str),
     ("--model-config-name", str),
 ]
 
@@ -291,6 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow clients to register system shared memory regions",
     )
     add(
+        "--cache-config",
+        action="append",
+        default=[],
+        metavar="local,size=<bytes>",
+        help="enable the response cache with this capacity (models opt in with "
+        "response_cache { enable: true })",
+    )
+    add(
+        "--response-cache-byte-size",
+        type=_non_negative_int,
+        default=None,
+        help="older spelling of --cache-config local,size=<bytes>",
+    )
+    add(
         "--backend-config",
         type=_backend_config,
         action="append",
@@ -330,7 +346,14 @@ def parse_args(argv: list[str] | None = None) -> ServerOptions:
     ]
     if ns.model_control_mode != "explicit" and ns.load_model:
         parser.error("--load-model requires --model-control-mode=explicit")
+    try:
+        cache_size = parse_cache_config(ns.cache_config)
+    except InvalidArgument as exc:
+        parser.error(str(exc))
+    if ns.response_cache_byte_size is not None:
+        cache_size = ns.response_cache_byte_size
     return ServerOptions(
+        cache_size=cache_size,
         model_repositories=ns.model_repository,
         model_control_mode=ns.model_control_mode,
         load_models=ns.load_model,

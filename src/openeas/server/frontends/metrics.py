@@ -32,28 +32,69 @@ class TritonCollector(Collector):
         def counter(name: str, doc: str, labels: list[str] = _LABELS) -> _Counter:
             return _Counter(name, doc, labels)
 
-        success = counter("nv_inference_request_success", "Number of successful inference requests, all batch sizes")
+        success = counter(
+            "nv_inference_request_success",
+            "Number of successful inference requests, all batch sizes",
+        )
         failure = counter(
             "nv_inference_request_failure",
             "Number of failed inference requests, all batch sizes",
             ["model", "reason", "version"],
         )
-        count = counter("nv_inference_count", "Number of inferences performed (does not include cached requests)")
-        exec_count = counter("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)")
-        request_us = counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)")
-        queue_us = counter("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)")
-        input_us = counter("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)")
-        infer_us = counter("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)")
-        output_us = counter("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)")
-        pending = GaugeMetricFamily("nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution per-model.", labels=_LABELS)
-        load = GaugeMetricFamily("nv_model_load_duration_secs", "Model load time in seconds", labels=_LABELS)
+        count = counter(
+            "nv_inference_count",
+            "Number of inferences performed (does not include cached requests)",
+        )
+        exec_count = counter(
+            "nv_inference_exec_count",
+            "Number of model executions performed (does not include cached requests)",
+        )
+        request_us = counter(
+            "nv_inference_request_duration_us",
+            "Cumulative inference request duration in microseconds (includes cached requests)",
+        )
+        queue_us = counter(
+            "nv_inference_queue_duration_us",
+            "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        )
+        input_us = counter(
+            "nv_inference_compute_input_duration_us",
+            "Cumulative compute input duration in microseconds (does not include cached requests)",
+        )
+        infer_us = counter(
+            "nv_inference_compute_infer_duration_us",
+            "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        )
+        output_us = counter(
+            "nv_inference_compute_output_duration_us",
+            "Cumulative inference compute output duration in microseconds (does not include cached requests)",
+        )
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+            labels=_LABELS,
+        )
+        load = GaugeMetricFamily(
+            "nv_model_load_duration_secs", "Model load time in seconds", labels=_LABELS
+        )
+        cache_hits = counter("nv_cache_num_hits_per_model", "Number of cache hits per model")
+        cache_misses = counter("nv_cache_num_misses_per_model", "Number of cache misses per model")
+        cache_hit_us = counter(
+            "nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds"
+        )
+        cache_miss_us = counter(
+            "nv_cache_miss_duration_per_model",
+            "Total cache miss (lookup + insertion) duration per model, in microseconds",
+        )
 
         for model in self._dataplane.models.loaded_versions():
             labels = [model.name, model.version_str]
             st = model.stats
             success.add_metric(labels, st.success.count)
             for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
-                failure.add_metric([model.name, reason, model.version_str], st.failures.get(reason, 0))
+                failure.add_metric(
+                    [model.name, reason, model.version_str], st.failures.get(reason, 0)
+                )
             count.add_metric(labels, st.inference_count)
             exec_count.add_metric(labels, st.execution_count)
             request_us.add_metric(labels, (st.success.ns + st.fail.ns) // 1000)
@@ -63,8 +104,28 @@ class TritonCollector(Collector):
             output_us.add_metric(labels, st.compute_output.ns // 1000)
             pending.add_metric(labels, model.scheduler.pending)
             load.add_metric(labels, model.load_seconds)
-        yield from (success, failure, count, exec_count, request_us, queue_us, input_us,
-                    infer_us, output_us, pending, load)
+            if model.cached:
+                cache_hits.add_metric(labels, st.cache_hit.count)
+                cache_misses.add_metric(labels, st.cache_miss.count)
+                cache_hit_us.add_metric(labels, st.cache_hit.ns // 1000)
+                cache_miss_us.add_metric(labels, st.cache_miss.ns // 1000)
+        yield from (
+            success,
+            failure,
+            count,
+            exec_count,
+            request_us,
+            queue_us,
+            input_us,
+            infer_us,
+            output_us,
+            pending,
+            load,
+            cache_hits,
+            cache_misses,
+            cache_hit_us,
+            cache_miss_us,
+        )
 
         utilization, memory_total, memory_used = self._host.sample()
         cpu = GaugeMetricFamily("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]")
@@ -125,9 +186,7 @@ def render(registry: CollectorRegistry) -> bytes:
         lines.append(f"# TYPE {family.name} {family.type}")
         for sample in family.samples:
             if sample.labels:
-                labels = ",".join(
-                    f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items())
-                )
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
                 lines.append(f"{sample.name}{{{labels}}} {_number(sample.value)}")
             else:
                 lines.append(f"{sample.name} {_number(sample.value)}")
