@@ -126,6 +126,8 @@ def _fill_defaults(config: ModelConfig) -> None:
 def _validate(config: ModelConfig) -> None:
     if config.max_batch_size < 0:
         raise InvalidArgument(f"model '{config.name}': max_batch_size must be >= 0")
+    if config.HasField("dynamic_batching"):
+        _validate_priorities(config)
     for kind, tensors in (("input", config.input), ("output", config.output)):
         seen: set[str] = set()
         for tensor in tensors:
@@ -146,3 +148,27 @@ def _validate(config: ModelConfig) -> None:
                         f"model '{config.name}': {kind} '{tensor.name}' has invalid dims "
                         f"{list(tensor.dims)}: each dim must be -1 or a positive number"
                     )
+
+
+def _validate_priorities(config: ModelConfig) -> None:
+    """Priority settings of ``dynamic_batching`` must name existing levels (1..levels)."""
+    batching = config.dynamic_batching
+    levels = batching.priority_levels
+    if levels == 0:
+        if batching.default_priority_level or batching.priority_queue_policy:
+            raise InvalidArgument(
+                f"model '{config.name}': default_priority_level and priority_queue_policy "
+                "need priority_levels > 0 in dynamic_batching"
+            )
+        return
+    if not 1 <= batching.default_priority_level <= levels:
+        raise InvalidArgument(
+            f"model '{config.name}': default_priority_level must be in range [1, {levels}], "
+            f"got {batching.default_priority_level}"
+        )
+    for level in batching.priority_queue_policy:
+        if not 1 <= level <= levels:
+            raise InvalidArgument(
+                f"model '{config.name}': priority_queue_policy level {level} must be in range "
+                f"[1, {levels}]"
+            )
