@@ -109,6 +109,16 @@ def launch(
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[Any]:
+    """A tritonclient HTTP client for the module's ``server`` fixture."""
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(server.http_url)
+    yield c
+    c.close()
+
+
 def server_command(*args: str) -> list[str]:
     """The command line that runs ``openeas-server`` with ``args``."""
     return [sys.executable, "-m", "openeas.server.cli", *args]

@@ -102,13 +102,6 @@ def server(launch, repo):
     return launch(repo)
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
 def _inputs(a: np.ndarray, b: np.ndarray, binary: tuple[bool, bool] = (True, True)):
     in0 = httpclient.InferInput("INPUT0", list(a.shape), "FP32")
     in0.set_data_from_numpy(a, binary_data=binary[0])

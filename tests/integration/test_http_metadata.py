@@ -62,13 +62,6 @@ def server(launch, repo):
     return launch(repo, "--id=openeas-test")
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
 # -- health ---------------------------------------------------------------------------
 
 

@@ -39,13 +39,6 @@ def server(launch, repo):
     return launch(repo)
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
 def _fp32_input(name: str, data: np.ndarray, binary: bool = True) -> httpclient.InferInput:
     inp = httpclient.InferInput(name, list(data.shape), "FP32")
     inp.set_data_from_numpy(data, binary_data=binary)

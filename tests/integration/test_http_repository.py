@@ -71,13 +71,6 @@ def server(launch, repo):
     return launch(repo, "--model-control-mode=explicit", "--load-model=simple")
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    c = httpclient.InferenceServerClient(server.http_url)
-    yield c
-    c.close()
-
-
 # -- explicit mode --------------------------------------------------------------------
 
 
