@@ -1,0 +1,1 @@
+"""The gateway: /api/predict/<service> in front of a service's instances (HTTP and gRPC)."""

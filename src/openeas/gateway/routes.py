@@ -1,0 +1,93 @@
+"""The routing table shared by the control plane (writer) and the gateway (reader).
+
+The control plane publishes, per service, its token, its request limits and the instances
+that may receive traffic; the gateway looks services up per request and keeps the live
+per-instance load (outstanding requests) here too, so that the control plane can wait for
+a draining instance to finish its in-flight requests before stopping it.
+
+Everything runs on one event loop: no locks are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One processor instance of a service."""
+
+    instance_id: str
+    host: str
+    http_port: int
+    grpc_port: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """The service's ``metadata.rpc`` settings that the gateway enforces."""
+
+    #: Milliseconds a request may take (queue wait + receive + processing); 408 after.
+    keepalive_ms: int = 5000
+    #: Requests that may wait for an instance; 450 beyond it.
+    max_queue_size: int = 64
+    #: Queries per second; 429 beyond it (None: unlimited).
+    rate_limit: float | None = None
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    """What the gateway needs to know about one service."""
+
+    name: str
+    token: str
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    #: Ready instances that take new requests.
+    upstreams: tuple[Upstream, ...] = ()
+    #: Instances being drained: no new requests, in-flight ones finish.
+    draining: tuple[Upstream, ...] = ()
+
+
+class RouteTable:
+    """Services by name, plus the in-flight request count of every instance."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, ServiceRoute] = {}
+        self._in_flight: dict[str, int] = {}
+        self.version = 0
+
+    # -- written by the control plane -------------------------------------------------
+
+    def update(self, route: ServiceRoute) -> None:
+        """Publish (or replace) a service's route."""
+        self._routes[route.name] = route
+        self.version += 1
+
+    def remove(self, name: str) -> None:
+        """Stop routing to a service (unknown names are ignored)."""
+        if self._routes.pop(name, None) is not None:
+            self.version += 1
+
+    def in_flight(self, instance_id: str) -> int:
+        """Requests the gateway has sent to this instance and not yet finished."""
+        return self._in_flight.get(instance_id, 0)
+
+    # -- read by the gateway ----------------------------------------------------------
+
+    def get(self, name: str) -> ServiceRoute | None:
+        return self._routes.get(name)
+
+    def services(self) -> Iterable[ServiceRoute]:
+        return self._routes.values()
+
+    def acquire(self, instance_id: str) -> None:
+        """Count a request sent to an instance (pair with :meth:`release`)."""
+        self._in_flight[instance_id] = self._in_flight.get(instance_id, 0) + 1
+
+    def release(self, instance_id: str) -> None:
+        left = self._in_flight.get(instance_id, 0) - 1
+        if left > 0:
+            self._in_flight[instance_id] = left
+        else:
+            self._in_flight.pop(instance_id, None)
