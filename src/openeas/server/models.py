@@ -16,7 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,7 @@ from openeas.server.repository.layout import (
 )
 from openeas.server.repository.normalize import complete_config
 from openeas.server.scheduler import Scheduler
+from openeas.server.sequence import SequenceScheduler, sequence_settings
 from openeas.server.stats import ModelStats
 from openeas.server.validation import RequestValidator
 from openeas.server.warmup import run_warmup, warmup_requests
@@ -79,7 +80,7 @@ class LoadedVersion:
     name: str
     version: int
     config: ModelConfig
-    scheduler: Scheduler | EnsembleExecutor
+    scheduler: Scheduler | SequenceScheduler | EnsembleExecutor
     stats: ModelStats
     labels: dict[str, list[str]]
     load_seconds: float = 0.0
@@ -89,7 +90,10 @@ class LoadedVersion:
 
     def __post_init__(self) -> None:
         self.validate = RequestValidator(self.config)
-        self.cached = self.config.response_cache.enable
+        # A cached answer would skip the model and so the sequence's state update.
+        self.cached = self.config.response_cache.enable and not self.config.HasField(
+            "sequence_batching"
+        )
 
     @property
     def version_str(self) -> str:
@@ -122,6 +126,8 @@ class RepositoryOptions:
     load_threads: int = 4
     poll_seconds: float = 15.0
     exit_timeout: float = 30.0
+    #: run in a thread before each poll (e.g. syncing object-store mounts)
+    refresh_hooks: list[Callable[[], object]] = field(default_factory=list)
 
 
 class ModelManager:
@@ -430,6 +436,9 @@ class ModelManager:
             )
         backend_name = backend_of(config)
         backend = get_backend(backend_name)
+        sequences = (
+            sequence_settings(config, model_dir) if config.HasField("sequence_batching") else None
+        )
         context = ModelContext(
             name=name,
             version=version,
@@ -462,7 +471,11 @@ class ModelManager:
                     log.exception("finalize after a failed load of '%s'", name)
             raise
         stats = ModelStats()
-        scheduler = Scheduler(config, str(version), instances, stats, loop)
+        scheduler: Scheduler | SequenceScheduler
+        if sequences is not None:
+            scheduler = SequenceScheduler(config, str(version), instances, stats, loop, sequences)
+        else:
+            scheduler = Scheduler(config, str(version), instances, stats, loop)
         return LoadedVersion(
             name, version, config, scheduler, stats, labels, time.monotonic() - started
         )
@@ -562,6 +575,8 @@ class ModelManager:
         while True:
             await asyncio.sleep(self.options.poll_seconds)
             try:
+                for hook in self.options.refresh_hooks:
+                    await asyncio.get_running_loop().run_in_executor(None, hook)
                 await self.poll_once()
             except Exception:
                 log.exception("repository poll failed")

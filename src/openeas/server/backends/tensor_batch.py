@@ -238,6 +238,13 @@ class TensorBatcher:
             self.extra_inputs.update(c.name for c in seq.control_input)
             self.extra_inputs.update(s.input_name for s in seq.state)
         self.all_outputs = list(self.outputs)
+        if config.HasField("sequence_batching"):
+            # Implicit state outputs: produced when the sequence batcher asks for them,
+            # never part of "every output".
+            for state in config.sequence_batching.state:
+                self.outputs.setdefault(state.output_name, IOSpec(
+                    state.output_name, config_datatype(state.data_type),
+                    tuple(int(d) for d in state.dims)))
         self._reshaped_inputs = {n for n, spec in self.inputs.items() if spec.reshape is not None}
 
     # -- per-request checks -------------------------------------------------------------
@@ -298,7 +305,13 @@ class TensorBatcher:
                     )
             if spec is not None:
                 body = shape[1:] if self.batching else shape
-                if body != spec.dims and not _dims_match(spec.dims, body):
+                # The server's request validation may already have applied a config
+                # ``reshape``, so the model-side shape is accepted too.
+                if (
+                    body != spec.dims
+                    and not _dims_match(spec.dims, body)
+                    and not (spec.reshape is not None and _dims_match(spec.reshape, body))
+                ):
                     expected = ([-1] if self.batching else []) + list(spec.dims)
                     raise InvalidArgument(
                         f"unexpected shape for input '{tensor.name}' for model "
@@ -350,7 +363,7 @@ class TensorBatcher:
             output_names = self.all_outputs
         else:
             wanted = set(requested[0]) if len(requested) == 1 else set().union(*requested)
-            output_names = [n for n in self.all_outputs if n in wanted]
+            output_names = [n for n in self.outputs if n in wanted]
 
         first = requests[0]
         if len(requests) == 1:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from openeas.protocol.errors import InvalidArgument
+from openeas.protocol.errors import InvalidArgument, Unsupported
 from openeas.server.backends import get_backend
 from openeas.server.repository.config import PLATFORM_BACKENDS, ModelConfig, backend_of
 from openeas.server.repository.layout import version_dirs
+from openeas.server.sequence.config import sequence_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def complete_config(
                 )
     _fill_defaults(config)
     _validate(config)
+    if config.HasField("sequence_batching"):
+        _validate_sequence_batching(config, model_dir)
     return config
 
 
@@ -172,3 +175,16 @@ def _validate_priorities(config: ModelConfig) -> None:
                 f"model '{config.name}': priority_queue_policy level {level} must be in range "
                 f"[1, {levels}]"
             )
+
+
+def _validate_sequence_batching(config: ModelConfig, model_dir: Path) -> None:
+    """``sequence_batching`` must be complete and consistent (see sequence.config)."""
+    if config.model_transaction_policy.decoupled:
+        raise Unsupported(
+            f"model '{config.name}': sequence_batching of decoupled models is not supported"
+        )
+    if config.sequence_batching.iterative_sequence:
+        raise Unsupported(
+            f"model '{config.name}': sequence_batching iterative_sequence is not supported"
+        )
+    sequence_settings(config, model_dir)
