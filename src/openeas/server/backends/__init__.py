@@ -16,6 +16,8 @@ from openeas.server.backends.base import Backend
 _REGISTRY: dict[str, tuple[str, str, str]] = {
     "onnxruntime": ("openeas.server.backends.onnxruntime", "OnnxRuntimeBackend", ""),
     "python": ("openeas.server.backends.python", "PythonBackend", ""),
+    "tensorflow": ("openeas.server.backends.tensorflow", "TensorFlowBackend", "tensorflow"),
+    "pytorch": ("openeas.server.backends.pytorch", "PyTorchBackend", "pytorch"),
 }
 
 _LOADED: dict[str, Backend] = {}

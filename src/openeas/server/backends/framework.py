@@ -1,0 +1,236 @@
+"""Helpers shared by the framework backends (TensorFlow, PyTorch).
+
+They read backend settings from config ``parameters`` (falling back to
+``--backend-config=<backend>,<key>=<value>``), check configured inputs and outputs against
+what a framework model declares, and auto-complete a config from that declaration the way
+Triton's backends do.  Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from openeas.protocol import datatypes
+from openeas.protocol.errors import InvalidArgument
+from openeas.server.repository.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+#: Default of ``--backend-config=<backend>,default-max-batch-size`` (as in Triton).
+DEFAULT_MAX_BATCH_SIZE = 4
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTensor:
+    """An input or output as a framework model declares it.
+
+    ``datatype`` is the Triton datatype (None when Triton has no equivalent) and ``dims``
+    the full shape with -1 for unknown sizes, or None when even the rank is unknown.
+    """
+
+    name: str
+    datatype: str | None
+    dims: tuple[int, ...] | None
+    framework_type: str = ""
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+def setting(
+    config: ModelConfig, backend_config: Mapping[str, str], *keys: str
+) -> tuple[str, str] | None:
+    """The first of ``keys`` set in config ``parameters``, else in the backend config.
+
+    Returns ``(key, value)`` (value stripped) or None when neither sets any of them.
+    """
+    for key in keys:
+        if key in config.parameters:
+            return key, config.parameters[key].string_value.strip()
+    for key in keys:
+        value = backend_config.get(key)
+        if value is not None:
+            return key, str(value).strip()
+    return None
+
+
+def int_setting(
+    config: ModelConfig,
+    backend_config: Mapping[str, str],
+    keys: Sequence[str],
+    default: int,
+    *,
+    minimum: int = 0,
+) -> int:
+    """An integer setting (see :func:`setting`); a bad value is a load error naming it."""
+    found = setting(config, backend_config, *keys)
+    if found is None or found[1] == "":
+        return default
+    key, value = found
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise InvalidArgument(
+            f"unable to load model '{config.name}': parameter '{key}' must be an integer "
+            f">= {minimum}, got '{value}'"
+        )
+    return number
+
+
+def bool_setting(
+    config: ModelConfig, backend_config: Mapping[str, str], keys: Sequence[str], default: bool
+) -> bool:
+    """A boolean setting ("true"/"on"/"yes"/"1" or their opposites)."""
+    found = setting(config, backend_config, *keys)
+    if found is None or found[1] == "":
+        return default
+    key, value = found
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise InvalidArgument(
+        f"unable to load model '{config.name}': parameter '{key}' must be true or false, "
+        f"got '{value}'"
+    )
+
+
+# -- checking the config against the model ----------------------------------------------
+
+
+def _shape(dims: Sequence[int]) -> str:
+    return "[" + ",".join(str(int(d)) for d in dims) + "]"
+
+
+def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> None:
+    """Check one configured input/output against the model's declaration of it.
+
+    Datatypes must be equal; when the model knows its rank, the configured shape (with
+    the batch dimension in front when ``max_batch_size > 0``, ``reshape`` when given)
+    must match it, -1 on either side matching any size.
+    """
+    name = config.name
+    config_type = mc.DataType.Name(io.data_type)
+    if tensor.datatype is not None and datatypes.config_to_triton(config_type) != tensor.datatype:
+        model_type = datatypes.triton_to_config(tensor.datatype)
+        raise InvalidArgument(
+            f"unable to load model '{name}', configuration expects datatype {config_type} "
+            f"for {kind} '{io.name}', model provides {model_type}"
+        )
+    if tensor.datatype is None:
+        raise InvalidArgument(
+            f"unable to load model '{name}': {kind} '{io.name}' has type "
+            f"'{tensor.framework_type}', which has no Triton datatype"
+        )
+    if tensor.dims is None:
+        return
+    dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
+    full = ([-1] if config.max_batch_size > 0 else []) + dims
+    model = list(tensor.dims)
+    if config.max_batch_size > 0 and (not model or model[0] not in (-1,)):
+        raise InvalidArgument(
+            f"model '{name}', tensor '{io.name}': for the model to support batching the "
+            f"shape should have at least 1 dimension and the first dimension must be -1; "
+            f"but shape expected by the model is {_shape(model)}"
+        )
+    if not model and dims == [1] and not io.HasField("reshape"):
+        return  # a scalar described as dims [1], as Triton allows
+    ok = len(model) == len(full) and all(
+        m == c or m == -1 or c == -1 for m, c in zip(model, full, strict=True)
+    )
+    if not ok:
+        raise InvalidArgument(
+            f"model '{name}', tensor '{io.name}': the model expects {len(model)} dimensions "
+            f"(shape {_shape(model)}) but the model configuration specifies {len(full)} "
+            f"dimensions (shape {_shape(full)})"
+        )
+
+
+def require_io(config: ModelConfig, backend: str) -> None:
+    """A model whose backend cannot auto-complete must list inputs and outputs."""
+    if not config.input or not config.output:
+        raise InvalidArgument(
+            f"unable to load model '{config.name}': the {backend} backend needs its inputs "
+            f"and outputs listed in config.pbtxt (name, data_type, dims)"
+        )
+
+
+# -- auto-complete ----------------------------------------------------------------------
+
+
+def _complete_io(config: ModelConfig, field: Any, tensors: Sequence[ModelTensor]) -> None:
+    for tensor in tensors:
+        if tensor.datatype is None:
+            raise InvalidArgument(
+                f"unable to auto-complete model '{config.name}': type "
+                f"'{tensor.framework_type}' of '{tensor.name}' has no Triton equivalent"
+            )
+        if tensor.dims is None:
+            raise InvalidArgument(
+                f"unable to auto-complete model '{config.name}': the rank of '{tensor.name}' "
+                f"is unknown; list it in config.pbtxt"
+            )
+        io = field.add()
+        io.name = tensor.name
+        io.data_type = mc.DataType.Value(datatypes.triton_to_config(tensor.datatype))
+        dims = tensor.dims[1:] if config.max_batch_size > 0 else tensor.dims
+        if dims:
+            io.dims.extend(dims)
+        else:
+            io.dims.append(1)
+            if config.max_batch_size > 0:
+                io.reshape.SetInParent()  # a scalar per batch item
+
+
+def auto_complete(
+    config: ModelConfig,
+    inputs: Sequence[ModelTensor],
+    outputs: Sequence[ModelTensor],
+    backend_config: Mapping[str, str],
+) -> None:
+    """Fill ``max_batch_size``, ``dynamic_batching`` and missing inputs/outputs.
+
+    As Triton does: nothing when the config lists inputs and outputs; when every model
+    tensor has a variable first dimension the model can batch, so an unset
+    ``max_batch_size`` becomes ``default-max-batch-size`` (4) and, above 1 and without a
+    scheduler, ``dynamic_batching {}`` is added.
+    """
+    if config.input and config.output:
+        return
+    every = [*inputs, *outputs]
+    batchable = bool(every) and all(t.dims and t.dims[0] == -1 for t in every)
+    if batchable:
+        if config.max_batch_size == 0:
+            value = backend_config.get("default-max-batch-size", str(DEFAULT_MAX_BATCH_SIZE))
+            try:
+                config.max_batch_size = max(int(value), 0)
+            except ValueError:
+                raise InvalidArgument(
+                    f"invalid backend config value '{value}' for 'default-max-batch-size'"
+                ) from None
+            logger.warning(
+                "autofilled max_batch_size to %d for model '%s'",
+                config.max_batch_size,
+                config.name,
+            )
+        if config.max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
+            config.dynamic_batching.SetInParent()
+    elif config.max_batch_size != 0:
+        raise InvalidArgument(
+            f"autofill failed for model '{config.name}': model does not support batching "
+            f"while non-zero max_batch_size is specified"
+        )
+    if not config.input:
+        _complete_io(config, config.input, inputs)
+    if not config.output:
+        _complete_io(config, config.output, outputs)

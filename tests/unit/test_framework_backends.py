@@ -1,0 +1,100 @@
+"""Unit tests of the framework backends' config handling (TensorFlow, PyTorch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openeas.protocol.errors import InvalidArgument
+from openeas.server.backends.framework import (
+    ModelTensor,
+    auto_complete,
+    check_io,
+    int_setting,
+)
+from openeas.server.repository.config import parse_config_text
+
+
+def _config(text: str):
+    return parse_config_text(text)
+
+
+def test_int_setting_prefers_parameters_then_backend_config():
+    config = _config('name: "m" parameters { key: "A" value { string_value: "3" } }')
+    assert int_setting(config, {"A": "5"}, ("A",), 0) == 3
+    assert int_setting(config, {"B": "7"}, ("B",), 0) == 7
+    assert int_setting(config, {}, ("C",), 9) == 9
+    bad = _config('name: "m" parameters { key: "A" value { string_value: "many" } }')
+    with pytest.raises(InvalidArgument, match="parameter 'A' must be an integer >= 0, got 'many'"):
+        int_setting(bad, {}, ("A",), 0)
+
+
+def test_auto_complete_fills_batching_and_io():
+    config = _config('name: "m"')
+    x = ModelTensor("x", "FP32", (-1, 4))
+    y = ModelTensor("y", "INT64", (-1,))
+    auto_complete(config, [x], [y], {})
+    assert config.max_batch_size == 4
+    assert config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("x", [4])]
+    (out,) = config.output
+    assert list(out.dims) == [1] and out.HasField("reshape")  # a scalar per batch item
+
+
+def test_auto_complete_refuses_batching_for_fixed_shapes():
+    config = _config('name: "m" max_batch_size: 2')
+    with pytest.raises(InvalidArgument, match="does not support batching"):
+        auto_complete(
+            config, [ModelTensor("x", "FP32", (3, 4))], [ModelTensor("y", "FP32", (3,))], {}
+        )
+
+
+def test_check_io_reports_type_and_shape_mismatches():
+    config = _config(
+        'name: "m" max_batch_size: 4 input { name: "x" data_type: TYPE_INT32 dims: [ 4 ] }'
+    )
+    (io,) = config.input
+    with pytest.raises(
+        InvalidArgument, match="expects datatype TYPE_INT32 for input 'x', model provides TYPE_FP32"
+    ):
+        check_io(config, "input", io, ModelTensor("x", "FP32", (-1, 4)))
+    with pytest.raises(InvalidArgument, match=r"shape \[-1,5\].*shape \[-1,4\]"):
+        check_io(config, "input", io, ModelTensor("x", "INT32", (-1, 5)))
+    with pytest.raises(InvalidArgument, match="first dimension must be -1"):
+        check_io(config, "input", io, ModelTensor("x", "INT32", (8, 4)))
+    check_io(config, "input", io, ModelTensor("x", "INT32", None))  # unknown rank: accepted
+    check_io(config, "input", io, ModelTensor("x", "INT32", (-1, -1)))
+
+
+def test_pytorch_input_positions():
+    torch_backend = pytest.importorskip(
+        "openeas.server.backends.pytorch", reason="torch is not installed"
+    )
+    positions = torch_backend.positions
+    assert positions(["INPUT__1", "INPUT__0"], ["a", "b"]) == [1, 0]
+    assert positions(["b", "a"], ["a", "b"]) == [1, 0]
+    assert positions(["x", "y"], ["a", "b"]) == [0, 1]  # neither convention: config order
+    with pytest.raises(InvalidArgument, match="indices are not 0..1"):
+        positions(["INPUT__0", "INPUT__2"], None)
+
+
+def test_tensorflow_session_threads_from_backend_config(tmp_path: Path):
+    tf_backend = pytest.importorskip(
+        "openeas.server.backends.tensorflow", reason="tensorflow is not installed"
+    )
+    config = _config(
+        'name: "m" parameters { key: "TF_NUM_INTER_THREADS" value { string_value: "2" } }'
+    )
+    proto = tf_backend.session_config(
+        config, {"intra_op_thread_count": "3", "TF_NUM_INTER_THREADS": "5"}
+    )
+    assert proto.intra_op_parallelism_threads == 3
+    assert proto.inter_op_parallelism_threads == 2  # the model's parameter wins
+    (tmp_path / "1" / "model.savedmodel").mkdir(parents=True)
+    assert (
+        tf_backend.model_format(_config('name: "m" backend: "tensorflow"'), tmp_path / "1")
+        == "tensorflow_savedmodel"
+    )
+    with pytest.raises(InvalidArgument, match="no model.graphdef or model.savedmodel"):
+        tf_backend.model_format(_config('name: "m" backend: "tensorflow"'), tmp_path / "2")
