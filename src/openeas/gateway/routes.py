@@ -34,6 +34,9 @@ class ServiceLimits:
     max_queue_size: int = 64
     #: Queries per second; 429 beyond it (None: unlimited).
     rate_limit: float | None = None
+    #: Requests the gateway sends one instance at once; more wait in the gateway's queue
+    #: (bounded by ``max_queue_size``) for the first instance with a free slot.
+    max_concurrency: int = 32
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,144 @@
+"""Scenario: the gateway's overhead. perf_analyzer through /api/predict/<service> vs direct.
+
+One ``openeas-server`` instance serves ``examples/models/identity`` (Python backend,
+FP32 [16]); a :class:`~openeas.gateway.Gateway` (in a thread of this process, its own
+uvloop loop, default limits: ``max_concurrency`` 32 per instance, keepalive 5000 ms)
+routes one
+service to it.  perf_analyzer (HTTP, sync, batch 1) runs at the same concurrency straight
+to the instance and through the gateway (``-H Authorization:<token>``), alternating, each
+repeated; the table gives medians with their spread and the gateway/direct ratios.
+Target: at least 0.8x the direct throughput and at most +0.5 ms p50.  Usage::
+
+    .venv/bin/python benchmarks/gateway.py --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from openeas.gateway import ServiceLimits
+from openeas.testing.gateway import GatewayThread, upstream_of
+from openeas.testing.perf import run_perf_analyzer, unavailable_reason
+from openeas.testing.server import start_server
+
+HERE = Path(__file__).resolve().parent
+MODEL = HERE.parent / "examples" / "models" / "identity"
+TOKEN = "benchmark-token"
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--measurement-ms", type=int, default=3000)
+    parser.add_argument("--stability", type=int, default=25, help="perf_analyzer's %%")
+    parser.add_argument("--max-concurrency", type=int, default=ServiceLimits.max_concurrency)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        sys.exit(f"perf_analyzer: {reason}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    shutil.copytree(MODEL, workdir / "models" / "identity")
+    server = start_server(workdir / "models", log_path=workdir / "server.log", timeout=120)
+    runs: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+    try:
+        with GatewayThread() as gateway:
+            limits = ServiceLimits(max_concurrency=args.max_concurrency)
+            gateway.publish("bench", TOKEN, [upstream_of(server, "i0")], limits=limits)
+            targets = {
+                "direct": (server.http_url, []),
+                "gateway": (gateway.http_url("bench"), ["-H", f"Authorization:{TOKEN}"]),
+            }
+            for rep in range(args.repeat):
+                order = ["direct", "gateway"] if rep % 2 == 0 else ["gateway", "direct"]
+                for name in order:
+                    url, extra = targets[name]
+                    point, _ = run_perf_analyzer(
+                        "identity",
+                        url,
+                        concurrency=args.concurrency,
+                        measurement_ms=args.measurement_ms,
+                        stability=args.stability,
+                        extra=extra,
+                    )
+                    runs[name].append(
+                        {
+                            "throughput": point.throughput,
+                            "p50_us": point.p50_us,
+                            "p99_us": point.p99_us,
+                        }
+                    )
+                    print(
+                        f"[{rep}] {name:8s} {point.throughput:9.0f} infer/s  "
+                        f"p50 {point.p50_us} us  p99 {point.p99_us} us",
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    write_report(args, runs)
+
+
+def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) -> None:
+    def column(name: str, key: str) -> list[float]:
+        return [run[key] for run in runs[name]]
+
+    tput = {name: _median(column(name, "throughput")) for name in runs}
+    p50 = {name: _median(column(name, "p50_us")) for name in runs}
+    p99 = {name: _median(column(name, "p99_us")) for name in runs}
+    ratio = tput["gateway"] / tput["direct"]
+    p50_delta_ms = (p50["gateway"] - p50["direct"]) / 1000.0
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"# Gateway overhead ({today})",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        "perf_analyzer, the instance and the gateway share the CPUs (other work may be "
+        "running: compare only the ratio of one run).",
+        f"Model `examples/models/identity` (Python backend, FP32 [16]), 1 instance; "
+        f"perf_analyzer HTTP, concurrency {args.concurrency}, {args.measurement_ms} ms "
+        f"windows (stability {args.stability}%), {args.repeat} runs each, alternating; gateway `max_concurrency` "
+        f"{args.max_concurrency}.",
+        "",
+        "| path | infer/s median [min-max] | p50 us | p99 us |",
+        "|---|---|---|---|",
+    ]
+    for name in ("direct", "gateway"):
+        values = column(name, "throughput")
+        lines.append(
+            f"| {name} | {tput[name]:.0f} [{min(values):.0f}-{max(values):.0f}] | "
+            f"{p50[name]:.0f} | {p99[name]:.0f} |"
+        )
+    lines += [
+        "",
+        f"Gateway/direct throughput: **{ratio:.2f}x** (target >= 0.8x); "
+        f"p50 difference: **{p50_delta_ms:+.2f} ms** (target <= +0.5 ms).",
+        "",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"gateway-{today}.md"
+    path.write_text("\n".join(lines))
+    (args.out / f"gateway-{today}.json").write_text(
+        json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1)
+    )
+    print("\n".join(lines))
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""What the HTTP and gRPC fronts of the gateway share: service states, pools, deadlines.
+
+:class:`GatewayCore` owns the per-service :class:`ServiceState`, the HTTP connection pool
+and the gRPC channel of every instance, the instances recently found unreachable, and
+the metrics.  Both fronts authenticate with :func:`check_token`, bound a request by its
+``rpc.keepalive`` with a :class:`Deadline`, and tell a slow request (408) from an
+instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+import grpc
+
+from openeas.gateway.balancer import ServiceState
+from openeas.gateway.deadline import Deadline, Expired
+from openeas.gateway.errors import NoInstance, ServiceNotFound, Unauthorized
+from openeas.gateway.metrics import GatewayMetrics
+from openeas.gateway.routes import RouteTable, ServiceRoute, Upstream
+from openeas.gateway.upstream import InstancePool
+
+log = logging.getLogger(__name__)
+
+#: An instance refusing connections is skipped for this long before it is tried again.
+DOWN_FOR_S = 2.0
+#: How long a liveness probe may take before the instance counts as not answering.
+PROBE_TIMEOUT_S = 1.0
+#: How often stale sequences, down marks, pools and channels are cleaned up.
+HOUSEKEEPING_S = 0.25
+_PROBE = b"GET /v2/health/live HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\n\r\n"
+_GRPC_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+def check_token(route: ServiceRoute, presented: bytes | str | None) -> None:
+    """Raise Unauthorized unless ``presented`` (an Authorization value) is the token."""
+    if not presented:
+        raise Unauthorized(f"service '{route.name}' needs its token in the Authorization header")
+    if isinstance(presented, str):
+        presented = presented.encode()
+    if presented[:7].lower() == b"bearer ":
+        presented = presented[7:]
+    if not hmac.compare_digest(presented.strip(), route.token.encode()):
+        raise Unauthorized(f"invalid token for service '{route.name}'")
+
+
+class GatewayCore:
+    """Shared state of the gateway's fronts (one per :class:`~openeas.gateway.Gateway`)."""
+
+    def __init__(self, routes: RouteTable) -> None:
+        self.routes = routes
+        self.states: dict[str, ServiceState] = {}
+        self.down: dict[str, float] = {}
+        self.metrics = GatewayMetrics(lambda: self.states.values())
+        self._pools: dict[tuple[str, int], InstancePool] = {}
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self._probes: dict[str, asyncio.Future[bool]] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._seen_version = -1
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def state(self, name: str) -> ServiceState:
+        """The state of a published service; ServiceNotFound otherwise."""
+        state = self.states.get(name)
+        if state is None:
+            if self.routes.get(name) is None:
+                raise ServiceNotFound(f"service '{name}' does not exist")
+            state = self.states[name] = ServiceState(name, self.routes, self.down)
+        return state
+
+    def service_for_token(self, token: bytes | str | None) -> str:
+        """The one service whose token this is (gRPC calls without ``x-eas-service``)."""
+        if not token:
+            raise Unauthorized("missing authorization metadata (the service token)")
+        matches = []
+        for route in self.routes.services():
+            try:
+                check_token(route, token)
+            except Unauthorized:
+                continue
+            matches.append(route.name)
+        if len(matches) != 1:
+            if not matches:
+                raise Unauthorized("invalid token: it belongs to no service")
+            raise ServiceNotFound(
+                "the token belongs to several services: name one in the x-eas-service metadata"
+            )
+        return matches[0]
+
+    def pool(self, upstream: Upstream) -> InstancePool:
+        key = (upstream.host, upstream.http_port)
+        pool = self._pools.get(key)
+        if pool is None:
+            assert self.loop is not None, "GatewayCore.start() not called"
+            pool = self._pools[key] = InstancePool(upstream.host, upstream.http_port, self.loop)
+        return pool
+
+    def channel(self, upstream: Upstream) -> grpc.aio.Channel:
+        if upstream.grpc_port is None:
+            raise NoInstance(f"instance '{upstream.instance_id}' serves no gRPC")
+        key = (upstream.host, upstream.grpc_port)
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = grpc.aio.insecure_channel(
+                f"{upstream.host}:{upstream.grpc_port}", options=_GRPC_CHANNEL_OPTIONS
+            )
+        return channel
+
+    def mark_down(self, upstream: Upstream) -> None:
+        """Skip an instance that refused a connection for a little while."""
+        self.down[upstream.instance_id] = time.monotonic() + DOWN_FOR_S
+
+    # -- 408 or 504 --------------------------------------------------------------------
+
+    async def instance_answers(self, upstream: Upstream) -> bool:
+        """Whether the instance answers a liveness probe (shared by concurrent callers)."""
+        probe = self._probes.get(upstream.instance_id)
+        if probe is None:
+            assert self.loop is not None
+            probe = self.loop.create_task(self._probe(upstream))
+            self._probes[upstream.instance_id] = probe
+            probe.add_done_callback(lambda _: self._probes.pop(upstream.instance_id, None))
+        return await asyncio.shield(probe)
+
+    async def _probe(self, upstream: Upstream) -> bool:
+        assert self.loop is not None
+        deadline = Deadline(self.loop, self.loop.time() + PROBE_TIMEOUT_S)
+        try:
+            response = await self.pool(upstream).request(_PROBE, deadline)
+        except (Expired, ConnectionError):
+            return False
+        finally:
+            deadline.cancel()
+        return response.status < 500
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._housekeeping = self.loop.create_task(self._housekeep())
+
+    async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            try:
+                await self._housekeeping
+            except asyncio.CancelledError:
+                pass
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        channels = list(self._channels.values())
+        self._channels.clear()
+        for channel in channels:
+            await channel.close()
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await self._tidy()
+            except Exception:  # pragma: no cover - keep the gateway running
+                log.exception("gateway housekeeping failed")
+
+    async def _tidy(self) -> None:
+        now = time.monotonic()
+        for instance_id in [i for i, until in self.down.items() if until <= now]:
+            del self.down[instance_id]
+        changed = self.routes.version != self._seen_version
+        self._seen_version = self.routes.version
+        for name, state in list(self.states.items()):
+            state.expire_sequences(now)
+            if changed and state.waiters:
+                state.wake_all()  # instances may have come or gone
+            if self.routes.get(name) is None and not state.in_flight:
+                del self.states[name]
+        # close the pools and channels of instances that are gone and idle
+        http_live, grpc_live = set(), set()
+        for route in self.routes.services():
+            for upstream in (*route.upstreams, *route.draining):
+                http_live.add((upstream.host, upstream.http_port))
+                grpc_live.add((upstream.host, upstream.grpc_port))
+        for key in [k for k, p in self._pools.items() if k not in http_live and p.idle()]:
+            self._pools.pop(key).close()
+        for key in [k for k in self._channels if k not in grpc_live]:
+            await self._channels.pop(key).close(grace=None)

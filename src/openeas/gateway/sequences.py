@@ -1,0 +1,93 @@
+"""Find a request's ``sequence_id`` cheaply, without decoding whole messages.
+
+Only requests whose bytes contain the parameter's name are decoded (the JSON header of
+an HTTP request, or the ModelInferRequest of a gRPC call); tensor data that happens to
+contain the name only costs that one decode.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import orjson
+from tritonclient.grpc import service_pb2 as pb
+
+_HTTP_KEY = b'"sequence_id"'
+_GRPC_KEY = b"sequence_id"
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    """The sequence parameters of one request."""
+
+    sequence_id: Hashable
+    start: bool = False
+    end: bool = False
+
+
+def _decompress(body: bytes, encoding: bytes) -> bytes | None:
+    try:
+        if encoding == b"gzip":
+            return gzip.decompress(body)
+        if encoding == b"deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError):
+        return None
+    return None
+
+
+def http_sequence(
+    body: bytes, header_length: bytes | None, content_encoding: bytes | None
+) -> SequenceInfo | None:
+    """The sequence of an HTTP infer body (JSON or binary-tensor, compressed or not)."""
+    if content_encoding is not None and content_encoding.strip().lower() != b"identity":
+        plain = _decompress(body, content_encoding.strip().lower())
+        if plain is None:
+            return None  # the instance will report the bad body
+        body = plain
+    if header_length is not None:
+        try:
+            head = body[: int(header_length)]
+        except ValueError:
+            return None
+    else:
+        head = body
+    if _HTTP_KEY not in head:
+        return None
+    try:
+        doc = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return None
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        return None
+    sequence_id = params.get("sequence_id")
+    if not sequence_id or not isinstance(sequence_id, int | str):
+        return None
+    return SequenceInfo(
+        sequence_id, bool(params.get("sequence_start")), bool(params.get("sequence_end"))
+    )
+
+
+def grpc_sequence(message: bytes) -> SequenceInfo | None:
+    """The sequence of a serialised ``ModelInferRequest``."""
+    if _GRPC_KEY not in message:
+        return None
+    try:
+        request = pb.ModelInferRequest.FromString(message)
+    except Exception:  # noqa: BLE001 - a malformed message is the instance's to report
+        return None
+    params = request.parameters
+    if "sequence_id" not in params:
+        return None
+    param = params["sequence_id"]
+    kind = param.WhichOneof("parameter_choice")
+    sequence_id: Hashable = param.string_param if kind == "string_param" else param.int64_param
+    if not sequence_id:
+        return None
+    start = params["sequence_start"].bool_param if "sequence_start" in params else False
+    end = params["sequence_end"].bool_param if "sequence_end" in params else False
+    return SequenceInfo(sequence_id, start, end)
