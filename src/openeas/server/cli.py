@@ -15,6 +15,7 @@ from openeas.server.frontends.httpserver import HttpServer, bind_socket
 from openeas.server.frontends.metrics import MetricsApp
 from openeas.server.models import ControlMode, RepositoryOptions
 from openeas.server.options import ServerOptions, parse_args
+from openeas.storage import RepositoryMount, StorageError
 
 log = logging.getLogger("openeas.server")
 
@@ -38,20 +39,18 @@ def setup_logging(options: ServerOptions) -> None:
 
 async def serve(options: ServerOptions) -> int:
     """Load models, serve until SIGTERM/SIGINT, shut down gracefully; the exit status."""
-    for path in options.model_repositories:
-        if "://" in path and not path.startswith("file://"):
-            log.error("model repository '%s': object-store URIs are not supported yet", path)
-            return 1
-    roots = [p.removeprefix("file://") for p in options.model_repositories]
-    options.model_repositories = roots
-    for root in options.repository_paths:
-        if not root.is_dir():
+    mounts = await _mount_repositories(options)
+    if mounts is None:
+        return 1
+    roots = [m.local_path if m.uri.remote else m.local_path.resolve() for m in mounts]
+    for mount, root in zip(mounts, roots, strict=True):
+        if not mount.uri.remote and not root.is_dir():
             log.error("failed to open model repository '%s': no such directory", root)
             return 1
 
     dataplane = DataPlane(
         RepositoryOptions(
-            roots=options.repository_paths,
+            roots=roots,
             control_mode=ControlMode(options.model_control_mode),
             startup_models=options.load_models,
             auto_complete=options.auto_complete,
@@ -59,6 +58,7 @@ async def serve(options: ServerOptions) -> int:
             load_threads=options.model_load_thread_count,
             poll_seconds=options.repository_poll_secs,
             exit_timeout=options.exit_timeout_secs,
+            refresh_hooks=[m.poll for m in mounts if m.uri.remote],
         ),
         server_id=options.server_id,
         strict_readiness=options.strict_readiness,
@@ -110,6 +110,30 @@ async def serve(options: ServerOptions) -> int:
     )
     await dataplane.stop()
     return 0
+
+
+async def _mount_repositories(options: ServerOptions) -> list[RepositoryMount] | None:
+    """Each ``--model-repository`` as a mount; object-store URIs are synced into the
+    local cache first.  None when the server must exit (the reason is logged)."""
+    mounts: list[RepositoryMount] = []
+    loop = asyncio.get_running_loop()
+    for text in options.model_repositories:
+        try:
+            mount = RepositoryMount(text)
+        except StorageError as exc:
+            log.error("failed to open model repository %s", exc)
+            return None
+        if mount.uri.remote:
+            try:
+                await loop.run_in_executor(None, mount.refresh)
+            except StorageError as exc:
+                if options.exit_on_error:
+                    log.error("failed to open model repository %s", exc)
+                    return None
+                # Serve the last synced copy (if any); polling retries the store.
+                log.error("model repository %s; continuing (--exit-on-error=false)", exc)
+        mounts.append(mount)
+    return mounts
 
 
 class _FrontEnd(Protocol):

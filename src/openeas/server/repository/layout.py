@@ -88,7 +88,9 @@ def tree_signature(path: Path) -> str:
     if not path.exists():
         return ""
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
+        # Python models write their bytecode cache next to model.py when imported; that
+        # is not a change to the model.
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             try:
