@@ -1,8 +1,12 @@
 """Copy files between the local file system and an object store (``openeas cp``).
 
-Semantics follow ``ossutil cp``: a destination ending in ``/`` (or an existing local
-directory, or a bare bucket) receives the source's base name; ``recursive`` copies the
-*contents* of a directory / prefix below the destination.
+Destinations follow ``ossutil cp``: a destination ending in ``/`` (or an existing local
+directory, or a bare bucket) receives the source's base name.  For a local directory
+uploaded with ``recursive`` that means, as with ``cp -r`` and ``rsync``: ``./models/m``
+into ``oss://b/models/`` becomes ``oss://b/models/m/...``, while a source written with a
+trailing slash (``./models/m/``), a destination without one (``oss://b/models``) or a
+bare bucket (``oss://b``, ``oss://b/``) receives the directory's *contents*.  Downloads copy the contents of a prefix into the
+destination directory.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def copy(
     started = time.monotonic()
     if dest.remote:
         summary = _upload(
-            source.local_path, dest, dst, recursive, progress, on_plan, threads, config
+            source.local_path, src, dest, dst, recursive, progress, on_plan, threads, config
         )
     else:
         summary = _download(
@@ -65,6 +69,7 @@ def copy(
 
 def _upload(
     src: Path,
+    src_text: str,
     dest: StorageURI,
     dst_text: str,
     recursive: bool,
@@ -77,7 +82,11 @@ def _upload(
         if not recursive:
             raise StorageError(str(src), "is a directory (use -r to copy it recursively)")
         files = sorted(p for p in src.rglob("*") if p.is_file())
-        jobs = [(p, p.relative_to(src).as_posix()) for p in files]
+        keep_name = (
+            bool(dest.key) and dst_text.endswith("/") and not src_text.endswith(("/", os.sep))
+        )
+        prefix = f"{src.resolve().name}/" if keep_name else ""
+        jobs = [(p, prefix + p.relative_to(src).as_posix()) for p in files]
     elif src.is_file():
         into_dir = not dest.key or dst_text.endswith("/")
         jobs = [(src, src.name if into_dir else "")]

@@ -58,14 +58,28 @@ def test_recursive_round_trip_through_endpoint(
 
     listed = openeas("ls", f"{scheme}://{bucket}")
     assert listed.returncode == 0, listed.stderr
-    assert f"{scheme}://{bucket}/deep/er/prefix/m/1/model.onnx" in listed.stdout
+    assert f"{scheme}://{bucket}/deep/er/prefix/src/m/1/model.onnx" in listed.stdout
     assert " 300000 " in listed.stdout
     assert "Object Number is: 4" in listed.stdout
 
     down = openeas("cp", "-r", uri, str(tmp_path / "back"))
     assert down.returncode == 0, down.stderr
     assert "download 4 files" in down.stdout
-    assert tree(tmp_path / "back") == tree(src)
+    assert tree(tmp_path / "back" / "src") == tree(src)
+
+
+def test_directory_name_kept_unless_source_ends_with_slash(
+    tmp_path: Path, openeas_home: Path
+) -> None:
+    """``cp -r ./models/m oss://b/models/`` -> models/m/...; ``./models/m/`` -> contents."""
+    src = sample_tree(tmp_path / "src")
+    bucket_dir = openeas_home / "buckets" / "layout-bucket"
+    assert openeas("cp", "-r", str(src / "m"), "oss://layout-bucket/models/").returncode == 0
+    assert tree(bucket_dir / "models" / "m") == tree(src / "m")
+    assert openeas("cp", "-r", f"{src / 'm'}/", "oss://layout-bucket/flat/").returncode == 0
+    assert tree(bucket_dir / "flat") == tree(src / "m")
+    assert openeas("cp", "-r", str(src / "m"), "oss://layout-bucket/exact").returncode == 0
+    assert tree(bucket_dir / "exact") == tree(src / "m")
 
 
 def test_single_files_both_ways(tmp_path: Path, use_endpoint: SeaweedFS, bucket: str) -> None:
