@@ -9,6 +9,10 @@ from __future__ import annotations
 import click
 
 from openeas import __version__
+from openeas.cli import eascmd
+from openeas.cli import models as models_cli
+from openeas.cli import platform as platform_cli
+from openeas.cli import storage as storage_cli
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +31,14 @@ def serve(flags: tuple[str, ...]) -> None:
     from openeas.server.cli import main as server_main
 
     server_main(list(flags))
+
+
+main.add_command(storage_cli.cp)
+main.add_command(storage_cli.ls)
+main.add_command(models_cli.models)
+main.add_command(platform_cli.up)
+main.add_command(platform_cli.down)
+main.add_command(eascmd.main, name="eas")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""``openeas up`` / ``openeas down``: start and stop the platform on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from openeas.home import openeas_home
+
+_PORT = click.IntRange(1, 65535)
+
+
+def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise click.ClickException(
+                f"the platform exited with status {process.returncode}:\n{tail}"
+            )
+        try:
+            if httpx.get(f"{api}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"the platform did not answer within {timeout:.0f}s (log: {log})")
+
+
+@click.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="bind address of the API and the gateway"
+)
+@click.option(
+    "--api-port", type=_PORT, default=9090, show_default=True, help="control-plane REST API port"
+)
+@click.option("--http-port", type=_PORT, default=8080, show_default=True, help="gateway HTTP port")
+@click.option("--grpc-port", type=_PORT, default=8081, show_default=True, help="gateway gRPC port")
+@click.option("--public-host", help="host name in Internet endpoints [default: the bind address]")
+@click.option("--intranet-host", help="host name in Intranet endpoints [default: the bind address]")
+@click.option(
+    "--cpus",
+    type=click.IntRange(1),
+    help="CPU capacity of the local resource group [default: cores]",
+)
+@click.option(
+    "--memory", type=click.IntRange(64), help="memory capacity in MB [default: machine memory]"
+)
+@click.option("--gpus", type=click.IntRange(0), help="GPU capacity [default: detected devices]")
+@click.option(
+    "--restart-backoff", type=float, default=1.0, hidden=True, help="first restart delay (s)"
+)
+@click.option("--crashloop-restarts", type=click.IntRange(0), default=3, hidden=True)
+@click.option(
+    "--detach", "-d", is_flag=True, help="run in the background and return once it answers"
+)
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True, help="seconds --detach waits"
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+)
+def up(
+    host: str,
+    api_port: int,
+    http_port: int,
+    grpc_port: int,
+    public_host: str | None,
+    intranet_host: str | None,
+    cpus: int | None,
+    memory: int | None,
+    gpus: int | None,
+    restart_backoff: float,
+    crashloop_restarts: int,
+    detach: bool,
+    timeout: float,
+    log_level: str,
+) -> None:
+    """Start the control plane, gateway and local runtime (foreground unless --detach)."""
+    from openeas.platform.daemon import PlatformOptions, running_platform, serve
+    from openeas.platform.errors import PlatformError
+    from openeas.platform.reconciler import Tuning
+
+    running = running_platform()
+    if running is not None:
+        raise click.ClickException(
+            f"a platform is already running (pid {running['pid']}, API {running['api']})"
+        )
+    if detach:
+        args = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
+        if "up" not in args:
+            args = ["up", *args]
+        logs = openeas_home() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / "platform.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "openeas.cli.main", *args[args.index("up") :]],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        api_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        _wait_answering(f"http://{api_host}:{api_port}", process, log_path, timeout)
+        click.echo(
+            f"[OK] OpenEAS is up (pid {process.pid}): API http://{api_host}:{api_port}, gateway :{http_port} (HTTP) :{grpc_port} (gRPC)"
+        )
+        click.echo(f"     logs: {log_path}")
+        return
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = PlatformOptions(
+        host=host,
+        api_port=api_port,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        public_host=public_host,
+        intranet_host=intranet_host,
+        cpus=cpus,
+        memory_mb=memory,
+        gpus=gpus,
+        tuning=Tuning(backoff_base=restart_backoff, crashloop_restarts=crashloop_restarts),
+    )
+    import uvloop
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(options))
+    except PlatformError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@click.command()
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="seconds to wait")
+def down(timeout: float) -> None:
+    """Stop the platform gracefully (its instances stop; services come back on `up`)."""
+    from openeas.platform.daemon import running_platform
+
+    running = running_platform()
+    if running is None:
+        click.echo("[OK] no platform is running")
+        return
+    pid = int(running["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            click.echo("[OK] OpenEAS is down")
+            return
+        time.sleep(0.1)
+    raise click.ClickException(f"the platform (pid {pid}) did not stop within {timeout:.0f}s")

@@ -1,0 +1,145 @@
+"""The control plane's REST API (FastAPI; OpenAPI document at ``/openapi.json``).
+
+Every ``/api/v1`` route requires a request signed with an access key (see
+:mod:`openeas.platform.auth`); ``/healthz``, ``/metrics`` and the OpenAPI document are
+open.  Errors answer ``{"code", "message"[, "errors"]}`` with the error type's status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from openeas import __version__
+from openeas.platform.auth import AccessKey, verify
+from openeas.platform.control import ControlPlane
+from openeas.platform.errors import FieldError, PlatformError
+from openeas.platform.spec import parse_spec_text
+
+PREFIX = "/api/v1"
+
+
+class UpdateBody(BaseModel):
+    """``PUT /services/{name}``: a partial (merge) or complete (replace) spec."""
+
+    spec: dict[str, Any]
+    mode: str = "merge"
+
+
+class SwitchBody(BaseModel):
+    version: int
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    return parse_spec_text(body.decode(errors="replace") or "null")
+
+
+def create_app(
+    control: ControlPlane,
+    keys: dict[str, AccessKey],
+    registries: list[CollectorRegistry] | None = None,
+) -> FastAPI:
+    """The API application over ``control``, accepting requests signed with ``keys``."""
+    app = FastAPI(title="OpenEAS control plane", version=__version__)
+
+    async def authenticate(request: Request) -> None:
+        body = await request.body()
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        verify(keys, request.method, target, dict(request.headers), body)
+
+    @app.exception_handler(PlatformError)
+    async def platform_error(_request: Request, exc: PlatformError) -> JSONResponse:
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        text = b"".join(generate_latest(r) for r in registries or [])
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    api = APIRouter(prefix=PREFIX, dependencies=[Depends(authenticate)])
+
+    @api.post("/services", summary="Create a service from its JSON spec")
+    async def create(request: Request) -> dict[str, Any]:
+        return control.create(await _json_body(request))
+
+    @api.get("/services", summary="List services")
+    async def list_services() -> list[dict[str, Any]]:
+        return control.list()
+
+    @api.get("/services/{name}", summary="Describe a service")
+    async def describe(name: str) -> dict[str, Any]:
+        return control.describe(name)
+
+    @api.put("/services/{name}", summary="Update a service (a new version)")
+    async def modify(name: str, request: Request) -> dict[str, Any]:
+        doc = await _json_body(request)
+        if not isinstance(doc, dict) or "spec" not in doc:
+            raise PlatformError('the body must be {"spec": {...}, "mode": "merge" | "replace"}')
+        body = UpdateBody.model_validate(doc)
+        return control.modify(name, body.spec, body.mode)
+
+    @api.delete("/services/{name}", summary="Delete a service")
+    async def delete(name: str) -> dict[str, str]:
+        control.delete(name)
+        return {"name": name, "status": "Deleting"}
+
+    @api.get("/services/{name}/versions", summary="List a service's versions")
+    async def versions(name: str) -> list[dict[str, Any]]:
+        return control.versions(name)
+
+    @api.post("/services/{name}/switch", summary="Make another version current")
+    async def switch(name: str, body: SwitchBody) -> dict[str, Any]:
+        return control.switch(name, body.version)
+
+    @api.post("/services/{name}/stop", summary="Stop a service's instances")
+    async def stop(name: str) -> dict[str, Any]:
+        return control.stop(name)
+
+    @api.post("/services/{name}/start", summary="Start a stopped (or failed) service")
+    async def start(name: str) -> dict[str, Any]:
+        return control.start(name)
+
+    @api.get("/services/{name}/instances", summary="A service's instances")
+    async def instances(name: str) -> list[dict[str, Any]]:
+        return control.instances(name)
+
+    @api.get("/services/{name}/events", summary="A service's events")
+    async def events(name: str, after: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+        return control.events(name, after)
+
+    @api.get("/services/{name}/logs", summary="An instance's log", response_class=PlainTextResponse)
+    async def logs(
+        name: str,
+        instance: str | None = None,
+        tail: int | None = Query(None, ge=0),
+        offset: int | None = Query(None, ge=0),
+    ) -> PlainTextResponse:
+        text, end = control.logs(name, instance, tail, offset)
+        return PlainTextResponse(text, headers={"X-Log-Offset": str(end)})
+
+    @api.get("/resources", summary="Resource groups and their use")
+    async def resources() -> list[dict[str, Any]]:
+        return control.resources()
+
+    app.include_router(api)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            FieldError(".".join(str(p) for p in e["loc"] if p != "body"), e["msg"])
+            for e in exc.errors()
+        ]
+        message = "invalid request: " + "; ".join(str(e) for e in errors)
+        return JSONResponse({"code": "BadRequest", "message": message}, status_code=400)
+
+    return app

@@ -1,0 +1,285 @@
+"""The control plane's operations (what the REST API exposes), on top of the store.
+
+Each call records the desired state and wakes the reconciler; nothing here waits for
+processes.  Views are plain JSON-ready dicts, the shapes the API returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openeas.platform.errors import (
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    PlatformError,
+    SpecError,
+)
+from openeas.platform.reconciler import Reconciler, counts
+from openeas.platform.resources import ResourceGroup
+from openeas.platform.spec import ServiceSpec, merge_spec, validate_spec
+from openeas.platform.store import ServiceRecord, Store
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the gateway answers, as printed in endpoint URLs."""
+
+    public_host: str
+    intranet_host: str
+    http_port: int
+    grpc_port: int
+
+    def for_service(self, name: str) -> dict[str, str]:
+        return {
+            "internet_endpoint": f"http://{self.public_host}:{self.http_port}/api/predict/{name}",
+            "intranet_endpoint": f"http://{self.intranet_host}:{self.http_port}/api/predict/{name}",
+            "grpc_endpoint": f"{self.public_host}:{self.grpc_port}",
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        store: Store,
+        reconciler: Reconciler,
+        groups: list[ResourceGroup],
+        endpoints: Endpoints,
+    ) -> None:
+        self.store = store
+        self.reconciler = reconciler
+        self.groups = {g.name: g for g in groups}
+        self.endpoints = endpoints
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _validate(self, doc: Any) -> ServiceSpec:
+        spec = validate_spec(doc)
+        if spec.metadata.resource not in self.groups:
+            known = ", ".join(sorted(self.groups))
+            raise SpecError(
+                [
+                    FieldError(
+                        "metadata.resource",
+                        f"resource group {spec.metadata.resource!r} does not exist (known: {known})",
+                    )
+                ]
+            )
+        return spec
+
+    def _existing(self, name: str, deleting_ok: bool = False) -> ServiceRecord:
+        record = self.store.service(name)
+        if record.desired == "Deleted" and not deleting_ok:
+            raise NotFoundError(f"service {name!r} is being deleted")
+        return record
+
+    def view(self, record: ServiceRecord) -> dict[str, Any]:
+        spec = self.reconciler.spec(record.name, record.current_version)
+        m = spec.metadata
+        insts = self.store.instances(record.name)
+        target = m.instance if record.desired == "Running" else 0
+        return {
+            "name": record.name,
+            "status": record.status,
+            "reason": record.reason,
+            "message": record.message,
+            "desired": record.desired,
+            **self.endpoints.for_service(record.name),
+            "token": record.token,
+            "instances": counts(insts, record.current_version, target),
+            "cpu": m.cpu,
+            "memory": m.memory,
+            "gpu": m.gpu,
+            "resource": m.resource,
+            "processor": spec.processor,
+            "current_version": record.current_version,
+            "latest_version": record.latest_version,
+            "create_time": _iso(record.created_at),
+            "update_time": _iso(record.updated_at),
+        }
+
+    # -- operations -------------------------------------------------------------------
+
+    def create(self, doc: Any) -> dict[str, Any]:
+        spec = self._validate(doc)
+        try:
+            existing = self.store.service(spec.name)
+        except NotFoundError:
+            existing = None
+        if existing is not None:
+            raise ConflictError(f"service {spec.name!r} already exists")
+        record = self.store.create_service(spec.name, spec.token, spec.to_json())
+        self.store.add_event(spec.name, "ServiceCreated", "Service is now deploying")
+        self.reconciler.wake()
+        return self.view(record)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return self.view(self._existing(name, deleting_ok=True))
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.view(r) for r in self.store.services()]
+
+    def modify(self, name: str, patch: Any, mode: str = "merge") -> dict[str, Any]:
+        """Merge (or replace with) ``patch``; a new version that becomes current."""
+        record = self._existing(name)
+        if not isinstance(patch, dict):
+            raise SpecError([FieldError("", "the update must be a JSON object")])
+        if mode not in ("merge", "replace"):
+            raise PlatformError(f"unknown update mode {mode!r} (merge or replace)")
+        base = self.store.spec(name, record.current_version)
+        doc = merge_spec(base, patch) if mode == "merge" else dict(patch)
+        doc.setdefault("name", name)
+        if doc.get("name") != name:
+            raise SpecError([FieldError("name", f"cannot rename service {name!r}")])
+        if mode == "replace" and "token" not in patch:
+            doc["token"] = record.token
+        spec = self._validate(doc)
+        version = self.store.add_version(name, spec.to_json())
+        self._activate(name, record, version, spec)
+        self.store.add_event(name, "ServiceUpdated", f"version {version} is now current")
+        return self.view(self.store.service(name))
+
+    def _activate(self, name: str, record: ServiceRecord, version: int, spec: ServiceSpec) -> None:
+        self.store.update_service(name, current_version=version, token=spec.token)
+        same = self.reconciler.relabel(name, record.current_version, version)
+        if record.status == "Failed":
+            self.reconciler.reset_failures(name)
+            self.store.set_status(name, "Updating")
+        elif record.desired == "Running" and not same:
+            self.store.set_status(name, "Updating")
+        elif record.desired == "Running":
+            before = self.reconciler.spec(name, record.current_version).metadata.instance
+            if spec.metadata.instance != before:
+                self.store.set_status(name, "Scaling")
+        self.reconciler.wake()
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        record = self._existing(name)
+        return [
+            {
+                **v,
+                "created_at": _iso(v["created_at"]),
+                "current": v["version"] == record.current_version,
+            }
+            for v in self.store.versions(name)
+        ]
+
+    def switch(self, name: str, version: int) -> dict[str, Any]:
+        record = self._existing(name)
+        spec = ServiceSpec.model_validate(self.store.spec(name, version))
+        if version != record.current_version:
+            self._activate(name, record, version, spec)
+            self.store.add_event(name, "ServiceSwitched", f"switched to version {version}")
+        return self.view(self.store.service(name))
+
+    def stop(self, name: str) -> dict[str, Any]:
+        self._existing(name)
+        self.store.update_service(name, desired="Stopped")
+        self.store.set_status(name, "Stopping")
+        self.reconciler.wake()
+        return self.describe(name)
+
+    def start(self, name: str) -> dict[str, Any]:
+        record = self._existing(name)
+        if record.desired == "Running" and record.status != "Failed":
+            raise ConflictError(f"service {name!r} is already running (status {record.status})")
+        self.reconciler.reset_failures(name)
+        self.store.update_service(name, desired="Running")
+        self.store.set_status(name, "Waiting")
+        self.store.add_event(name, "ServiceStarted", "service started")
+        self.reconciler.wake()
+        return self.describe(name)
+
+    def delete(self, name: str) -> None:
+        self._existing(name)
+        self.store.update_service(name, desired="Deleted")
+        self.reconciler.wake()
+
+    def instances(self, name: str) -> list[dict[str, Any]]:
+        self._existing(name, deleting_ok=True)
+        return [
+            {
+                "name": i.id,
+                "status": i.status,
+                "ready": i.ready,
+                "restarts": i.restarts,
+                "ip": i.host,
+                "port": i.http_port,
+                "grpc_port": i.grpc_port,
+                "pid": i.pid,
+                "version": i.version,
+                "reason": i.reason,
+                "started": _iso(i.started_at),
+            }
+            for i in self.store.instances(name)
+        ]
+
+    def events(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+        self._existing(name, deleting_ok=True)
+        return [
+            {
+                "id": e.id,
+                "time": _iso(e.time),
+                "type": e.type,
+                "reason": e.reason,
+                "message": e.message,
+            }
+            for e in self.store.events(name, after)
+        ]
+
+    def logs(
+        self, name: str, instance: str | None, tail: int | None, offset: int | None
+    ) -> tuple[str, int]:
+        """Log text of one instance (default: the newest) and the file offset reached."""
+        self._existing(name)
+        insts = self.store.instances(name)
+        if instance is not None:
+            insts = [i for i in insts if i.id == instance]
+            if not insts:
+                raise NotFoundError(f"service {name!r} has no instance {instance!r}")
+        if not insts:
+            raise NotFoundError(f"service {name!r} has no instances")
+        path = Path(insts[-1].log_path)
+        try:
+            with open(path, "rb") as handle:
+                if offset is not None:
+                    handle.seek(offset)
+                    data = handle.read()
+                elif tail is not None:
+                    data = b"".join(deque(handle, maxlen=max(tail, 0)))
+                else:
+                    data = handle.read()
+                end = handle.tell()
+        except FileNotFoundError:
+            return "", 0
+        return data.decode(errors="replace"), end
+
+    def resources(self) -> list[dict[str, Any]]:
+        out = []
+        for group in self.groups.values():
+            used = [
+                i
+                for name in (r.name for r in self.store.services())
+                for i in self.reconciler.instances(name)
+                if i.rec.status != "Failed"
+            ]
+            out.append(
+                {
+                    **group.to_json(),
+                    "used_cpu": sum(i.demand.cpu for i in used),
+                    "used_memory": sum(i.demand.memory for i in used),
+                    "used_gpu": sum(i.demand.gpu for i in used),
+                    "instances": len(used),
+                }
+            )
+        return out

@@ -1,0 +1,161 @@
+"""Run the platform in one asyncio loop: REST API, reconciler, local runtime, gateway.
+
+``serve(options)`` is what ``openeas up`` runs in the foreground.  SIGTERM/SIGINT stop it
+gracefully: the API and gateway close and every instance is stopped, while each service's
+desired state stays in the database, so the next ``openeas up`` brings back the services
+that should run.  A control plane that dies without that (SIGKILL, a crash) leaves its
+instances running; the next one re-adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import uvicorn
+
+from openeas.gateway import Gateway, RouteTable
+from openeas.home import openeas_home
+from openeas.platform.api import create_app
+from openeas.platform.auth import load_or_create_admin_key
+from openeas.platform.client import runtime_info_path
+from openeas.platform.control import ControlPlane, Endpoints
+from openeas.platform.errors import PlatformError
+from openeas.platform.metrics import platform_registry
+from openeas.platform.reconciler import Reconciler, Tuning
+from openeas.platform.resources import local_group
+from openeas.platform.runtimes.local import LocalRuntime
+from openeas.platform.store import Store
+
+log = logging.getLogger("openeas.platform")
+
+
+@dataclass
+class PlatformOptions:
+    """``openeas up``'s settings."""
+
+    host: str = "127.0.0.1"
+    api_port: int = 9090
+    http_port: int = 8080
+    grpc_port: int = 8081
+    #: host name in the Internet endpoint (default: the bind address, or this host's name)
+    public_host: str | None = None
+    #: host name in the Intranet endpoint (default: the bind address, or this host's IP)
+    intranet_host: str | None = None
+    cpus: int | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+    tuning: Tuning = field(default_factory=Tuning)
+
+    def endpoints(self) -> Endpoints:
+        wildcard = self.host in ("0.0.0.0", "::", "")
+        public = self.public_host or (socket.gethostname() if wildcard else self.host)
+        intranet = self.intranet_host or ("127.0.0.1" if wildcard else self.host)
+        return Endpoints(public, intranet, self.http_port, self.grpc_port)
+
+
+def running_platform() -> dict[str, Any] | None:
+    """The runtime info of the platform running for this ``$OPENEAS_HOME``, if any."""
+    path = runtime_info_path()
+    try:
+        info = json.loads(path.read_text())
+        alive = psutil.Process(int(info["pid"])).status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return None
+    return info if alive else None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (the platform handles signals)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_api(server: uvicorn.Server) -> None:
+    # uvicorn reports a port it cannot bind with sys.exit(); keep that inside this task.
+    with contextlib.suppress(SystemExit):
+        await server.serve()
+
+
+async def serve(options: PlatformOptions) -> None:
+    """Run the platform until SIGTERM/SIGINT."""
+    home = openeas_home()
+    home.mkdir(parents=True, exist_ok=True)
+    other = running_platform()
+    if other is not None and other["pid"] != os.getpid():
+        raise PlatformError(f"a platform (pid {other['pid']}) is already running for {home}")
+    key = load_or_create_admin_key()
+    store = Store(home / "platform.db")
+    routes = RouteTable()
+    group = local_group(options.cpus, options.memory_mb, options.gpus)
+    reconciler = Reconciler(
+        store, LocalRuntime(), routes, group, home / "logs" / "instances", tuning=options.tuning
+    )
+    reconciler.adopt()
+    gateway = Gateway(
+        routes, host=options.host, http_port=options.http_port, grpc_port=options.grpc_port
+    )
+    control = ControlPlane(store, reconciler, [group], options.endpoints())
+    app = create_app(control, {key.id: key}, [gateway.registry, platform_registry(store)])
+    server = _Server(
+        uvicorn.Config(
+            app, host=options.host, port=options.api_port, log_level="warning", lifespan="off"
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+    except OSError as exc:
+        store.close()
+        raise PlatformError(f"the gateway could not start: {exc}") from None
+    reconciler.start()
+    api = asyncio.create_task(_serve_api(server))
+    try:
+        while not server.started:
+            if api.done():
+                raise PlatformError(
+                    f"the API could not listen on {options.host}:{options.api_port}"
+                )
+            await asyncio.sleep(0.02)
+        info = {
+            "pid": os.getpid(),
+            "api": f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else options.host}:{options.api_port}",
+            "gateway_http": options.http_port,
+            "gateway_grpc": options.grpc_port,
+            "resource_group": group.to_json(),
+        }
+        runtime_info_path().write_text(json.dumps(info))
+        log.info(
+            "platform up: API %s, gateway :%d/:%d",
+            info["api"],
+            options.http_port,
+            options.grpc_port,
+        )
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait({api, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await api
+        await gateway.stop(options.tuning.stop_grace)
+        await reconciler.stop_all()
+        with contextlib.suppress(FileNotFoundError):
+            info_path = runtime_info_path()
+            if json.loads(info_path.read_text()).get("pid") == os.getpid():
+                info_path.unlink()
+        store.close()

@@ -1,0 +1,273 @@
+"""The service spec: EAS's service JSON, validated with precise errors.
+
+``validate_spec(doc)`` returns a :class:`ServiceSpec` or raises :class:`SpecError` listing
+every problem as ``field.path: reason``.  Unknown keys are errors.  ``processor_params``
+are checked by the processor's own flag parser (:mod:`openeas.server.options`), so the
+platform accepts exactly the flags ``openeas-server`` does; the flags the platform sets
+itself (ports, bind addresses) are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import secrets
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from openeas.platform.errors import FieldError, SpecError
+
+#: EAS service names: a lower-case letter, then lower-case letters, digits and underscores.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: Resource group used when ``metadata.resource`` is omitted: the local machine.
+DEFAULT_RESOURCE = "default"
+#: Processor flags the platform owns: every instance gets its own ports and addresses.
+PLATFORM_FLAGS = frozenset(
+    {
+        "--http-port",
+        "--grpc-port",
+        "--metrics-port",
+        "--http-address",
+        "--grpc-address",
+        "--metrics-address",
+    }
+)
+_TOKEN_PATTERN = re.compile(r"^[\x21-\x7e]{8,256}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
+class OssMount(_Strict):
+    path: str
+    readOnly: bool = True  # noqa: N815 - EAS spelling
+
+    @field_validator("path")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if not re.match(r"^(oss|s3)://[^/]+", value):
+            raise ValueError("must be an oss://bucket[/path] or s3://bucket[/path] URI")
+        return value
+
+
+class StorageMount(_Strict):
+    """An object-store directory mounted into the instances at ``mount_path``."""
+
+    mount_path: str
+    oss: OssMount
+
+    @field_validator("mount_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value.rstrip("/") or "/"
+
+
+class Metadata(_Strict):
+    """``metadata``: replicas, resources and the gateway's ``rpc.*`` limits."""
+
+    instance: int = Field(1, ge=0, le=100)
+    cpu: int = Field(1, ge=1, le=1024)
+    memory: int | None = Field(None, ge=64, description="MB")
+    gpu: int = Field(0, ge=0, le=64)
+    gpu_memory: int | None = Field(None, ge=0, description="GB")
+    resource: str = DEFAULT_RESOURCE
+    rpc_keepalive: int = Field(5000, ge=1, le=3_600_000, alias="rpc.keepalive")
+    rpc_max_queue_size: int = Field(64, ge=1, le=1_000_000, alias="rpc.max_queue_size")
+    rpc_rate_limit: int | None = Field(None, ge=1, alias="rpc.rate_limit")
+    rpc_worker_threads: int = Field(5, ge=1, le=1024, alias="rpc.worker_threads")
+    rpc_batching: bool = Field(False, alias="rpc.batching")
+    rpc_max_batch_size: int | None = Field(None, ge=1, alias="rpc.max_batch_size")
+    rpc_max_batch_timeout: int | None = Field(None, ge=0, alias="rpc.max_batch_timeout")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+
+class ServiceSpec(_Strict):
+    """One version of a service, as the user wrote it (plus the generated token)."""
+
+    name: str
+    token: str = ""
+    processor: Literal["triton"]
+    processor_params: list[str] = Field(min_length=1)
+    storage: list[StorageMount] = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=Metadata)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                "must start with a lower-case letter and contain only lower-case letters, "
+                "digits and underscores (at most 64 characters)"
+            )
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if value and not _TOKEN_PATTERN.match(value):
+            raise ValueError("must be 8 to 256 printable characters without spaces")
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as the user would write it (dotted ``rpc.*`` keys)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    # -- what the runtime needs from the processor flags ------------------------------
+
+    def model_repositories(self) -> list[str]:
+        """Every ``--model-repository``/``--model-store`` value, in order."""
+        found: list[str] = []
+        params = self.processor_params
+        for i, param in enumerate(params):
+            flag, sep, value = param.partition("=")
+            if flag in ("--model-repository", "--model-store"):
+                if sep:
+                    found.append(value)
+                elif i + 1 < len(params):
+                    found.append(params[i + 1])
+        return found
+
+
+def generate_token() -> str:
+    """A fresh service token: 32 random bytes, url-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _reason(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"unsupported value {error.get('input')!r}; {error['msg'].lower()}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _check_processor_params(params: list[str]) -> list[FieldError]:
+    """Parse the flags with the processor's own parser; a list of problems."""
+    from openeas.server.options import build_parser
+
+    problems: list[FieldError] = []
+    for i, param in enumerate(params):
+        flag = param.partition("=")[0]
+        if flag in PLATFORM_FLAGS:
+            problems.append(
+                FieldError(f"processor_params[{i}]", f"{flag} is set by the platform per instance")
+            )
+    parser = build_parser()
+
+    def fail(message: str) -> None:
+        raise argparse.ArgumentError(None, message)
+
+    parser.error = fail  # type: ignore[method-assign]
+    try:
+        ns = parser.parse_args(params)
+    except argparse.ArgumentError as exc:
+        problems.append(FieldError("processor_params", str(exc)))
+        return problems
+    except SystemExit:  # --help / --version
+        problems.append(FieldError("processor_params", "--help and --version are not allowed"))
+        return problems
+    if not ns.model_repository:
+        problems.append(FieldError("processor_params", "--model-repository is required"))
+    if ns.allow_http is False:
+        problems.append(
+            FieldError("processor_params", "--allow-http=false: the platform needs HTTP")
+        )
+    return problems
+
+
+def validate_spec(doc: Any) -> ServiceSpec:
+    """Validate a service JSON document; raises :class:`SpecError` with every problem."""
+    if not isinstance(doc, dict):
+        raise SpecError([FieldError("", "the service spec must be a JSON object")])
+    try:
+        spec = ServiceSpec.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(
+            [FieldError(_path(e["loc"]), _reason(e)) for e in exc.errors()]  # type: ignore[arg-type]
+        ) from None
+    problems = _check_processor_params(spec.processor_params)
+    mounts = [m.mount_path for m in spec.storage]
+    if len(set(mounts)) != len(mounts):
+        problems.append(FieldError("storage", "mount_path values must be unique"))
+    m = spec.metadata
+    if m.rpc_batching and m.rpc_max_batch_size is None:
+        problems.append(
+            FieldError("metadata.rpc.max_batch_size", "required when rpc.batching is true")
+        )
+    if problems:
+        raise SpecError(problems)
+    if not spec.token:
+        spec = spec.model_copy(update={"token": generate_token()})
+    return spec
+
+
+def parse_spec_text(text: str) -> dict[str, Any]:
+    """JSON text -> document, with a spec error (line and column) when it is not JSON."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            [FieldError("", f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")]
+        ) from None
+    if not isinstance(doc, dict):
+        raise SpecError([FieldError("", "the service spec must be a JSON object")])
+    return doc
+
+
+def merge_spec(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """EAS merge update: objects merge key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_spec(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """``-D metadata.instance=3`` -> ``{"metadata": {"instance": 3}}``.
+
+    The first path component is a top-level field; under ``metadata`` the rest is one key
+    (so ``metadata.rpc.keepalive`` sets the ``rpc.keepalive`` key).  Values are JSON when
+    they parse as JSON (numbers, booleans, lists), else strings.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SpecError([FieldError("", f"expected key=value, got {text!r}")])
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    head, _, rest = key.partition(".")
+    if not rest:
+        return {head: value}
+    if head == "metadata":
+        return {"metadata": {rest: value}}
+    return {head: parse_assignment(f"{rest}={raw}")}

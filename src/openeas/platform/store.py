@@ -1,0 +1,264 @@
+"""The platform's state in one SQLite database: services, versions, instances, events.
+
+Everything the control plane needs to come back after a restart is here: the desired
+state and version of every service, the specs of all its versions, and the processes
+(pid, ports, log) of its instances so they can be re-adopted.  Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from openeas.platform.errors import ConflictError, NotFoundError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    desired TEXT NOT NULL,            -- Running | Stopped | Deleted
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL DEFAULT '',
+    current_version INTEGER NOT NULL,
+    latest_version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    service TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (service, version)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,             -- Pending | Running | Restarting | Failed | Terminating
+    ready INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    host TEXT NOT NULL,
+    http_port INTEGER NOT NULL,
+    grpc_port INTEGER NOT NULL,
+    metrics_port INTEGER NOT NULL,
+    pid INTEGER,
+    cpus TEXT NOT NULL DEFAULT '[]',
+    log_path TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    service TEXT NOT NULL,
+    time REAL NOT NULL,
+    type TEXT NOT NULL,               -- Normal | Warning
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_service ON events(service, id);
+"""
+
+
+@dataclass
+class ServiceRecord:
+    name: str
+    token: str
+    desired: str
+    status: str
+    reason: str
+    message: str
+    current_version: int
+    latest_version: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class InstanceRecord:
+    id: str
+    service: str
+    version: int
+    status: str
+    ready: bool
+    restarts: int
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    pid: int | None
+    cpus: list[int]
+    log_path: str
+    reason: str
+    created_at: float
+    started_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Event:
+    id: int
+    service: str
+    time: float
+    type: str
+    reason: str
+    message: str
+
+
+def _instance(row: sqlite3.Row) -> InstanceRecord:
+    data = dict(row)
+    data["ready"] = bool(data["ready"])
+    data["cpus"] = json.loads(data["cpus"])
+    return InstanceRecord(**data)
+
+
+class Store:
+    """Synchronous, small queries; the control plane calls it from its event loop."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- services ---------------------------------------------------------------------
+
+    def create_service(self, name: str, token: str, spec: dict[str, Any]) -> ServiceRecord:
+        now = time.time()
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO services VALUES (?, ?, 'Running', 'Creating', '', '', 1, 1, ?, ?)",
+                (name, token, now, now),
+            )
+            self._db.execute(
+                "INSERT INTO versions VALUES (?, 1, ?, ?)", (name, json.dumps(spec), now)
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            self._db.execute("ROLLBACK")
+            raise ConflictError(f"service {name!r} already exists") from None
+        return self.service(name)
+
+    def service(self, name: str) -> ServiceRecord:
+        row = self._db.execute("SELECT * FROM services WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"service {name!r} not found")
+        return ServiceRecord(**dict(row))
+
+    def services(self) -> list[ServiceRecord]:
+        rows = self._db.execute("SELECT * FROM services ORDER BY name").fetchall()
+        return [ServiceRecord(**dict(row)) for row in rows]
+
+    def update_service(self, name: str, **changes: Any) -> None:
+        allowed = {f.name for f in fields(ServiceRecord)} - {"name", "created_at"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"unknown service columns {sorted(unknown)}")
+        changes["updated_at"] = time.time()
+        columns = ", ".join(f"{key} = ?" for key in changes)
+        self._db.execute(f"UPDATE services SET {columns} WHERE name = ?", (*changes.values(), name))
+
+    def set_status(self, name: str, status: str, reason: str = "", message: str = "") -> bool:
+        """Record a status change; True when something changed (updated_at untouched)."""
+        cur = self._db.execute(
+            "UPDATE services SET status = ?, reason = ?, message = ? WHERE name = ? "
+            "AND (status != ? OR reason != ? OR message != ?)",
+            (status, reason, message, name, status, reason, message),
+        )
+        return cur.rowcount > 0
+
+    def delete_service(self, name: str) -> None:
+        self._db.execute("DELETE FROM services WHERE name = ?", (name,))
+        self._db.execute("DELETE FROM instances WHERE service = ?", (name,))
+
+    # -- versions ---------------------------------------------------------------------
+
+    def add_version(self, name: str, spec: dict[str, Any]) -> int:
+        """Store a new version and make it current; its number."""
+        record = self.service(name)
+        version = record.latest_version + 1
+        self._db.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?)",
+            (name, version, json.dumps(spec), time.time()),
+        )
+        self.update_service(name, latest_version=version, current_version=version)
+        return version
+
+    def spec(self, name: str, version: int) -> dict[str, Any]:
+        row = self._db.execute(
+            "SELECT spec FROM versions WHERE service = ? AND version = ?", (name, version)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"service {name!r} has no version {version}")
+        return json.loads(row["spec"])
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT version, spec, created_at FROM versions WHERE service = ? ORDER BY version",
+            (name,),
+        ).fetchall()
+        return [
+            {"version": r["version"], "created_at": r["created_at"], "spec": json.loads(r["spec"])}
+            for r in rows
+        ]
+
+    # -- instances --------------------------------------------------------------------
+
+    def put_instance(self, inst: InstanceRecord) -> None:
+        data = inst.to_json()
+        data["ready"] = int(inst.ready)
+        data["cpus"] = json.dumps(inst.cpus)
+        columns = ", ".join(data)
+        marks = ", ".join("?" for _ in data)
+        self._db.execute(
+            f"INSERT OR REPLACE INTO instances ({columns}) VALUES ({marks})",
+            tuple(data.values()),
+        )
+
+    def remove_instance(self, instance_id: str) -> None:
+        self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def instances(self, service: str | None = None) -> list[InstanceRecord]:
+        if service is None:
+            rows = self._db.execute("SELECT * FROM instances ORDER BY created_at").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM instances WHERE service = ? ORDER BY created_at", (service,)
+            ).fetchall()
+        return [_instance(row) for row in rows]
+
+    # -- events -----------------------------------------------------------------------
+
+    def add_event(self, service: str, reason: str, message: str, type: str = "Normal") -> None:
+        self._db.execute(
+            "INSERT INTO events (service, time, type, reason, message) VALUES (?, ?, ?, ?, ?)",
+            (service, time.time(), type, reason, message),
+        )
+
+    def events(self, service: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE service = ? AND id > ? ORDER BY id DESC LIMIT ?",
+            (service, after, limit),
+        ).fetchall()
+        return [Event(**dict(row)) for row in reversed(rows)]
+
+    def delete_events(self, service: str) -> None:
+        self._db.execute("DELETE FROM events WHERE service = ?", (service,))
+
+    def __iter__(self) -> Iterator[ServiceRecord]:
+        return iter(self.services())

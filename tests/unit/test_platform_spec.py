@@ -1,0 +1,260 @@
+"""The service spec: every validation error path names its field and reason."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from openeas.platform.errors import SpecError
+from openeas.platform.repositories import RepositoryError, resolved_params, sync_repositories
+from openeas.platform.spec import (
+    DEFAULT_RESOURCE,
+    merge_spec,
+    parse_assignment,
+    parse_spec_text,
+    validate_spec,
+)
+
+#: The user's document's JSON, adapted: no GPU, the local resource group, a local path.
+DOC: dict[str, Any] = {
+    "name": "test_triton_processor",
+    "processor": "triton",
+    "processor_params": [
+        "--model-repository=/models",
+        "--allow-grpc=true",
+        "--allow-http=true",
+    ],
+    "metadata": {
+        "instance": 1,
+        "cpu": 4,
+        "gpu": 0,
+        "memory": 10000,
+        "resource": "default",
+        "rpc.keepalive": 3000,
+    },
+}
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """DOC with one (dotted; metadata keys keep their dots) field set, or removed (...)."""
+    doc = copy.deepcopy(DOC)
+    head, _, rest = path.partition(".")
+    target, key = (doc["metadata"], rest) if head == "metadata" and rest else (doc, path)
+    if value is ...:
+        del target[key]
+    else:
+        target[key] = value
+    return doc
+
+
+def test_the_documents_spec_is_valid_and_gets_a_token() -> None:
+    spec = validate_spec(DOC)
+    assert spec.name == "test_triton_processor"
+    assert spec.metadata.rpc_keepalive == 3000
+    assert spec.metadata.rpc_max_queue_size == 64  # default
+    assert len(spec.token) >= 32
+    assert set(spec.token) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )
+    assert validate_spec(DOC).token != spec.token  # random per service
+    assert spec.to_json()["metadata"]["rpc.keepalive"] == 3000
+
+
+def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() -> None:
+    doc = with_change("metadata.resource", ...)
+    doc["token"] = "my-own-token-123"
+    spec = validate_spec(doc)
+    assert spec.metadata.resource == DEFAULT_RESOURCE
+    assert spec.token == "my-own-token-123"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "reason"),
+    [
+        ("name", "Bad-Name", "name", "lower-case"),
+        ("name", "1abc", "name", "start with a lower-case letter"),
+        ("name", "x" * 65, "name", "at most 64"),
+        ("name", ..., "name", "required"),
+        ("token", "short", "token", "8 to 256"),
+        ("token", "has space inside", "token", "without spaces"),
+        ("processor", "tensorflow", "processor", "'triton'"),
+        ("processor", ..., "processor", "required"),
+        ("processor_params", [], "processor_params", "at least 1"),
+        ("processor_params", "--model-repository=/m", "processor_params", "list"),
+        ("processor_params", ["--no-such-flag"], "processor_params", "--no-such-flag"),
+        (
+            "processor_params",
+            ["--allow-grpc=true"],
+            "processor_params",
+            "--model-repository is required",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--allow-http=perhaps"],
+            "processor_params",
+            "invalid boolean",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--allow-http=false"],
+            "processor_params",
+            "needs HTTP",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--http-port=8000"],
+            "processor_params[1]",
+            "set by the platform",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--grpc-address=0.0.0.0"],
+            "processor_params[1]",
+            "set by the platform",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--log-verbose=x"],
+            "processor_params",
+            "invalid integer",
+        ),
+        ("unknown_top", 1, "unknown_top", "unknown field"),
+        ("autoscaler", {"min": 1}, "autoscaler", "unknown field"),
+        ("metadata", "x", "metadata", "dictionary"),
+        ("metadata.instance", -1, "metadata.instance", "greater than or equal to 0"),
+        ("metadata.instance", "3", "metadata.instance", "valid integer"),
+        ("metadata.cpu", 0, "metadata.cpu", "greater than or equal to 1"),
+        ("metadata.memory", 10, "metadata.memory", "greater than or equal to 64"),
+        ("metadata.gpu", -1, "metadata.gpu", "greater than or equal to 0"),
+        ("metadata.gpu_memory", -2, "metadata.gpu_memory", "greater than or equal to 0"),
+        ("metadata.resource", "", "metadata.resource", "must not be empty"),
+        ("metadata.rpc.keepalive", 0, "metadata.rpc.keepalive", "greater than or equal to 1"),
+        ("metadata.rpc.keepalive", "5s", "metadata.rpc.keepalive", "valid integer"),
+        (
+            "metadata.rpc.max_queue_size",
+            0,
+            "metadata.rpc.max_queue_size",
+            "greater than or equal to 1",
+        ),
+        ("metadata.rpc.rate_limit", 0, "metadata.rpc.rate_limit", "greater than or equal to 1"),
+        (
+            "metadata.rpc.worker_threads",
+            0,
+            "metadata.rpc.worker_threads",
+            "greater than or equal to 1",
+        ),
+        ("metadata.rpc.batching", "yes", "metadata.rpc.batching", "valid boolean"),
+        (
+            "metadata.rpc.batching",
+            True,
+            "metadata.rpc.max_batch_size",
+            "required when rpc.batching",
+        ),
+        (
+            "metadata.rpc.max_batch_size",
+            0,
+            "metadata.rpc.max_batch_size",
+            "greater than or equal to 1",
+        ),
+        (
+            "metadata.rpc.max_batch_timeout",
+            -1,
+            "metadata.rpc.max_batch_timeout",
+            "greater than or equal to 0",
+        ),
+        ("metadata.rpc.unknown", 1, "metadata.rpc.unknown", "unknown field"),
+        ("metadata.instances", 2, "metadata.instances", "unknown field"),
+        ("storage", {"mount_path": "/m"}, "storage", "list"),
+        (
+            "storage",
+            [{"mount_path": "m", "oss": {"path": "oss://b/p"}}],
+            "storage[0].mount_path",
+            "absolute",
+        ),
+        (
+            "storage",
+            [{"mount_path": "/m", "oss": {"path": "http://b/p"}}],
+            "storage[0].oss.path",
+            "oss://bucket",
+        ),
+        ("storage", [{"mount_path": "/m"}], "storage[0].oss", "required"),
+        (
+            "storage",
+            [{"mount_path": "/m", "oss": {"path": "oss://b"}, "nfs": {}}],
+            "storage[0].nfs",
+            "unknown field",
+        ),
+        (
+            "storage",
+            [
+                {"mount_path": "/m", "oss": {"path": "oss://b/1"}},
+                {"mount_path": "/m", "oss": {"path": "oss://b/2"}},
+            ],
+            "storage",
+            "unique",
+        ),
+    ],
+)
+def test_validation_errors_name_the_field_and_the_reason(
+    path: str, value: Any, field: str, reason: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(with_change(path, value))
+    fields = {e.field: e.reason for e in info.value.errors}
+    assert field in fields, info.value.errors
+    assert reason.lower() in fields[field].lower(), fields[field]
+    assert field in str(info.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    doc = with_change("name", "Bad")
+    doc["metadata"]["instance"] = -1
+    doc["extra"] = 1
+    with pytest.raises(SpecError) as info:
+        validate_spec(doc)
+    assert {e.field for e in info.value.errors} == {"name", "metadata.instance", "extra"}
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1, 2]", '"x"'])
+def test_spec_text_must_be_a_json_object(text: str) -> None:
+    with pytest.raises(SpecError):
+        parse_spec_text(text)
+
+
+def test_assignments_and_merge() -> None:
+    assert parse_assignment("metadata.instance=3") == {"metadata": {"instance": 3}}
+    assert parse_assignment("metadata.rpc.keepalive=100") == {"metadata": {"rpc.keepalive": 100}}
+    assert parse_assignment("metadata.resource=default") == {"metadata": {"resource": "default"}}
+    assert parse_assignment('processor_params=["--model-repository=/x"]') == {
+        "processor_params": ["--model-repository=/x"]
+    }
+    with pytest.raises(SpecError):
+        parse_assignment("metadata.instance")
+    merged = merge_spec(
+        DOC, {"metadata": {"instance": 3}, "processor_params": ["--model-repository=/y"]}
+    )
+    assert merged["metadata"]["instance"] == 3
+    assert merged["metadata"]["cpu"] == 4  # merged, not replaced
+    assert merged["processor_params"] == ["--model-repository=/y"]  # lists replace
+    assert DOC["metadata"]["instance"] == 1  # the base is not modified
+
+
+def test_storage_mounts_turn_repository_paths_into_their_uris() -> None:
+    doc = copy.deepcopy(DOC)
+    doc["storage"] = [{"mount_path": "/models", "oss": {"path": "oss://bucket/repo/"}}]
+    assert resolved_params(validate_spec(doc))[0] == "--model-repository=oss://bucket/repo"
+    doc["processor_params"] = ["--model-repository", "/models/sub", "--log-verbose=1"]
+    assert resolved_params(validate_spec(doc)) == [
+        "--model-repository=oss://bucket/repo/sub",
+        "--log-verbose=1",
+    ]
+
+
+def test_local_repositories_must_exist_and_be_absolute(tmp_path: Any) -> None:
+    sync_repositories([f"--model-repository={tmp_path}"])
+    with pytest.raises(RepositoryError, match="does not exist"):
+        sync_repositories([f"--model-repository={tmp_path}/missing"])
+    with pytest.raises(RepositoryError, match="relative path"):
+        sync_repositories(["--model-repository=models"])
