@@ -35,7 +35,10 @@ def cp(src: str, dst: str, recursive: bool, jobs: int) -> None:
         if size >= PROGRESS_MIN_BYTES:
             from tqdm import tqdm
 
-            bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+            # disable=None: no bar when stderr is not a terminal (logs, CI).
+            bar = tqdm(
+                total=size, unit="B", unit_scale=True, unit_divisor=1024, leave=False, disable=None
+            )
 
     def progress(n: int) -> None:
         if bar is not None:

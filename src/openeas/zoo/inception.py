@@ -39,8 +39,20 @@ output [
     label_filename: "{LABELS_FILE}"
   }}
 ]
-# Not in Triton's example: merge concurrent requests into one session run.
+# Not in Triton's example: merge concurrent requests into one session run, and run one
+# request before the model is ready (TensorFlow optimises the graph on its first run,
+# which would otherwise cost the first client a second or more).
 dynamic_batching {{ }}
+model_warmup [
+  {{
+    name: "zero_image"
+    batch_size: 1
+    inputs {{
+      key: "{INPUT}"
+      value: {{ data_type: TYPE_FP32 dims: [ 299, 299, 3 ] zero_data: true }}
+    }}
+  }}
+]
 """
 
 Progress = Callable[[str], None]
