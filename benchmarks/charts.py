@@ -55,3 +55,27 @@ def grouped_bars(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def processor_chart(json_path: Path) -> Path | None:
+    """The chart of a ``processor-<protocol>-<date>.json`` result (written beside it)."""
+    import json
+
+    results = json.loads(json_path.read_text())
+    concurrencies = sorted({int(c) for points in results.values() for c in points})
+    groups = [f"c={c}" for c in concurrencies]
+    series = {
+        name: [[r["throughput"] for r in points.get(str(c), [])] for c in concurrencies]
+        for name, points in results.items()
+    }
+    protocol = json_path.stem.split("-")[1].upper()
+    title = f"Identity Python model, {protocol}, perf_analyzer ({json_path.stem[-10:]})"
+    return grouped_bars(json_path.with_suffix(".png"), title, groups, series, "infer/s")
+
+
+if __name__ == "__main__":
+    import sys
+
+    # Re-draw the charts of saved processor results: charts.py results/processor-*.json
+    for name in sys.argv[1:]:
+        print(processor_chart(Path(name)))

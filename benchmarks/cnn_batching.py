@@ -128,7 +128,9 @@ def build_resnet18(image_size: int, classes: int = 1000) -> onnx.ModelProto:
     return model
 
 
-def write_repository(root: Path, image_size: int, max_batch: int, delay_us: int) -> Path:
+def write_repository(
+    root: Path, image_size: int, max_batch: int, delay_us: int, params: dict[str, str]
+) -> Path:
     model_dir = root / MODEL
     (model_dir / "1").mkdir(parents=True)
     onnx.save(build_resnet18(image_size), model_dir / "1" / "model.onnx")
@@ -138,6 +140,10 @@ def write_repository(root: Path, image_size: int, max_batch: int, delay_us: int)
         'output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [1000] }]\n'
         "instance_group [{ kind: KIND_CPU count: 1 }]\n"
         f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
+        + "".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n'
+            for k, v in params.items()
+        )
     )
     return model_dir / "1" / "model.onnx"
 
@@ -171,6 +177,14 @@ def main() -> None:
     parser.add_argument(
         "--delay-us", type=int, default=2000, help="dynamic_batching max_queue_delay_microseconds"
     )
+    parser.add_argument(
+        "--server-param",
+        action="append",
+        default=["session.intra_op.allow_spinning=0"],
+        metavar="KEY=VALUE",
+        help="config parameter of the served model (default: ORT threads do not spin, "
+        "leaving the CPU to the event loop between batches)",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--measurement-ms", type=int, default=5000)
@@ -182,7 +196,8 @@ def main() -> None:
     if reason:
         sys.exit(f"perf_analyzer: {reason}")
     root = Path(tempfile.mkdtemp(prefix="bench-cnn-"))
-    model_path = write_repository(root, args.image_size, args.max_batch, args.delay_us)
+    params = dict(item.split("=", 1) for item in args.server_param)
+    model_path = write_repository(root, args.image_size, args.max_batch, args.delay_us, params)
     batch_sizes = sorted({1, 2, 4, 8, args.max_batch})
 
     limits: list[dict[int, float]] = []
@@ -214,7 +229,8 @@ def main() -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores ({platform.platform()}); "
         f"{args.repeat} runs, median [min-max].  Server: 1 instance, max_batch_size "
-        f"{args.max_batch}, max_queue_delay {args.delay_us} us, ORT default threads.",
+        f"{args.max_batch}, max_queue_delay {args.delay_us} us, ORT default threads; "
+        f"server parameters {params or 'none'}.",
         "",
         "| in-process batch | images/s |",
         "|---|---|",

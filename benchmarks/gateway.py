@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from charts import grouped_bars
+
 from openeas.gateway import ServiceLimits
 from openeas.testing.gateway import GatewayThread, upstream_of
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
@@ -138,6 +140,16 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
     )
     print("\n".join(lines))
     print(f"written: {path}")
+    chart = grouped_bars(
+        args.out / f"gateway-{today}.png",
+        f"Identity model, HTTP c={args.concurrency}: direct vs through the gateway "
+        f"({os.cpu_count()} cores)",
+        ["throughput"],
+        {name: [column(name, "throughput")] for name in ("direct", "gateway")},
+        "infer/s",
+    )
+    if chart:
+        print(f"written: {chart}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from charts import grouped_bars
 
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
 from openeas.testing.server import start_server
@@ -147,6 +148,19 @@ def main() -> None:
     path = args.out / f"inception-{datetime.date.today().isoformat()}.md"
     path.write_text(report)
     print(f"wrote {path}")
+    groups = [f"batch/c={b}" for b in batches]
+    chart = grouped_bars(
+        path.with_suffix(".png"),
+        f"inception_graphdef: in-process TF loop vs served ({os.cpu_count()} cores)",
+        groups,
+        {
+            "in-process loop": [[r["throughput"] for r in loops.get(b, [])] for b in batches],
+            "OpenEAS": [[r["throughput"] for r in served.get(b, [])] for b in batches],
+        },
+        "images/s",
+    )
+    if chart:
+        print(f"wrote {chart}")
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:

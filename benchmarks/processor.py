@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from charts import grouped_bars
+from charts import processor_chart
 from peers import MLServer, OpenEAS, Peer, Triton
 
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
@@ -98,23 +98,9 @@ def main() -> None:
     stamp = datetime.date.today().isoformat()
     (args.out / f"processor-{args.protocol}-{stamp}.md").write_text(report)
     (args.out / f"processor-{args.protocol}-{stamp}.json").write_text(json.dumps(results, indent=1))
-    chart(results, args.out / f"processor-{args.protocol}-{stamp}.png", args)
-
-
-def chart(
-    results: dict[str, dict[int, list[dict[str, float]]]], path: Path, args: argparse.Namespace
-) -> None:
-    """Throughput per concurrency and server, median with min-max bars."""
-    groups = [f"c={c}" for c in args.concurrency]
-    series = {
-        name: [[r["throughput"] for r in points.get(c, [])] for c in args.concurrency]
-        for name, points in results.items()
-    }
-    title = (
-        f"Identity Python model, {args.protocol.upper()}, perf_analyzer ({os.cpu_count()} cores)"
-    )
-    if grouped_bars(path, title, groups, series, "infer/s"):
-        print(f"wrote {path}")
+    chart = processor_chart(args.out / f"processor-{args.protocol}-{stamp}.json")
+    if chart:
+        print(f"wrote {chart}")
 
 
 def render(results: dict[str, dict[int, list[dict[str, float]]]], args: argparse.Namespace) -> str:

@@ -479,6 +479,24 @@ def test_backend_config_gives_defaults_and_config_wins(tmp_path, backend) -> Non
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def test_session_config_entries_pass_through(tmp_path, backend) -> None:
+    model_dir = tmp_path / "simple"
+    write_add_sub_model(model_dir / "1")
+    config = parse_config_text(
+        ADD_SUB_CONFIG
+        + """
+        parameters { key: "session.intra_op.allow_spinning" value: { string_value: "0" } }
+    """
+    )
+    backend_config = {"session.inter_op.allow_spinning": "0"}
+    instance = load(backend, model_dir, config, backend_config)
+    options = instance.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    req = add_sub_request(2)
+    check_add_sub(req, instance.execute([req], ExecTiming())[0])
+
+
 def test_graph_optimization_levels_follow_triton() -> None:
     levels = ort.GraphOptimizationLevel
     assert graph_optimization_level(-1) == levels.ORT_ENABLE_BASIC

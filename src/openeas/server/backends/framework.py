@@ -156,6 +156,16 @@ def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> No
         )
 
 
+def named_config(config: ModelConfig, name: str) -> ModelConfig:
+    """``config`` carrying the served model ``name`` (a copy only when they differ)."""
+    if not name or config.name == name:
+        return config
+    named = ModelConfig()
+    named.CopyFrom(config)
+    named.name = name
+    return named
+
+
 def require_io(config: ModelConfig, backend: str) -> None:
     """A model whose backend cannot auto-complete must list inputs and outputs."""
     if not config.input or not config.output:

@@ -7,7 +7,8 @@ It follows Triton's onnxruntime backend:
 * Session options come from the config ``parameters`` ``intra_op_thread_count``,
   ``inter_op_thread_count`` (0 = ORT's default), ``execution_mode`` (0 sequential,
   1 parallel), ``enable_mem_arena``, ``enable_mem_pattern``,
-  ``session.use_device_allocator_for_initializers`` and the run option
+  every ORT session config entry ``session.*`` (e.g. ``session.intra_op.allow_spinning``,
+  Triton's ``session.use_device_allocator_for_initializers``) and the run option
   ``memory.enable_memory_arena_shrinkage``; ``--backend-config=onnxruntime,<key>=<value>``
   with the same key gives the default when the config does not set it.
   ``optimization { graph { level } }`` maps as in Triton: -1 -> ORT_ENABLE_BASIC,
@@ -226,10 +227,18 @@ def session_options(
     pattern = _bool_setting(config, backend_config, "enable_mem_pattern")
     if pattern is not None:
         options.enable_mem_pattern = pattern
-    key = "session.use_device_allocator_for_initializers"
-    value = _setting(config, backend_config, key)
-    if value is not None:
-        options.add_session_config_entry(key, value)
+    # ORT's session config entries ("session.*", e.g. session.intra_op.allow_spinning or
+    # Triton's session.use_device_allocator_for_initializers) pass through as given.
+    keys = {k for k in (*backend_config, *config.parameters) if k.startswith("session.")}
+    for key in sorted(keys):
+        value = _setting(config, backend_config, key)
+        if value is not None:
+            try:
+                options.add_session_config_entry(key, value)
+            except Exception as exc:  # ORT raises its own Fail/InvalidArgument types
+                raise InvalidArgument(
+                    f"model '{config.name}': invalid onnxruntime session option {key}={value!r}: {exc}"
+                ) from None
 
     for library in config.model_operations.op_library_filename:
         try:

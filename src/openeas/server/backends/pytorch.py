@@ -45,7 +45,12 @@ from openeas.server.backends.base import (
     ModelContext,
     ModelInstance,
 )
-from openeas.server.backends.framework import bool_setting, int_setting, require_io
+from openeas.server.backends.framework import (
+    bool_setting,
+    int_setting,
+    named_config,
+    require_io,
+)
 from openeas.server.backends.tensor_batch import TensorBatcher, config_datatype
 from openeas.server.repository.config import ModelConfig, default_model_filename
 
@@ -247,12 +252,7 @@ class PyTorchBackend(Backend):
         self, context: ModelContext, instance_name: str, device_id: int
     ) -> PyTorchInstance:
         """Load the TorchScript module and map the config's inputs and outputs onto it."""
-        config = context.config
-        if context.name and config.name != context.name:
-            named = ModelConfig()
-            named.CopyFrom(config)
-            named.name = context.name
-            config = named
+        config = named_config(context.config, context.name)
         name = config.name
         require_io(config, "pytorch")
         for kind, ios in (("input", config.input), ("output", config.output)):

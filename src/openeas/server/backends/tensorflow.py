@@ -51,6 +51,7 @@ from openeas.server.backends.framework import (
     bool_setting,
     check_io,
     int_setting,
+    named_config,
     require_io,
     setting,
 )
@@ -390,12 +391,7 @@ class TensorFlowBackend(Backend):
         self, context: ModelContext, instance_name: str, device_id: int
     ) -> TensorFlowInstance:
         """Open a session on the model and check the config's inputs and outputs."""
-        config = context.config
-        if context.name and config.name != context.name:
-            named = ModelConfig()
-            named.CopyFrom(config)
-            named.name = context.name
-            config = named
+        config = named_config(context.config, context.name)
         platform = model_format(config, context.version_dir)
         path = model_path(config, context.version_dir, platform)
         require_io(config, "tensorflow")
