@@ -1,7 +1,8 @@
 """``openeas``: one command for the pieces of OpenEAS.
 
-``openeas serve`` runs the triton processor (``openeas-server``) with tritonserver's flags;
-the platform commands (object store, services, gateway) join it as they land.
+``serve`` runs the triton processor (``openeas-server``), ``up``/``down`` the platform
+(control plane, gateway, local runtime), ``cp``/``ls`` talk to the object store, ``models``
+fetches example models, and ``eas`` is ``eascmd``.
 """
 
 from __future__ import annotations
