@@ -5,7 +5,9 @@ then times ``eascmd create`` (a real subprocess, from invocation to its exit aft
 ``[OK] Service is running``) for the add/sub ONNX model, ``--repeat`` times (each service
 deleted before the next).  The peer, measured in the same run and interleaved, is the
 floor under it: the bare processor (``openeas-server`` on the same repository) started
-until ``/v2/health/ready`` answers.  Target: create -> running under 5 s.  Usage::
+until ``/v2/health/ready`` answers.  The model load time from the object store is the same
+bare start with ``--model-repository=oss://...`` (the embedded store, an empty cache each
+time, so every object is fetched).  Target: create -> running under 5 s.  Usage::
 
     .venv/bin/python benchmarks/platform_coldstart.py --repeat 5
 """
@@ -17,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,11 +44,16 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="openeas-coldstart-"))
-    env = {**os.environ, "OPENEAS_HOME": str(home)}
+    os.environ["OPENEAS_HOME"] = str(home)  # for the upload below and every child
+    env = dict(os.environ)
     repo = home / "repo"
     write_add_sub_model(repo / "simple" / "1")
     write_model_config(repo / "simple", ADD_SUB_CONFIG)
     py = sys.executable
+    from openeas.storage.transfer import copy
+
+    store_uri = "oss://coldstart-repo/models"
+    copy(f"{repo}/", store_uri, recursive=True)
     up = _run(
         env, py, "-m", "openeas.cli.main", "up", "--detach", "--cpus=16",
         f"--api-port={free_port()}", f"--http-port={free_port()}", f"--grpc-port={free_port()}",
@@ -54,6 +62,7 @@ def main() -> None:
         sys.exit(f"openeas up failed:\n{up.stdout}{up.stderr}")
     create_s: list[float] = []
     bare_s: list[float] = []
+    store_s: list[float] = []
     try:
         for i in range(args.repeat):
             name = f"coldstart_{i}"
@@ -80,7 +89,16 @@ def main() -> None:
             server = start_server(repo, log_path=home / f"bare-{i}.log")
             bare_s.append(time.perf_counter() - started)
             server.stop()
-            print(f"run {i}: eascmd create {create_s[-1]:.2f}s, bare processor {bare_s[-1]:.2f}s")
+
+            shutil.rmtree(home / "cache", ignore_errors=True)
+            started = time.perf_counter()
+            server = start_server(store_uri, log_path=home / f"store-{i}.log", env=env)
+            store_s.append(time.perf_counter() - started)
+            server.stop()
+            print(
+                f"run {i}: eascmd create {create_s[-1]:.2f}s, bare processor {bare_s[-1]:.2f}s, "
+                f"bare processor from {store_uri} {store_s[-1]:.2f}s"
+            )
     finally:
         _run(env, py, "-m", "openeas.cli.main", "down")
 
@@ -96,6 +114,8 @@ def main() -> None:
         "|---|---|---|---|",
         f"| `eascmd create` -> `Service is running` | {med_c:.2f} | {min(create_s):.2f} | {max(create_s):.2f} |",
         f"| bare `openeas-server` start -> ready (peer) | {med_b:.2f} | {min(bare_s):.2f} | {max(bare_s):.2f} |",
+        f"| the same from `{store_uri}` (embedded store, cold cache) | "
+        f"{statistics.median(store_s):.2f} | {min(store_s):.2f} | {max(store_s):.2f} |",
         "",
         f"Ratio create / bare processor: {med_c / med_b:.2f}. Target: create under 5 s "
         f"({'met' if med_c < 5 else 'NOT met'}).",

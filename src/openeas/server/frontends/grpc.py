@@ -420,46 +420,8 @@ class GrpcFrontend:
                 # a port already in use is an error, not a second listener (Triton's
                 # --reuse-grpc-port defaults to false)
                 ("grpc.so_reuseport", 0),
-                *[tuple(o) for o in __import__("json").loads(__import__("os").environ.get("OPENEAS_GRPC_OPTS", "[]"))],
             ]
         )
-        if __import__("os").environ.get("OPENEAS_SWITCH"):
-            __import__("sys").setswitchinterval(float(__import__("os").environ["OPENEAS_SWITCH"]))
-        if __import__("os").environ.get("OPENEAS_GRPC_THREAD"):
-            import threading
-            main = asyncio.get_running_loop()
-            dp = self.dataplane
-
-            class Hop(GrpcInferenceServicer):
-                async def ModelInfer(self, request, context):  # type: ignore[override]
-                    req = grpc_codec.decode_request(request)
-                    fut = asyncio.run_coroutine_threadsafe(dp.infer(req), main)
-                    resp = await asyncio.wrap_future(fut)
-                    return grpc_codec.encode_response(resp, req)
-
-            ready = threading.Event()
-            box: dict[str, Any] = {}
-            address = self.address
-
-            def run() -> None:
-                import uvloop
-                loop = uvloop.new_event_loop()
-                asyncio.set_event_loop(loop)
-
-                async def go() -> None:
-                    srv = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-                    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Hop(dp), srv)
-                    box["port"] = srv.add_insecure_port(address)
-                    await srv.start()
-                    ready.set()
-                    await asyncio.Event().wait()
-
-                loop.run_until_complete(go())
-
-            threading.Thread(target=run, daemon=True).start()
-            ready.wait(20)
-            self._port = box["port"]
-            return
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         add_health_servicer(server, lambda: self.dataplane.ready())
         address = self.address
