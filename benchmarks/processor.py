@@ -18,6 +18,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from charts import processor_chart
@@ -27,6 +28,36 @@ from openeas.testing.perf import run_perf_analyzer, unavailable_reason
 
 HERE = Path(__file__).resolve().parent
 MODEL = HERE.parent / "examples" / "models" / "identity"
+
+
+def in_process_limit(model_dir: Path, seconds: float = 3.0) -> float:
+    """Requests/s of the identity model's ``execute`` called in a loop (batch 1, one thread).
+
+    The Python backend exactly as the server runs it, with no server around it: the ceiling
+    no front end can pass on one thread.
+    """
+    import numpy as np
+
+    from openeas.protocol.types import InferRequest, Tensor
+    from openeas.server.backends.base import ExecTiming, ModelContext
+    from openeas.server.backends.python import PythonBackend
+    from openeas.server.repository.config import parse_config_text
+
+    config = parse_config_text((model_dir / "config.pbtxt").read_text())
+    context = ModelContext(name=config.name, version=1, config=config, model_dir=model_dir)
+    instance = PythonBackend().create_instance(context, f"{config.name}_0_0", 0)
+    data = np.ones((1, 16), np.float32)
+    done, start = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            request = InferRequest(
+                model_name=config.name, inputs=[Tensor("INPUT0", "FP32", [1, 16], data)]
+            )
+            instance.execute([request], ExecTiming())
+            done += 1
+        return done / (time.perf_counter() - start)
+    finally:
+        instance.finalize()
 
 
 def make_peers(names: list[str]) -> list[Peer]:
@@ -89,8 +120,13 @@ def main() -> None:
                 failures.setdefault(peer.name, first_line)
             finally:
                 peer.stop()
+    limit = in_process_limit(repository / "identity")
     shutil.rmtree(repository, ignore_errors=True)
     report = render(results, args)
+    report += (
+        f"\nIn-process limit (the Python backend's execute() in a loop, batch 1, one "
+        f"thread, no server): {limit:.0f} requests/s.\n"
+    )
     for name, reason in failures.items():
         report += f"\n{name} could not be measured: {reason}\n"
     print(report)

@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--big-mb", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     if not AWS.exists():
         sys.exit(f"{AWS} is missing: run benchmarks/setup_peers.sh first")
@@ -184,7 +185,8 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = HERE / "results" / f"storage-sync-{datetime.date.today()}.md"
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"storage-sync-{datetime.date.today()}.md"
     out.write_text(text)
     print(f"written to {out}")
 
