@@ -7,16 +7,39 @@ fetches example models, and ``eas`` is ``eascmd``.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from openeas import __version__
-from openeas.cli import eascmd
-from openeas.cli import models as models_cli
-from openeas.cli import platform as platform_cli
-from openeas.cli import storage as storage_cli
+
+#: Subcommands defined in other modules: name -> (module, attribute).  They are imported
+#: only when used, so `openeas cp` does not pay for the platform client's imports.
+_LAZY_COMMANDS = {
+    "cp": ("openeas.cli.storage", "cp"),
+    "ls": ("openeas.cli.storage", "ls"),
+    "models": ("openeas.cli.models", "models"),
+    "up": ("openeas.cli.platform", "up"),
+    "down": ("openeas.cli.platform", "down"),
+    "eas": ("openeas.cli.eascmd", "main"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group whose commands from :data:`_LAZY_COMMANDS` load on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and cmd_name not in self.commands:
+            module, attribute = _LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, name=cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="openeas")
 def main() -> None:
     """OpenEAS: an open Elastic Algorithm Service with a Triton-compatible processor."""
@@ -32,14 +55,6 @@ def serve(flags: tuple[str, ...]) -> None:
     from openeas.server.cli import main as server_main
 
     server_main(list(flags))
-
-
-main.add_command(storage_cli.cp)
-main.add_command(storage_cli.ls)
-main.add_command(models_cli.models)
-main.add_command(platform_cli.up)
-main.add_command(platform_cli.down)
-main.add_command(eascmd.main, name="eas")
 
 
 if __name__ == "__main__":
