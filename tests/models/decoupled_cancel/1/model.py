@@ -40,8 +40,10 @@ class TritonPythonModel:
         state = "cancelled" if sender.is_cancelled() else "timeout"
         if self.marker_dir:
             path = os.path.join(self.marker_dir, f"{state}-{request.request_id()}")
-            with open(path, "w") as marker:
+            # Written then renamed, so a reader never sees an empty marker.
+            with open(path + ".tmp", "w") as marker:
                 marker.write(state)
+            os.replace(path + ".tmp", path)
         sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def finalize(self):

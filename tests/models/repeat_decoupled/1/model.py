@@ -72,8 +72,10 @@ class TritonPythonModel:
             except Exception as exc:
                 text = f"{type(exc).__name__}: {exc}"
             path = os.path.join(self.marker_dir, f"after-final-{request.request_id()}")
-            with open(path, "w") as marker:
+            # Written then renamed, so a reader never sees an empty marker.
+            with open(path + ".tmp", "w") as marker:
                 marker.write(text)
+            os.replace(path + ".tmp", path)
 
     def finalize(self):
         for thread in self.threads:
