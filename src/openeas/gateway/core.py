@@ -13,15 +13,27 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
 from openeas.gateway.balancer import ServiceState
 from openeas.gateway.deadline import Deadline, Expired
-from openeas.gateway.errors import NoInstance, ServiceNotFound, Unauthorized
+from openeas.gateway.errors import (
+    GatewayError,
+    KeepaliveExceeded,
+    NoInstance,
+    ServiceNotFound,
+    Unauthorized,
+    UpstreamTimeout,
+)
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.routes import RouteTable, ServiceRoute, Upstream
-from openeas.gateway.upstream import InstancePool
+from openeas.gateway.sequences import SequenceInfo
+from openeas.gateway.upstream import ConnectFailed, InstancePool
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +131,57 @@ class GatewayCore:
         self.down[upstream.instance_id] = time.monotonic() + DOWN_FOR_S
 
     # -- 408 or 504 --------------------------------------------------------------------
+
+    async def forward(
+        self,
+        state: ServiceState,
+        deadline: Deadline,
+        sequence: SequenceInfo | None,
+        send: Callable[[Upstream], Awaitable[T]],
+    ) -> tuple[Upstream, T]:
+        """``send`` the request to an instance of ``state``; the instance and the answer.
+
+        A request of a known sequence goes to the instance holding it; otherwise the
+        balancer chooses.  ``send`` raises :class:`ConnectFailed` when the request never
+        reached the instance (it is marked down and another one is tried) and
+        :class:`Expired` when the keepalive passed (408 or 504, see :meth:`expired_error`).
+        """
+        upstream: Upstream | None = None
+        if sequence is not None:
+            upstream = state.sequence_upstream(state.route(), sequence.sequence_id)
+        tried: list[str] = []
+        while True:
+            target = upstream or await state.choose(deadline, tried)
+            upstream = None
+            state.routes.acquire(target.instance_id)
+            try:
+                answer = await send(target)
+            except ConnectFailed:
+                self.mark_down(target)
+                tried.append(target.instance_id)
+                continue
+            except Expired:
+                raise await self.expired_error(state, target) from None
+            finally:
+                state.release(target)
+            if sequence is not None:
+                if sequence.end:
+                    state.end_sequence(sequence.sequence_id)
+                else:
+                    state.bind_sequence(sequence.sequence_id, target)
+            return target, answer
+
+    async def expired_error(self, state: ServiceState, upstream: Upstream) -> GatewayError:
+        """408 when the instance is alive (the request was just slow), else 504."""
+        if await self.instance_answers(upstream):
+            route = state.routes.get(state.name)
+            keepalive = route.limits.keepalive_ms if route else "?"
+            return KeepaliveExceeded(
+                f"request to service '{state.name}' exceeded rpc.keepalive ({keepalive} ms)"
+            )
+        return UpstreamTimeout(
+            f"instance {upstream.instance_id} of service '{state.name}' does not answer"
+        )
 
     async def instance_answers(self, upstream: Upstream) -> bool:
         """Whether the instance answers a liveness probe (shared by concurrent callers)."""

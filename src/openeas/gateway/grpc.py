@@ -21,10 +21,11 @@ import grpc
 from openeas.gateway.balancer import ServiceState
 from openeas.gateway.core import GatewayCore, check_token
 from openeas.gateway.deadline import Deadline, Expired
-from openeas.gateway.errors import GatewayError, KeepaliveExceeded, UpstreamTimeout
+from openeas.gateway.errors import GatewayError, KeepaliveExceeded
 from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import grpc_sequence
+from openeas.gateway.upstream import ConnectFailed
 
 SERVICE_PREFIX = "/inference.GRPCInferenceService/"
 STREAM_METHOD = SERVICE_PREFIX + "ModelStreamInfer"
@@ -144,50 +145,24 @@ class GatewayGrpcFront:
         loop = core.loop
         assert loop is not None
         sequence = grpc_sequence(request) if method == INFER_METHOD else None
-        upstream: Upstream | None = None
-        if sequence is not None:
-            upstream = state.sequence_upstream(state.route(), sequence.sequence_id)
-        tried: list[str] = []
-        while True:
-            target = upstream or await state.choose(deadline, tried)
-            upstream = None
-            state.routes.acquire(target.instance_id)
+
+        async def send(target: Upstream) -> bytes:
+            remaining = deadline.remaining(loop)
+            if remaining <= 0:
+                raise Expired()
+            core.metrics.sent(state.name, target.instance_id)
+            call = core.channel(target).unary_unary(method)
             try:
-                remaining = deadline.remaining(loop)
-                if remaining <= 0:
-                    raise Expired()
-                core.metrics.sent(state.name, target.instance_id)
-                call = core.channel(target).unary_unary(method)
-                response = await call(request, metadata=forward, timeout=remaining)
+                return await call(request, metadata=forward, timeout=remaining)
             except grpc.aio.AioRpcError as exc:
                 if _not_connected(exc):
-                    core.mark_down(target)
-                    tried.append(target.instance_id)
-                    continue
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise
-                raise await self._expired(state, target) from None
-            except Expired:
-                raise await self._expired(state, target) from None
-            finally:
-                state.release(target)
-            if sequence is not None:
-                if sequence.end:
-                    state.end_sequence(sequence.sequence_id)
-                else:
-                    state.bind_sequence(sequence.sequence_id, target)
-            return target.instance_id, response
+                    raise ConnectFailed(exc.details() or str(exc.code())) from None
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise Expired() from None
+                raise
 
-    async def _expired(self, state: ServiceState, upstream: Upstream) -> GatewayError:
-        if await self.core.instance_answers(upstream):
-            route = state.routes.get(state.name)
-            keepalive = route.limits.keepalive_ms if route else "?"
-            return KeepaliveExceeded(
-                f"request to service '{state.name}' exceeded rpc.keepalive ({keepalive} ms)"
-            )
-        return UpstreamTimeout(
-            f"instance {upstream.instance_id} of service '{state.name}' does not answer"
-        )
+        target, response = await core.forward(state, deadline, sequence, send)
+        return target.instance_id, response
 
     # -- streaming ---------------------------------------------------------------------
 

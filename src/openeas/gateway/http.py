@@ -19,10 +19,9 @@ import orjson
 
 from openeas.gateway.balancer import ServiceState
 from openeas.gateway.core import GatewayCore, check_token
-from openeas.gateway.deadline import Deadline, Expired
+from openeas.gateway.deadline import Deadline
 from openeas.gateway.errors import (
     GatewayError,
-    KeepaliveExceeded,
     MethodNotAllowed,
     ServiceNotFound,
     UpstreamTimeout,
@@ -30,7 +29,7 @@ from openeas.gateway.errors import (
 from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import SequenceInfo, http_sequence
-from openeas.gateway.upstream import ConnectFailed, UpstreamClosed, UpstreamResponse
+from openeas.gateway.upstream import UpstreamClosed, UpstreamResponse
 
 PREFIX = b"/api/predict/"
 _PREFIX_LEN = len(PREFIX)
@@ -131,54 +130,20 @@ class GatewayHttpApp:
     async def _forward(
         self, state: ServiceState, request: _Forward, deadline: Deadline
     ) -> tuple[Upstream, UpstreamResponse]:
-        """Send the request to an instance (retrying connect failures elsewhere)."""
+        """Send the request to an instance (connect failures are retried elsewhere)."""
         core = self.core
-        sequence = request.sequence()
-        upstream: Upstream | None = None
-        if sequence is not None:
-            upstream = state.sequence_upstream(state.route(), sequence.sequence_id)
-        tried: list[str] = []
-        while True:
-            target = upstream or await state.choose(deadline, tried)
-            upstream = None
-            state.routes.acquire(target.instance_id)
+
+        async def send(target: Upstream) -> UpstreamResponse:
+            core.metrics.sent(state.name, target.instance_id)
             try:
-                core.metrics.sent(state.name, target.instance_id)
-                response = await core.pool(target).request(request.data(target), deadline)
-            except ConnectFailed:
-                core.mark_down(target)
-                tried.append(target.instance_id)
-                continue
+                return await core.pool(target).request(request.data(target), deadline)
             except UpstreamClosed as exc:
                 raise UpstreamTimeout(
                     f"instance {target.instance_id} of service '{state.name}' closed the "
                     f"connection without answering ({exc})"
                 ) from None
-            except Expired:
-                raise await self._expired(state, target) from None
-            finally:
-                state.release(target)
-            if sequence is not None:
-                _remember(state, sequence, target)
-            return target, response
 
-    async def _expired(self, state: ServiceState, upstream: Upstream) -> GatewayError:
-        route = state.routes.get(state.name)
-        keepalive = route.limits.keepalive_ms if route else "?"
-        if await self.core.instance_answers(upstream):
-            return KeepaliveExceeded(
-                f"request to service '{state.name}' exceeded rpc.keepalive ({keepalive} ms)"
-            )
-        return UpstreamTimeout(
-            f"instance {upstream.instance_id} of service '{state.name}' does not answer"
-        )
-
-
-def _remember(state: ServiceState, sequence: SequenceInfo, upstream: Upstream) -> None:
-    if sequence.end:
-        state.end_sequence(sequence.sequence_id)
-    else:
-        state.bind_sequence(sequence.sequence_id, upstream)
+        return await core.forward(state, deadline, request.sequence(), send)
 
 
 class _Forward:
