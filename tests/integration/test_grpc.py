@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from openeas.protocol import datatypes, grpc_codec
 from openeas.protocol.errors import NotFound
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from openeas.server.frontends.grpc import GrpcFrontend, GrpcInferenceServicer
+from openeas.server.frontends.grpc import GrpcFrontend
 from openeas.server.options import ServerOptions
 from openeas.testing.onnx_models import (
     ADD_SUB_CONFIG,
@@ -655,20 +655,6 @@ def test_codec_records_shared_memory_parameters() -> None:
     assert tensor.parameters == {"shared_memory_region": "r", "shared_memory_byte_size": 4}
 
 
-class _AbortCalled(Exception):
-    pass
-
-
-class _FakeContext:
-    def __init__(self) -> None:
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.code, self.details = code, details
-        raise _AbortCalled
-
-
 class _BrokenDataPlane:
     def server_metadata(self) -> dict[str, object]:
         raise RuntimeError("boom")
@@ -678,21 +664,32 @@ class _BrokenDataPlane:
 
 
 def test_errors_map_to_status_codes() -> None:
-    servicer = GrpcInferenceServicer(_BrokenDataPlane())  # type: ignore[arg-type]
+    """InferenceErrors become their status, anything else INTERNAL, over a real call."""
 
-    async def call(method: str, request: object) -> _FakeContext:
-        context = _FakeContext()
-        with pytest.raises(_AbortCalled):
-            await getattr(servicer, method)(request, context)
-        return context
+    async def run() -> None:
+        options = ServerOptions(model_repositories=[], grpc_address="127.0.0.1", grpc_port=0)
+        frontend = GrpcFrontend(_BrokenDataPlane(), options)  # type: ignore[arg-type]
+        await frontend.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.ServerMetadata(service_pb2.ServerMetadataRequest())
+                assert info.value.code() == grpc.StatusCode.INTERNAL
+                assert "boom" in (info.value.details() or "")
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="x"))
+                assert info.value.code() == grpc.StatusCode.NOT_FOUND
+                assert info.value.details() == "Request for unknown model: 'x' is not found"
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.CudaSharedMemoryStatus(
+                        service_pb2.CudaSharedMemoryStatusRequest()
+                    )
+                assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        finally:
+            await frontend.stop(0)
 
-    context = asyncio.run(call("ServerMetadata", service_pb2.ServerMetadataRequest()))
-    assert context.code == grpc.StatusCode.INTERNAL
-    assert "boom" in context.details
-    context = asyncio.run(call("ModelMetadata", service_pb2.ModelMetadataRequest(name="x")))
-    assert context.code == grpc.StatusCode.NOT_FOUND
-    context = asyncio.run(call("CudaSharedMemoryStatus", None))
-    assert context.code == grpc.StatusCode.UNIMPLEMENTED
+    asyncio.run(run())
 
 
 def test_frontend_binding() -> None:

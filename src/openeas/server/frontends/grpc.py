@@ -1,34 +1,37 @@
-"""The gRPC front end: Triton's ``inference.GRPCInferenceService`` on ``grpc.aio``.
+"""The gRPC front end: Triton's ``inference.GRPCInferenceService``.
 
-It runs in the server's event loop, next to the HTTP front end, and every handler only
-decodes the message, calls the :class:`DataPlane` and encodes the answer.  Errors are
-:class:`InferenceError` subclasses whose ``grpc_code`` becomes the call's status;
-anything else is ``INTERNAL``.  The generated messages come from the ``tritonclient``
-wheel (``tritonclient.grpc.service_pb2``); no protos are vendored.  The same server also
+It runs in the server's event loop, next to the HTTP front end, on our HTTP/2 transport
+(:mod:`.grpc_transport`), and every handler only decodes the message, calls the
+:class:`DataPlane` and encodes the answer.  Errors are :class:`InferenceError`
+subclasses whose ``grpc_code`` becomes the call's status; anything else is ``INTERNAL``.
+The generated messages come from the ``tritonclient`` wheel
+(``tritonclient.grpc.service_pb2``); no protos are vendored.  The same server also
 answers the standard ``grpc.health.v1.Health`` service (:mod:`.grpc_health`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 from openeas.protocol import grpc_codec
 from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.server.dataplane import DataPlane, DecoupledModelError
-from openeas.server.frontends.grpc_health import add_health_servicer
+from openeas.server.frontends.grpc_health import HealthServicer
+from openeas.server.frontends.grpc_transport import GrpcServer, Kind, Method
+from openeas.server.frontends.httpserver import bind_socket
 from openeas.server.options import ServerOptions
 
 log = logging.getLogger(__name__)
+
+#: The gRPC service this front end implements.
+SERVICE_NAME = "inference.GRPCInferenceService"
 
 #: Triton's answer to ModelInfer for a model with the decoupled transaction policy.
 DECOUPLED_MODEL_INFER = "ModelInfer RPC doesn't support models with decoupled transaction policy"
@@ -38,78 +41,63 @@ EMPTY_FINAL = "triton_enable_empty_final_response"
 #: Response parameter (bool) that tells whether a stream response is its request's last.
 FINAL_RESPONSE = "triton_final_response"
 
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-_Handler = Callable[[Any, _Req, grpc.aio.ServicerContext], Awaitable[_Resp]]
-
-
-def _rpc(fn: _Handler[_Req, _Resp]) -> _Handler[_Req, _Resp]:
-    """Turn InferenceError into its gRPC status and anything unexpected into INTERNAL."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: _Req, context: grpc.aio.ServicerContext) -> _Resp:
-        try:
-            return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except InferenceError as exc:
-            await context.abort(exc.grpc_code, exc.message)
-        except Exception as exc:
-            log.exception("unhandled error in gRPC %s", fn.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-            )
-        raise AssertionError("unreachable: context.abort() returned")  # pragma: no cover
-
-    return wrapper
-
 
 def _no_repository_name(name: str) -> None:
     if name:
         raise Unsupported("'repository_name' specification is not supported")
 
 
-class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """``inference.GRPCInferenceService`` over one :class:`DataPlane`."""
+class GrpcInferenceServicer:
+    """``inference.GRPCInferenceService`` over one :class:`DataPlane`.
+
+    One coroutine (or async generator, for the stream) per RPC, named as in the
+    service; :meth:`methods` maps them to the transport's method table.
+    """
 
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
+    def methods(self) -> dict[bytes, Method]:
+        """Every RPC of the service, keyed by its HTTP/2 path."""
+        service = pb.DESCRIPTOR.services_by_name[SERVICE_NAME.rpartition(".")[2]]
+        table: dict[bytes, Method] = {}
+        for rpc in service.methods:
+            request_type = getattr(pb, rpc.input_type.name)
+            response_type = getattr(pb, rpc.output_type.name)
+            if rpc.client_streaming:
+                kind = Kind.BIDI_STREAM
+            elif rpc.server_streaming:
+                kind = Kind.SERVER_STREAM
+            else:
+                kind = Kind.UNARY
+            table[f"/{SERVICE_NAME}/{rpc.name}".encode()] = Method(
+                kind,
+                getattr(self, rpc.name),
+                request_type.FromString,
+                response_type.SerializeToString,
+            )
+        return table
+
     # -- health and metadata -----------------------------------------------------------
 
-    @_rpc
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: Any
-    ) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
-    @_rpc
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: Any
-    ) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.ready())
 
-    @_rpc
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: Any
-    ) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(
             ready=self.dataplane.model_ready(request.name, request.version)
         )
 
-    @_rpc
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: Any
-    ) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         meta = self.dataplane.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
-    @_rpc
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: Any
-    ) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         meta = self.dataplane.model_metadata(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -120,20 +108,14 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(**t) for t in meta["outputs"]],
         )
 
-    @_rpc
-    async def ModelConfig(
-        self, request: pb.ModelConfigRequest, context: Any
-    ) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(
             config=self.dataplane.model_config_proto(request.name, request.version)
         )
 
     # -- inference ---------------------------------------------------------------------
 
-    @_rpc
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Any
-    ) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         infer_request = grpc_codec.decode_request(request)
         try:
             response = await self.dataplane.infer(infer_request)
@@ -191,7 +173,7 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         put(message)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest]
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of a stream run concurrently; each answer is written when it is ready.
 
@@ -228,9 +210,8 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -- statistics --------------------------------------------------------------------
 
-    @_rpc
     async def ModelStatistics(
-        self, request: pb.ModelStatisticsRequest, context: Any
+        self, request: pb.ModelStatisticsRequest
     ) -> pb.ModelStatisticsResponse:
         stats = self.dataplane.statistics(request.name, request.version)
         # the dict's field names are the proto's; extra keys (newer stats) are skipped
@@ -240,18 +221,16 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -- repository --------------------------------------------------------------------
 
-    @_rpc
     async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: Any
+        self, request: pb.RepositoryIndexRequest
     ) -> pb.RepositoryIndexResponse:
         _no_repository_name(request.repository_name)
         entries = self.dataplane.repository_index(request.ready)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[index(**entry) for entry in entries])
 
-    @_rpc
     async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: Any
+        self, request: pb.RepositoryModelLoadRequest
     ) -> pb.RepositoryModelLoadResponse:
         _no_repository_name(request.repository_name)
         await self.dataplane.load_model(
@@ -259,9 +238,8 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
         return pb.RepositoryModelLoadResponse()
 
-    @_rpc
     async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: Any
+        self, request: pb.RepositoryModelUnloadRequest
     ) -> pb.RepositoryModelUnloadResponse:
         _no_repository_name(request.repository_name)
         await self.dataplane.unload_model(
@@ -271,9 +249,8 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -- shared memory -----------------------------------------------------------------
 
-    @_rpc
     async def SystemSharedMemoryStatus(
-        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+        self, request: pb.SystemSharedMemoryStatusRequest
     ) -> pb.SystemSharedMemoryStatusResponse:
         response = pb.SystemSharedMemoryStatusResponse()
         for region in self.dataplane.system_shm_status(request.name):
@@ -282,40 +259,32 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             )
         return response
 
-    @_rpc
     async def SystemSharedMemoryRegister(
-        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+        self, request: pb.SystemSharedMemoryRegisterRequest
     ) -> pb.SystemSharedMemoryRegisterResponse:
         self.dataplane.system_shm_register(
             request.name, request.key, request.offset, request.byte_size
         )
         return pb.SystemSharedMemoryRegisterResponse()
 
-    @_rpc
     async def SystemSharedMemoryUnregister(
-        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+        self, request: pb.SystemSharedMemoryUnregisterRequest
     ) -> pb.SystemSharedMemoryUnregisterResponse:
         self.dataplane.system_shm_unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    @_rpc
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryStatus(self, request: Any) -> Any:
         raise _cuda_shm()
 
-    @_rpc
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryRegister(self, request: Any) -> Any:
         raise _cuda_shm()
 
-    @_rpc
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+    async def CudaSharedMemoryUnregister(self, request: Any) -> Any:
         raise _cuda_shm()
 
     # -- settings ----------------------------------------------------------------------
 
-    @_rpc
-    async def TraceSetting(
-        self, request: pb.TraceSettingRequest, context: Any
-    ) -> pb.TraceSettingResponse:
+    async def TraceSetting(self, request: pb.TraceSettingRequest) -> pb.TraceSettingResponse:
         model = request.model_name or None
         if model:
             self.dataplane.models.get(model)
@@ -341,10 +310,7 @@ class GrpcInferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response.settings[key].value.extend(str(v) for v in values)
         return response
 
-    @_rpc
-    async def LogSettings(
-        self, request: pb.LogSettingsRequest, context: Any
-    ) -> pb.LogSettingsResponse:
+    async def LogSettings(self, request: pb.LogSettingsRequest) -> pb.LogSettingsResponse:
         settings = self.dataplane.log_settings
         if request.settings:
             changes: dict[str, Any] = {}
@@ -389,13 +355,15 @@ def _cuda_shm() -> Unsupported:
 
 
 class GrpcFrontend:
-    """A ``grpc.aio`` server for :class:`GrpcInferenceServicer`, in the running event loop."""
+    """The gRPC server for :class:`GrpcInferenceServicer` and the health service."""
 
     def __init__(self, dataplane: DataPlane, options: ServerOptions) -> None:
         self.dataplane = dataplane
         self.options = options
         self.servicer = GrpcInferenceServicer(dataplane)
-        self._server: grpc.aio.Server | None = None
+        methods = self.servicer.methods()
+        methods.update(HealthServicer(lambda: dataplane.ready()).methods())
+        self._server = GrpcServer(methods, max_message_size=options.grpc_max_message_size)
         self._port = 0
 
     @property
@@ -403,40 +371,12 @@ class GrpcFrontend:
         """The bound port (the real one when ``grpc_port`` was 0); 0 before start()."""
         return self._port
 
-    @property
-    def address(self) -> str:
-        host = self.options.grpc_address
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{host}:{self.options.grpc_port}"
-
     async def start(self) -> None:
         """Bind ``grpc_address:grpc_port`` and start serving; OSError when it cannot bind."""
-        size = self.options.grpc_max_message_size
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", size),
-                ("grpc.max_receive_message_length", size),
-                # a port already in use is an error, not a second listener (Triton's
-                # --reuse-grpc-port defaults to false)
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
-        add_health_servicer(server, lambda: self.dataplane.ready())
-        address = self.address
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"failed to bind {address}: {exc}") from None
-        if not port:
-            raise OSError(f"failed to bind {address}: address unavailable or in use")
-        await server.start()
-        self._server = server
-        self._port = port
+        sock = bind_socket(self.options.grpc_address, self.options.grpc_port)
+        self._port = sock.getsockname()[1]
+        await self._server.start(sock)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls; in-flight calls get ``grace`` seconds to finish."""
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        await self._server.stop(grace)

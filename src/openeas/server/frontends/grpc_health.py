@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
+
+from openeas.server.frontends.grpc_transport import GrpcError, Kind, Method
 
 #: The gRPC service name of the health checking protocol.
 SERVICE_NAME = "grpc.health.v1.Health"
@@ -139,15 +140,13 @@ class HealthServicer:
             return ServingStatus.SERVICE_UNKNOWN
         return ServingStatus.SERVING if self._ready() else ServingStatus.NOT_SERVING
 
-    async def Check(self, service: str, context: grpc.aio.ServicerContext) -> int:  # noqa: N802
+    async def Check(self, service: str) -> int:  # noqa: N802
         status = self.status(service)
         if status is ServingStatus.SERVICE_UNKNOWN:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{service}'")
+            raise GrpcError(grpc.StatusCode.NOT_FOUND, f"unknown service '{service}'")
         return status
 
-    async def Watch(  # noqa: N802
-        self, service: str, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[int]:
+    async def Watch(self, service: str) -> AsyncIterator[int]:  # noqa: N802
         last: ServingStatus | None = None
         while True:
             status = self.status(service)
@@ -156,27 +155,13 @@ class HealthServicer:
                 last = status
             await asyncio.sleep(WATCH_INTERVAL_S)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler to add to a server (``add_generic_rpc_handlers``)."""
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.Check,
-                    request_deserializer=decode_check_request,
-                    response_serializer=encode_check_response,
-                ),
-                "Watch": grpc.unary_stream_rpc_method_handler(
-                    self.Watch,
-                    request_deserializer=decode_check_request,
-                    response_serializer=encode_check_response,
-                ),
-            },
-        )
-
-
-def add_health_servicer(server: Any, ready: Callable[[], bool]) -> HealthServicer:
-    """Serve ``grpc.health.v1.Health`` on ``server``, SERVING while ``ready()`` holds."""
-    servicer = HealthServicer(ready)
-    server.add_generic_rpc_handlers((servicer.handler(),))
-    return servicer
+    def methods(self) -> dict[bytes, Method]:
+        """The transport's method table for this service."""
+        return {
+            f"/{SERVICE_NAME}/Check".encode(): Method(
+                Kind.UNARY, self.Check, decode_check_request, encode_check_response
+            ),
+            f"/{SERVICE_NAME}/Watch".encode(): Method(
+                Kind.SERVER_STREAM, self.Watch, decode_check_request, encode_check_response
+            ),
+        }

@@ -1,0 +1,226 @@
+"""HTTP/2 wire facts for gRPC (RFC 9113, RFC 7541, gRPC's PROTOCOL-HTTP2.md).
+
+Frame layout, the constants a server needs, HPACK *encoding* of the few response headers
+gRPC uses (literal fields without indexing, so the encoder keeps no state), the
+``grpc-timeout`` and ``grpc-message`` formats, and a header-block decoder that wraps the
+``hpack`` library with a cache: clients send the same block (all indexed fields) for every
+call, and a block that leaves the dynamic table unchanged always decodes to the same
+headers until the table changes.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import hpack
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# frame types
+DATA: Final = 0x0
+HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
+RST_STREAM: Final = 0x3
+SETTINGS: Final = 0x4
+PUSH_PROMISE: Final = 0x5
+PING: Final = 0x6
+GOAWAY: Final = 0x7
+WINDOW_UPDATE: Final = 0x8
+CONTINUATION: Final = 0x9
+
+# flags
+END_STREAM: Final = 0x1
+ACK: Final = 0x1
+END_HEADERS: Final = 0x4
+PADDED: Final = 0x8
+PRIORITY_FLAG: Final = 0x20
+
+# settings
+SETTINGS_HEADER_TABLE_SIZE: Final = 0x1
+SETTINGS_ENABLE_PUSH: Final = 0x2
+SETTINGS_MAX_CONCURRENT_STREAMS: Final = 0x3
+SETTINGS_INITIAL_WINDOW_SIZE: Final = 0x4
+SETTINGS_MAX_FRAME_SIZE: Final = 0x5
+SETTINGS_MAX_HEADER_LIST_SIZE: Final = 0x6
+
+# error codes
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
+STREAM_CLOSED: Final = 0x5
+FRAME_SIZE_ERROR: Final = 0x6
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+COMPRESSION_ERROR: Final = 0x9
+ENHANCE_YOUR_CALM: Final = 0xB
+
+DEFAULT_WINDOW: Final = 65_535
+DEFAULT_MAX_FRAME: Final = 16_384
+MAX_WINDOW: Final = 2**31 - 1
+MAX_FRAME_LIMIT: Final = 2**24 - 1
+
+FRAME_HEADER: Final = struct.Struct(">HBBBI")  # length as 16+8 bits, type, flags, stream
+FRAME_HEADER_SIZE: Final = 9
+_U32: Final = struct.Struct(">I")
+_SETTING: Final = struct.Struct(">HI")
+_GOAWAY: Final = struct.Struct(">II")
+#: gRPC's length-prefixed message header: compressed flag, big-endian length.
+MESSAGE_HEADER: Final = struct.Struct(">BI")
+MESSAGE_HEADER_SIZE: Final = 5
+
+
+class ProtocolError(Exception):
+    """A connection error: the peer broke HTTP/2; answer GOAWAY with ``code``."""
+
+    def __init__(self, message: str, code: int = PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One serialized frame."""
+    size = len(payload)
+    return FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream_id) + payload
+
+
+def settings_frame(settings: dict[int, int]) -> bytes:
+    """A SETTINGS frame with ``settings`` (identifier -> value)."""
+    return frame(SETTINGS, 0, 0, b"".join(_SETTING.pack(k, v) for k, v in settings.items()))
+
+
+def parse_settings(payload: bytes) -> list[tuple[int, int]]:
+    """The (identifier, value) pairs of a SETTINGS payload."""
+    if len(payload) % 6:
+        raise ProtocolError("SETTINGS payload is not a multiple of 6 bytes", FRAME_SIZE_ERROR)
+    return [_SETTING.unpack_from(payload, pos) for pos in range(0, len(payload), 6)]
+
+
+def window_update(stream_id: int, increment: int) -> bytes:
+    return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
+
+
+def rst_stream(stream_id: int, code: int) -> bytes:
+    return frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+
+
+def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
+    return frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code) + debug)
+
+
+def read_u31(payload: bytes | memoryview, offset: int = 0) -> int:
+    """A 31-bit value (the reserved top bit cleared), as in WINDOW_UPDATE and GOAWAY."""
+    return _U32.unpack_from(payload, offset)[0] & 0x7FFF_FFFF
+
+
+def read_u32(payload: bytes | memoryview, offset: int = 0) -> int:
+    return _U32.unpack_from(payload, offset)[0]
+
+
+# -- HPACK encoding ----------------------------------------------------------------------
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_header(name: bytes, value: bytes) -> bytes:
+    """A literal header field without indexing, new name, no Huffman coding."""
+    return b"\x00" + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
+
+
+#: ``:status: 200`` is entry 8 of HPACK's static table.
+STATUS_200: Final = b"\x88"
+
+
+def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A header block of literal fields (``:status: 200`` as its indexed form)."""
+    return b"".join(
+        STATUS_200 if (n, v) == (b":status", b"200") else encode_header(n, v) for n, v in headers
+    )
+
+
+class HeaderDecoder:
+    """HPACK decoding of one connection's header blocks, cached while the table holds.
+
+    A block made only of indexed fields (or literals without indexing) does not change
+    the dynamic table, so the same bytes decode to the same headers until some other
+    block changes the table; those results are cached and the cache is dropped whenever
+    the table changes.
+    """
+
+    #: Upper bound on cached blocks per connection.
+    CACHE_SIZE = 64
+
+    def __init__(self, max_header_list_size: int) -> None:
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = max_header_list_size
+        self._cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+    def _table_state(self) -> tuple[object, int, int]:
+        # the newest entry itself (not its id, which a new entry could reuse once the
+        # old one is evicted), the number of entries and the table's size limit
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        return (entries[0] if entries else None, len(entries), table.maxsize)
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The (name, value) pairs of ``block``; ProtocolError(COMPRESSION_ERROR) if bad."""
+        cached = self._cache.get(block)
+        if cached is not None:
+            return cached
+        before = self._table_state()
+        try:
+            headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
+        except hpack.HPACKError as exc:
+            raise ProtocolError(f"bad header block: {exc}", COMPRESSION_ERROR) from None
+        after = self._table_state()
+        if after[0] is before[0] and after[1:] == before[1:]:
+            if len(self._cache) < self.CACHE_SIZE:
+                self._cache[block] = headers
+        else:
+            self._cache.clear()
+        return headers
+
+
+# -- gRPC header formats -----------------------------------------------------------------
+
+_TIMEOUT_UNITS: Final = {
+    "H": 3600.0,
+    "M": 60.0,
+    "S": 1.0,
+    "m": 1e-3,
+    "u": 1e-6,
+    "n": 1e-9,
+}
+
+
+def parse_timeout(value: bytes) -> float | None:
+    """Seconds of a ``grpc-timeout`` value (``<digits><unit>``); None when malformed."""
+    text = value.decode("ascii", "replace")
+    unit = _TIMEOUT_UNITS.get(text[-1:])
+    digits = text[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return None
+    return int(digits) * unit
+
+
+_UNRESERVED: Final = frozenset(range(0x20, 0x7F)) - {ord("%")}
+
+
+def encode_grpc_message(message: str) -> bytes:
+    """``grpc-message``: UTF-8, percent-encoding every byte outside 0x20-0x7E and '%'."""
+    raw = message.encode("utf-8")
+    if all(b in _UNRESERVED for b in raw):
+        return raw
+    return b"".join(bytes([b]) if b in _UNRESERVED else b"%%%02X" % b for b in raw)

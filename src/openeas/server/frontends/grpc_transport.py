@@ -1,0 +1,773 @@
+"""gRPC over HTTP/2 on the running asyncio loop: the transport of the gRPC front end.
+
+Why our own and not grpcio's server: grpcio's asyncio integration costs about 250 us of
+the GIL-holding loop thread per call on this machine (benchmarks/README.md), far more
+than the model.  A call here is what the HTTP front end does: parse frames from the
+socket buffer, look the method up in a dict, decode the protobuf message, await the data
+plane, and write the response headers, message and trailers with one ``transport.write``.
+
+What it implements (RFC 9113 and gRPC's PROTOCOL-HTTP2): the connection preface and
+SETTINGS exchange, HPACK (decoding with the ``hpack`` library, see
+:class:`~openeas.protocol.http2.HeaderDecoder`), CONTINUATION, padding, flow control in
+both directions (large messages are split by the peer's window and frame size), PING,
+RST_STREAM (cancels the call), GOAWAY both ways with graceful drain, ``grpc-timeout``
+deadlines, gzip/deflate request messages, message size limits (RESOURCE_EXHAUSTED),
+unary, server-streaming and bidirectional-streaming methods.  It does not do TLS,
+server push or response compression (all optional in gRPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import gzip
+import logging
+import socket
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from openeas.protocol import http2 as h2
+from openeas.protocol.errors import InferenceError
+
+log = logging.getLogger(__name__)
+
+#: Our receive window per stream and per connection (bytes we let a peer send ahead).
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 64 * 1024 * 1024
+#: Largest frame payload we accept (advertised in SETTINGS_MAX_FRAME_SIZE).
+MAX_FRAME_SIZE = 1024 * 1024
+MAX_HEADER_LIST_SIZE = 64 * 1024
+
+_OK = grpc.StatusCode.OK.value[0]
+_CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+_RESPONSE_HEADERS = h2.encode_headers(
+    [(b":status", b"200"), (b"content-type", b"application/grpc")]
+)
+_TRAILERS_OK = h2.encode_header(b"grpc-status", b"0")
+_ACCEPT_ENCODING = b"identity,deflate,gzip"
+_DECOMPRESS: dict[bytes, Callable[[bytes], bytes]] = {
+    b"gzip": gzip.decompress,
+    b"deflate": zlib.decompress,
+}
+
+
+class Kind(enum.Enum):
+    """How many messages each side of a method sends."""
+
+    UNARY = "unary"  # one request, one response
+    SERVER_STREAM = "server_stream"  # one request, a stream of responses
+    BIDI_STREAM = "bidi_stream"  # streams both ways
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC: its kind, its handler and the message codecs.
+
+    ``handler`` is ``async (request) -> response`` for UNARY, ``(request) ->
+    AsyncIterator[response]`` for SERVER_STREAM and ``(AsyncIterator[request]) ->
+    AsyncIterator[response]`` for BIDI_STREAM.  Handlers fail with
+    :class:`~openeas.protocol.errors.InferenceError` (its ``grpc_code``) or
+    :class:`GrpcError`; anything else is INTERNAL.
+    """
+
+    kind: Kind
+    handler: Callable[..., Any]
+    decode: Callable[[bytes], Any]
+    encode: Callable[[Any], bytes]
+
+
+class GrpcError(Exception):
+    """A call's non-OK status, for errors that are not InferenceErrors."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code.value[0]
+        self.message = message
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """The gRPC status (code, message) that ``exc`` ends a call with."""
+    if isinstance(exc, InferenceError):
+        return exc.grpc_code.value[0], exc.message
+    if isinstance(exc, GrpcError):
+        return exc.code, exc.message
+    if isinstance(exc, DecodeError):
+        return _INTERNAL, f"failed to parse the request message: {exc}"
+    log.error("unhandled error in a gRPC call", exc_info=exc)
+    return _INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+class _Stream:
+    """One call (HTTP/2 stream) on a connection."""
+
+    __slots__ = (
+        "id",
+        "method",
+        "encoding",
+        "recv",
+        "messages",
+        "queue",
+        "task",
+        "timer",
+        "send_window",
+        "pending",
+        "pending_trailers",
+        "headers_sent",
+        "remote_closed",
+        "done",
+        "recv_unacked",
+    )
+
+    def __init__(self, stream_id: int, method: Method, encoding: bytes, send_window: int):
+        self.id = stream_id
+        self.method = method
+        self.encoding = encoding
+        self.recv = bytearray()
+        self.messages: list[bytes] = []
+        self.queue: asyncio.Queue[bytes | None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.send_window = send_window
+        self.pending = bytearray()  # DATA bytes waiting for flow-control window
+        self.pending_trailers: bytes | None = None
+        self.headers_sent = False
+        self.remote_closed = False
+        self.done = False
+        self.recv_unacked = 0
+
+
+class Http2Connection(asyncio.Protocol):
+    """One client connection: HTTP/2 framing, flow control and the calls on it."""
+
+    def __init__(self, server: GrpcServer) -> None:
+        self.server = server
+        self.methods = server.methods
+        self.max_message_size = server.max_message_size
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self._preface_seen = False
+        self._decoder = h2.HeaderDecoder(MAX_HEADER_LIST_SIZE)
+        self._continuation: tuple[int, int, bytearray] | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._last_stream_id = 0
+        self._peer_window = h2.DEFAULT_WINDOW  # initial send window of new streams
+        self._peer_max_frame = h2.DEFAULT_MAX_FRAME
+        self._send_window = h2.DEFAULT_WINDOW  # connection-level send window
+        self._recv_unacked = 0
+        self._blocked: dict[int, _Stream] = {}  # streams with DATA waiting for window
+        self._draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.server.connections.add(self)
+        self._write(
+            h2.settings_frame(
+                {
+                    h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                    h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                }
+            )
+            + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.server.connections.discard(self)
+        for stream in list(self._streams.values()):
+            self._abandon(stream)
+        self._streams.clear()
+        self.idle.set()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        try:
+            if not self._preface_seen:
+                if len(buf) < len(h2.PREFACE):
+                    if not h2.PREFACE.startswith(bytes(buf)):
+                        raise h2.ProtocolError("not an HTTP/2 connection preface")
+                    return
+                if buf[: len(h2.PREFACE)] != h2.PREFACE:
+                    raise h2.ProtocolError("not an HTTP/2 connection preface")
+                del buf[: len(h2.PREFACE)]
+                self._preface_seen = True
+            pos = 0
+            end = len(buf)
+            header = h2.FRAME_HEADER
+            while end - pos >= h2.FRAME_HEADER_SIZE:
+                high, low, kind, flags, stream_id = header.unpack_from(buf, pos)
+                size = (high << 8) | low
+                if size > MAX_FRAME_SIZE:
+                    raise h2.ProtocolError(f"frame of {size} bytes", h2.FRAME_SIZE_ERROR)
+                start = pos + h2.FRAME_HEADER_SIZE
+                if end - start < size:
+                    break
+                pos = start + size
+                self._frame(kind, flags, stream_id & 0x7FFF_FFFF, bytes(buf[start:pos]))
+                if self._transport is None:
+                    return
+            del buf[:pos]
+        except h2.ProtocolError as exc:
+            log.info("gRPC connection error: %s", exc)
+            self._fail_connection(exc.code, str(exc))
+        except Exception:
+            log.exception("gRPC connection failed")
+            self._fail_connection(h2.INTERNAL_ERROR, "internal error")
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuation is not None and kind != h2.CONTINUATION:
+            raise h2.ProtocolError("expected a CONTINUATION frame")
+        if kind == h2.DATA:
+            self._on_data(flags, stream_id, payload)
+        elif kind == h2.HEADERS:
+            self._on_headers(flags, stream_id, payload)
+        elif kind == h2.CONTINUATION:
+            self._on_continuation(flags, stream_id, payload)
+        elif kind == h2.WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == h2.SETTINGS:
+            self._on_settings(flags, stream_id, payload)
+        elif kind == h2.PING:
+            if stream_id or len(payload) != 8:
+                raise h2.ProtocolError("bad PING frame", h2.FRAME_SIZE_ERROR)
+            if not flags & h2.ACK:
+                self._write(h2.frame(h2.PING, h2.ACK, 0, payload))
+        elif kind == h2.RST_STREAM:
+            stream = self._streams.pop(stream_id, None)
+            if stream is not None:
+                self._abandon(stream)
+                self._check_idle()
+        elif kind == h2.GOAWAY:
+            self._draining = True
+            self._check_idle()
+        elif kind == h2.PUSH_PROMISE:
+            raise h2.ProtocolError("a client must not send PUSH_PROMISE")
+        # PRIORITY and unknown frame types are ignored, as RFC 9113 asks
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id:
+            raise h2.ProtocolError("SETTINGS on a stream")
+        if flags & h2.ACK:
+            return
+        for key, value in h2.parse_settings(payload):
+            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > h2.MAX_WINDOW:
+                    raise h2.ProtocolError("initial window too large", h2.FLOW_CONTROL_ERROR)
+                delta = value - self._peer_window
+                self._peer_window = value
+                for stream in self._streams.values():
+                    stream.send_window += delta
+            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
+                if not h2.DEFAULT_MAX_FRAME <= value <= h2.MAX_FRAME_LIMIT:
+                    raise h2.ProtocolError("bad SETTINGS_MAX_FRAME_SIZE")
+                self._peer_max_frame = value
+        self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
+        self._flush_blocked()
+
+    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise h2.ProtocolError("bad WINDOW_UPDATE frame", h2.FRAME_SIZE_ERROR)
+        increment = h2.read_u31(payload)
+        if stream_id == 0:
+            self._send_window += increment
+            if self._send_window > h2.MAX_WINDOW:
+                raise h2.ProtocolError("connection window overflow", h2.FLOW_CONTROL_ERROR)
+            self._flush_blocked()
+        else:
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream.send_window += increment
+                self._flush_stream(stream)
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0 or not stream_id & 1:
+            raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
+        pos, end = 0, len(payload)
+        if flags & h2.PADDED:
+            if not payload:
+                raise h2.ProtocolError("padded HEADERS without a pad length")
+            pos, end = 1, end - payload[0]
+        if flags & h2.PRIORITY_FLAG:
+            pos += 5
+        if pos > end:
+            raise h2.ProtocolError("HEADERS padding exceeds the frame")
+        block = payload[pos:end]
+        if not flags & h2.END_HEADERS:
+            self._continuation = (stream_id, flags, bytearray(block))
+            return
+        self._header_block(stream_id, flags, block)
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuation is None or self._continuation[0] != stream_id:
+            raise h2.ProtocolError("unexpected CONTINUATION frame")
+        block = self._continuation[2]
+        block += payload
+        if len(block) > MAX_HEADER_LIST_SIZE * 2:
+            raise h2.ProtocolError("header block too large", h2.ENHANCE_YOUR_CALM)
+        if flags & h2.END_HEADERS:
+            first_flags = self._continuation[1]
+            self._continuation = None
+            self._header_block(stream_id, first_flags, bytes(block))
+
+    def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self._decoder.decode(block)  # always, to keep HPACK's table in step
+        stream = self._streams.get(stream_id)
+        if stream is not None:  # trailers from the client end its half of the call
+            if stream.remote_closed:
+                raise h2.ProtocolError(f"HEADERS on half-closed stream {stream_id}")
+            if not flags & h2.END_STREAM:
+                raise h2.ProtocolError("trailers without END_STREAM")
+            self._end_of_requests(stream)
+            return
+        if stream_id <= self._last_stream_id:
+            return  # a stream we already closed; its frames are ignored
+        self._last_stream_id = stream_id
+        if self._draining:
+            self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
+            return
+        self._open_stream(stream_id, headers, bool(flags & h2.END_STREAM))
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise h2.ProtocolError("DATA on stream 0")
+        size = len(payload)
+        self._recv_unacked += size
+        if self._recv_unacked >= CONNECTION_WINDOW // 2:
+            self._write(h2.window_update(0, self._recv_unacked))
+            self._recv_unacked = 0
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            return  # closed or reset: only the connection window counts it
+        if flags & h2.PADDED:
+            if not payload or payload[0] >= size:
+                raise h2.ProtocolError("bad DATA padding")
+            payload = payload[1 : size - payload[0]]
+        end_stream = flags & h2.END_STREAM
+        if not end_stream:
+            stream.recv_unacked += size
+            if stream.recv_unacked >= STREAM_WINDOW // 2:
+                self._write(h2.window_update(stream_id, stream.recv_unacked))
+                stream.recv_unacked = 0
+        if payload and not stream.done:
+            self._take_messages(stream, payload)
+        if end_stream:
+            self._end_of_requests(stream)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def _open_stream(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        method_name = b""
+        verb = b""
+        content_type = b""
+        encoding = b"identity"
+        timeout: float | None = None
+        for name, value in headers:
+            if name == b":path":
+                method_name = value
+            elif name == b":method":
+                verb = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name == b"grpc-timeout":
+                timeout = h2.parse_timeout(value)
+        if verb != b"POST":
+            self._http_error(stream_id, b"405")
+            return
+        if not content_type.startswith(b"application/grpc"):
+            self._http_error(stream_id, b"415")
+            return
+        method = self.methods.get(method_name)
+        stream = _Stream(stream_id, method or _NO_METHOD, encoding, self._peer_window)
+        stream.remote_closed = end
+        self._streams[stream_id] = stream
+        self.idle.clear()
+        if method is None:
+            self._finish(stream, _UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
+            return
+        if encoding != b"identity" and encoding not in _DECOMPRESS:
+            self._finish(
+                stream, _UNIMPLEMENTED, f"grpc-encoding '{encoding.decode()}' is not supported"
+            )
+            return
+        if timeout is not None:
+            stream.timer = self._loop.call_later(timeout, self._deadline, stream)
+        if method.kind is Kind.BIDI_STREAM:
+            stream.queue = asyncio.Queue()
+            stream.task = self._loop.create_task(self._bidi(stream))
+            if end:
+                stream.queue.put_nowait(None)
+        elif end:
+            self._end_of_requests(stream)
+
+    def _take_messages(self, stream: _Stream, data: bytes) -> None:
+        """Cut complete length-prefixed messages out of ``stream``'s received bytes."""
+        recv = stream.recv
+        if not recv and len(data) >= h2.MESSAGE_HEADER_SIZE:
+            flag, length = h2.MESSAGE_HEADER.unpack_from(data)
+            if len(data) == length + h2.MESSAGE_HEADER_SIZE and not flag:
+                if length > self.max_message_size:
+                    self._too_large(stream, length)
+                else:
+                    self._message(stream, data[h2.MESSAGE_HEADER_SIZE :])
+                return
+        recv += data
+        while len(recv) >= h2.MESSAGE_HEADER_SIZE:
+            flag, length = h2.MESSAGE_HEADER.unpack_from(recv)
+            if length > self.max_message_size:
+                self._too_large(stream, length)
+                return
+            total = length + h2.MESSAGE_HEADER_SIZE
+            if len(recv) < total:
+                return
+            message = bytes(recv[h2.MESSAGE_HEADER_SIZE : total])
+            del recv[:total]
+            if flag:
+                decompress = _DECOMPRESS.get(stream.encoding)
+                if decompress is None:
+                    self._finish(stream, _INTERNAL, "compressed message without a grpc-encoding")
+                    return
+                try:
+                    message = decompress(message)
+                except (OSError, zlib.error, EOFError) as exc:
+                    self._finish(stream, _INTERNAL, f"failed to decompress a message: {exc}")
+                    return
+                if len(message) > self.max_message_size:
+                    self._too_large(stream, len(message))
+                    return
+            self._message(stream, message)
+            if stream.done:
+                return
+
+    def _too_large(self, stream: _Stream, length: int) -> None:
+        self._finish(
+            stream,
+            _RESOURCE_EXHAUSTED,
+            f"Received message larger than max ({length} vs. {self.max_message_size})",
+        )
+
+    def _message(self, stream: _Stream, message: bytes) -> None:
+        if stream.queue is not None:
+            stream.queue.put_nowait(message)
+        else:
+            stream.messages.append(message)
+
+    def _end_of_requests(self, stream: _Stream) -> None:
+        """The client half-closed ``stream``: start a unary or server-streaming call."""
+        stream.remote_closed = True
+        if stream.done:
+            return
+        if stream.recv:
+            self._finish(stream, _INTERNAL, "the request ended inside a message")
+            return
+        if stream.queue is not None:
+            stream.queue.put_nowait(None)
+            return
+        if len(stream.messages) != 1:
+            self._finish(
+                stream,
+                _UNIMPLEMENTED if stream.messages else _INTERNAL,
+                f"a {stream.method.kind.value} call takes one request message, "
+                f"got {len(stream.messages)}",
+            )
+            return
+        message = stream.messages.pop()
+        if stream.method.kind is Kind.UNARY:
+            stream.task = self._loop.create_task(self._unary(stream, message))
+        else:
+            stream.task = self._loop.create_task(self._server_stream(stream, message))
+
+    async def _unary(self, stream: _Stream, message: bytes) -> None:
+        method = stream.method
+        try:
+            response = await method.handler(method.decode(message))
+            payload = method.encode(response)
+        except Exception as exc:
+            self._finish(stream, *status_of(exc))
+            return
+        self._respond(stream, payload)
+
+    async def _server_stream(self, stream: _Stream, message: bytes) -> None:
+        method = stream.method
+        try:
+            async with aclosing(method.handler(method.decode(message))) as responses:
+                async for response in responses:
+                    if stream.done:
+                        break
+                    self._send_message(stream, method.encode(response))
+        except Exception as exc:
+            self._finish(stream, *status_of(exc))
+            return
+        self._finish(stream, _OK, "")
+
+    async def _bidi(self, stream: _Stream) -> None:
+        method = stream.method
+        queue = stream.queue
+        assert queue is not None
+
+        async def requests() -> AsyncIterator[Any]:
+            while (message := await queue.get()) is not None:
+                yield method.decode(message)
+
+        try:
+            async with aclosing(method.handler(requests())) as responses:
+                async for response in responses:
+                    if stream.done:
+                        break
+                    self._send_message(stream, method.encode(response))
+        except Exception as exc:
+            self._finish(stream, *status_of(exc))
+            return
+        self._finish(stream, _OK, "")
+
+    def _deadline(self, stream: _Stream) -> None:
+        stream.timer = None
+        if not stream.done:
+            if stream.task is not None:
+                stream.task.cancel()
+            self._finish(stream, _DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def _abandon(self, stream: _Stream) -> None:
+        """The peer is gone or reset the stream: cancel its work, send nothing more."""
+        stream.done = True
+        self._blocked.pop(stream.id, None)
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if stream.task is not None:
+            stream.task.cancel()
+        if stream.queue is not None:
+            stream.queue.put_nowait(None)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _respond(self, stream: _Stream, payload: bytes) -> None:
+        """A unary call's answer: headers, the message and OK trailers in one write."""
+        if stream.done:
+            return
+        if len(payload) > self.max_message_size:
+            self._finish(
+                stream,
+                _RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(payload)} vs. {self.max_message_size})",
+            )
+            return
+        size = len(payload) + h2.MESSAGE_HEADER_SIZE
+        if (
+            not stream.headers_sent
+            and size <= stream.send_window
+            and size <= self._send_window
+            and size <= self._peer_max_frame
+        ):
+            stream.send_window -= size
+            self._send_window -= size
+            sid = stream.id
+            self._write(
+                h2.frame(h2.HEADERS, h2.END_HEADERS, sid, _RESPONSE_HEADERS)
+                + h2.frame(h2.DATA, 0, sid, h2.MESSAGE_HEADER.pack(0, len(payload)) + payload)
+                + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, _TRAILERS_OK)
+            )
+            self._close_stream(stream)  # after the write: closing may end a draining connection
+            return
+        self._send_message(stream, payload)
+        self._finish(stream, _OK, "")
+
+    def _send_message(self, stream: _Stream, payload: bytes) -> None:
+        if stream.done:
+            return
+        if len(payload) > self.max_message_size:
+            raise GrpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Sent message larger than max ({len(payload)} vs. {self.max_message_size})",
+            )
+        if not stream.headers_sent:
+            stream.headers_sent = True
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, _RESPONSE_HEADERS))
+        stream.pending += h2.MESSAGE_HEADER.pack(0, len(payload))
+        stream.pending += payload
+        self._flush_stream(stream)
+
+    def _flush_stream(self, stream: _Stream) -> None:
+        """Send as much of ``stream``'s pending DATA as the windows allow."""
+        pending = stream.pending
+        if pending:
+            out = []
+            while pending:
+                size = min(len(pending), stream.send_window, self._send_window)
+                size = min(size, self._peer_max_frame)
+                if size <= 0:
+                    break
+                out.append(h2.frame(h2.DATA, 0, stream.id, bytes(pending[:size])))
+                del pending[:size]
+                stream.send_window -= size
+                self._send_window -= size
+            if out:
+                self._write(b"".join(out))
+            if pending:
+                self._blocked[stream.id] = stream
+                return
+        self._blocked.pop(stream.id, None)
+        if stream.pending_trailers is not None:
+            trailers, stream.pending_trailers = stream.pending_trailers, None
+            self._write(trailers)
+            self._after_trailers(stream)
+
+    def _flush_blocked(self) -> None:
+        for stream in list(self._blocked.values()):
+            if self._send_window <= 0:
+                return
+            self._flush_stream(stream)
+
+    def _finish(self, stream: _Stream, code: int, message: str) -> None:
+        """End ``stream`` with status ``code`` (trailers, or trailers-only headers)."""
+        if stream.done:
+            return
+        if stream.task is not None and code != _OK and stream.task is not _current_task():
+            stream.task.cancel()
+        fields = h2.encode_header(b"grpc-status", b"%d" % code)
+        if message:
+            fields += h2.encode_header(b"grpc-message", h2.encode_grpc_message(message))
+        if code == _UNIMPLEMENTED:
+            fields += h2.encode_header(b"grpc-accept-encoding", _ACCEPT_ENCODING)
+        flags = h2.END_HEADERS | h2.END_STREAM
+        if not stream.headers_sent:
+            stream.headers_sent = True
+            trailers = h2.frame(h2.HEADERS, flags, stream.id, _RESPONSE_HEADERS + fields)
+        else:
+            trailers = h2.frame(h2.HEADERS, flags, stream.id, fields)
+        stream.done = True
+        if stream.pending:
+            stream.pending_trailers = trailers  # sent once the DATA before it is
+            return
+        self._write(trailers)
+        self._after_trailers(stream)
+
+    def _after_trailers(self, stream: _Stream) -> None:
+        if not stream.remote_closed:
+            # the client is still sending: tell it to stop (gRPC's PROTOCOL-HTTP2)
+            self._write(h2.rst_stream(stream.id, h2.NO_ERROR))
+        self._close_stream(stream)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        stream.done = True
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        self._streams.pop(stream.id, None)
+        self._check_idle()
+
+    def _http_error(self, stream_id: int, status: bytes) -> None:
+        block = h2.encode_headers([(b":status", status)])
+        self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def _check_idle(self) -> None:
+        if not self._streams:
+            self.idle.set()
+            if self._draining and self._transport is not None:
+                self._transport.close()
+
+    def _fail_connection(self, code: int, message: str) -> None:
+        if self._transport is not None:
+            self._transport.write(h2.goaway(self._last_stream_id, code, message.encode()[:256]))
+            self._transport.close()
+            self._transport = None
+        for stream in list(self._streams.values()):
+            self._abandon(stream)
+        self._streams.clear()
+        self.idle.set()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Refuse new calls (GOAWAY) and close once the running ones are done."""
+        if self._draining:
+            return
+        self._draining = True
+        self._write(h2.goaway(self._last_stream_id, h2.NO_ERROR))
+        self._check_idle()
+
+    def close(self) -> None:
+        """Cancel every call and close the connection now."""
+        for stream in list(self._streams.values()):
+            if not stream.done:
+                self._finish(stream, _UNAVAILABLE, "the server is shutting down")
+            self._abandon(stream)
+        self._streams.clear()
+        if self._transport is not None:
+            self._transport.close()
+        self.idle.set()
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+async def _no_handler(request: Any) -> Any:  # pragma: no cover - never called
+    raise AssertionError("unknown methods are answered before any handler runs")
+
+
+_NO_METHOD = Method(Kind.UNARY, _no_handler, bytes, bytes)
+
+
+class GrpcServer:
+    """Serves ``methods`` (``b"/package.Service/Method"`` -> :class:`Method`) on a socket."""
+
+    def __init__(self, methods: dict[bytes, Method], *, max_message_size: int) -> None:
+        self.methods = methods
+        self.max_message_size = max_message_size
+        self.connections: set[Http2Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        """Accept connections on the listening ``sock``."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Http2Connection(self), sock=sock)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting; running calls get ``grace`` seconds, then are cancelled."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        connections = list(self.connections)
+        for connection in connections:
+            connection.drain()
+        if grace and connections:
+            waits = [asyncio.ensure_future(c.idle.wait()) for c in connections]
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for wait in pending:
+                wait.cancel()
+        for connection in list(self.connections):
+            connection.close()
