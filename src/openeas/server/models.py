@@ -126,7 +126,8 @@ class RepositoryOptions:
     load_threads: int = 4
     poll_seconds: float = 15.0
     exit_timeout: float = 30.0
-    #: run in a thread before each poll (e.g. syncing object-store mounts)
+    #: run in a thread before each poll and each repository-API load (e.g. syncing
+    #: object-store mounts)
     refresh_hooks: list[Callable[[], object]] = field(default_factory=list)
 
 
@@ -260,8 +261,14 @@ class ModelManager:
         config_json: str | None = None,
         files: dict[str, bytes] | None = None,
     ) -> None:
-        """(Re)load a model; raises with the reason when no version became ready."""
+        """(Re)load a model; raises with the reason when no version became ready.
+
+        Object-store repositories are synced first, so that a load (explicit control
+        mode) sees what was uploaded since, as Triton re-reads its repository on load.
+        """
         check_model_name(name)
+        if not files:
+            await self.refresh_repositories()
         record = self._records.setdefault(name, _Record(name))
         async with record.lock:
             await self._load_locked(record, config_json, files)
@@ -571,12 +578,17 @@ class ModelManager:
                 # Remembered for failures too: a broken model is retried when it changes.
                 record.signature = signature
 
+    async def refresh_repositories(self) -> None:
+        """Run the refresh hooks (object-store syncs) off the event loop."""
+        loop = asyncio.get_running_loop()
+        for hook in self.options.refresh_hooks:
+            await loop.run_in_executor(None, hook)
+
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.poll_seconds)
             try:
-                for hook in self.options.refresh_hooks:
-                    await asyncio.get_running_loop().run_in_executor(None, hook)
+                await self.refresh_repositories()
                 await self.poll_once()
             except Exception:
                 log.exception("repository poll failed")

@@ -187,3 +187,28 @@ def test_store_going_down_keeps_serving_and_recovers(
         assert "reachable again" in server.log()
     finally:
         store_server.stop()
+
+
+def test_explicit_load_syncs_the_store_first(
+    tmp_path: Path, use_endpoint: SeaweedFS, bucket: str, servers: list[ServerProcess]
+) -> None:
+    """A model uploaded after start-up loads through the repository API (no polling)."""
+    repo = tmp_path / "repo"
+    write_model(repo, "first", 1.0)
+    uri = f"s3://{bucket}/models"
+    upload(repo, uri)
+    server = launch_server(servers, tmp_path / "logs", uri, "--model-control-mode=explicit")
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        assert "late" not in index(server)
+        write_model(repo, "late", 5.0)
+        upload(repo / "late", f"{uri}/")
+        client.load_model("late")
+        assert infer_add(server.http_url, "late") == 5.0
+        # a changed version in the store is what a reload serves
+        write_model(repo, "late", 7.0)
+        open_store(f"{uri}/late/1").upload(repo / "late" / "1" / "model.onnx", "model.onnx")
+        client.load_model("late")
+        assert infer_add(server.http_url, "late") == 7.0
+    finally:
+        client.close()
