@@ -45,9 +45,10 @@ def test_perf_analyzer_runs(server, model, protocol):
     assert server_count > 0
 
 
-def test_perf_analyzer_streaming(server):
+@pytest.mark.parametrize("model", ["identity", "add_sub_onnx"])
+def test_perf_analyzer_streaming(server, model):
     point, output = run_perf_analyzer(
-        "identity", server.grpc_url, protocol="grpc", concurrency=2, measurement_ms=500,
+        model, server.grpc_url, protocol="grpc", concurrency=2, measurement_ms=500,
         stability=100, extra=["--streaming"],
     )  # fmt: skip
     assert point.throughput > 0
