@@ -107,6 +107,13 @@ class ServerOptions:
     http_max_input_size: int = 64 * 1024 * 1024
     grpc_max_message_size: int = 2**31 - 1
     grpc_infer_allocation_pool_size: int = 8
+    #: TLS for gRPC: a server certificate chain and key (PEM files) ...
+    grpc_use_ssl: bool = False
+    grpc_server_cert: str = ""
+    grpc_server_key: str = ""
+    #: ... and, for mutual TLS, the CA bundle that client certificates must chain to
+    grpc_use_ssl_mutual: bool = False
+    grpc_root_cert: str = ""
     allow_client_shm: bool = False
     #: response cache capacity in bytes (0 = no cache)
     cache_size: int = 0
@@ -145,7 +152,6 @@ _ACCEPTED_NO_EFFECT: list[tuple[str, Any]] = [
     ("--reuse-grpc-port", parse_bool),
     ("--http-header-forward-pattern", str),
     ("--grpc-header-forward-pattern", str),
-    ("--grpc-use-ssl", parse_bool),
     ("--grpc-keepalive-time", _non_negative_int),
     ("--grpc-keepalive-timeout", _non_negative_int),
     ("--grpc-keepalive-permit-without-calls", parse_bool),
@@ -280,6 +286,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest gRPC message, in bytes",
     )
     add(
+        "--grpc-use-ssl",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)",
+    )
+    add(
+        "--grpc-use-ssl-mutual",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="serve gRPC over mutual TLS: clients must present a certificate signed by "
+        "--grpc-root-cert (implies --grpc-use-ssl)",
+    )
+    add("--grpc-server-cert", default="", metavar="PEM", help="gRPC TLS certificate chain file")
+    add("--grpc-server-key", default="", metavar="PEM", help="gRPC TLS private key file")
+    add("--grpc-root-cert", default="", metavar="PEM", help="CA file for client certificates")
+    add(
         "--grpc-infer-allocation-pool-size",
         type=_non_negative_int,
         default=8,
@@ -344,6 +368,13 @@ def parse_args(argv: list[str] | None = None) -> ServerOptions:
         for flag, _ in _ACCEPTED_NO_EFFECT
         if getattr(ns, flag[2:].replace("-", "_")) is not None
     ]
+    use_ssl = ns.grpc_use_ssl or ns.grpc_use_ssl_mutual
+    if use_ssl:
+        for flag in ("--grpc-server-cert", "--grpc-server-key"):
+            if not getattr(ns, flag[2:].replace("-", "_")):
+                parser.error(f"{flag} is required with --grpc-use-ssl")
+    if ns.grpc_use_ssl_mutual and not ns.grpc_root_cert:
+        parser.error("--grpc-root-cert is required with --grpc-use-ssl-mutual")
     if ns.model_control_mode != "explicit" and ns.load_model:
         parser.error("--load-model requires --model-control-mode=explicit")
     try:
@@ -383,6 +414,11 @@ def parse_args(argv: list[str] | None = None) -> ServerOptions:
         http_max_input_size=ns.http_max_input_size,
         grpc_max_message_size=ns.grpc_max_message_size,
         grpc_infer_allocation_pool_size=ns.grpc_infer_allocation_pool_size,
+        grpc_use_ssl=use_ssl,
+        grpc_server_cert=ns.grpc_server_cert,
+        grpc_server_key=ns.grpc_server_key,
+        grpc_use_ssl_mutual=ns.grpc_use_ssl_mutual,
+        grpc_root_cert=ns.grpc_root_cert,
         allow_client_shm=ns.allow_client_shm,
         backend_configs=backend_configs,
         model_load_thread_count=max(1, ns.model_load_thread_count),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -373,10 +374,37 @@ class GrpcFrontend:
 
     async def start(self) -> None:
         """Bind ``grpc_address:grpc_port`` and start serving; OSError when it cannot bind."""
+        tls = tls_context(self.options) if self.options.grpc_use_ssl else None
         sock = bind_socket(self.options.grpc_address, self.options.grpc_port)
         self._port = sock.getsockname()[1]
-        await self._server.start(sock)
+        await self._server.start(sock, tls)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls; in-flight calls get ``grace`` seconds to finish."""
         await self._server.stop(grace)
+
+
+def tls_context(options: ServerOptions) -> ssl.SSLContext:
+    """The server's TLS settings from the ``--grpc-*ssl*`` flags (HTTP/2 by ALPN).
+
+    OSError names the file that cannot be read or does not hold what it should.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    try:
+        context.load_cert_chain(options.grpc_server_cert, options.grpc_server_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(
+            f"cannot load the gRPC TLS certificate '{options.grpc_server_cert}' with key "
+            f"'{options.grpc_server_key}': {exc}"
+        ) from None
+    if options.grpc_use_ssl_mutual:
+        try:
+            context.load_verify_locations(options.grpc_root_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(
+                f"cannot load the gRPC root certificate '{options.grpc_root_cert}': {exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -12,8 +12,9 @@ SETTINGS exchange, HPACK (decoding with the ``hpack`` library, see
 both directions (large messages are split by the peer's window and frame size), PING,
 RST_STREAM (cancels the call), GOAWAY both ways with graceful drain, ``grpc-timeout``
 deadlines, gzip/deflate request messages, message size limits (RESOURCE_EXHAUSTED),
-unary, server-streaming and bidirectional-streaming methods.  It does not do TLS,
-server push or response compression (all optional in gRPC).
+unary, server-streaming and bidirectional-streaming methods, and TLS (with ALPN ``h2``)
+when given an SSL context.  It does not do server push or response compression (both
+optional in gRPC).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import enum
 import gzip
 import logging
 import socket
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -773,10 +775,10 @@ class GrpcServer:
         self.connections: set[Http2Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, sock: socket.socket) -> None:
-        """Accept connections on the listening ``sock``."""
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Accept connections on the listening ``sock`` (over TLS with ``tls``)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Http2Connection(self), sock=sock)
+        self._server = await loop.create_server(lambda: Http2Connection(self), sock=sock, ssl=tls)
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting; running calls get ``grace`` seconds, then are cancelled."""
