@@ -15,6 +15,7 @@ with those parameters and without data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,113 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _InputPlan:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    #: bytes of binary data it takes
+    size: int
+    parameters: dict[str, Any]
+    #: None for BYTES (decoded element by element)
+    dtype: np.dtype | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A decoded JSON header whose inputs are all binary: what a repeat of it decodes to."""
+
+    inputs: tuple[_InputPlan, ...]
+    #: bytes of binary data after the JSON
+    binary_size: int
+    outputs: tuple[RequestedOutput, ...] | None
+    id: str
+    parameters: dict[str, Any]
+    binary_output: bool
+
+    def build(self, body: bytes, start: int, model_name: str, model_version: str) -> InferRequest:
+        """A fresh request (its own tensors, lists and dicts) over ``body[start:]``."""
+        inputs: list[Tensor] = []
+        offset = start
+        for spec in self.inputs:
+            if spec.dtype is None or not spec.size:
+                data = datatypes.array_from_buffer(
+                    spec.datatype,
+                    list(spec.shape),
+                    memoryview(body)[offset : offset + spec.size],
+                    f"input '{spec.name}'",
+                )
+            else:
+                count = spec.size // spec.dtype.itemsize
+                data = np.frombuffer(body, spec.dtype, count, offset).reshape(spec.shape)
+            inputs.append(
+                Tensor(spec.name, spec.datatype, list(spec.shape), data, dict(spec.parameters))
+            )
+            offset += spec.size
+        outputs = None
+        if self.outputs is not None:
+            outputs = [
+                RequestedOutput(o.name, o.binary, o.classification, dict(o.parameters))
+                for o in self.outputs
+            ]
+        return InferRequest(
+            model_name,
+            model_version,
+            self.id,
+            inputs,
+            outputs,
+            dict(self.parameters),
+            self.binary_output,
+        )
+
+
+#: Plans of recent JSON headers, by their bytes.  Clients send the same header for every
+#: request of one shape, so a repeat skips JSON parsing and validation.
+_PLANS: dict[bytes, _Plan] = {}
+_PLANS_LIMIT = 256
+_PLAN_MAX_HEADER = 4096
+
+
+def _all_binary(raw_inputs: Any) -> bool:
+    """Whether every input takes its data from the binary part (and none from JSON/shm)."""
+    if not isinstance(raw_inputs, list):
+        return False
+    for raw in raw_inputs:
+        if not isinstance(raw, dict) or "data" in raw:
+            return False
+        params = raw.get("parameters")
+        if not isinstance(params, dict) or "binary_data_size" not in params:
+            return False
+        if SHM_REGION in params or any(key in params for key in _SHM_ORPHANS):
+            return False
+    return True
+
+
+def _remember(key: bytes, request: InferRequest, sizes: list[int], binary_size: int) -> None:
+    inputs = tuple(
+        _InputPlan(
+            tensor.name,
+            tensor.datatype,
+            tuple(tensor.shape),
+            size,
+            dict(tensor.parameters),
+            None if tensor.datatype == "BYTES" else datatypes.to_numpy_dtype(tensor.datatype),
+        )
+        for tensor, size in zip(request.inputs, sizes, strict=True)
+    )
+    outputs = None
+    if request.outputs is not None:
+        outputs = tuple(
+            RequestedOutput(o.name, o.binary, o.classification, dict(o.parameters))
+            for o in request.outputs
+        )
+    if len(_PLANS) >= _PLANS_LIMIT:
+        _PLANS.clear()
+    _PLANS[key] = _Plan(
+        inputs, binary_size, outputs, request.id, dict(request.parameters), request.binary_output
+    )
+
+
 def decode_request(
     body: bytes,
     header_length: int | None,
@@ -81,6 +189,22 @@ def decode_request(
     model_version: str = "",
 ) -> InferRequest:
     """Decode an infer request body (JSON, or JSON + binary tensor buffers)."""
+    if header_length is not None and 0 < header_length <= min(_PLAN_MAX_HEADER, len(body)):
+        key = bytes(body[:header_length])
+        plan = _PLANS.get(key)
+        if plan is not None and plan.binary_size == len(body) - header_length:
+            return plan.build(body, header_length, model_name, model_version)
+        request, sizes = _decode(body, header_length, model_name, model_version)
+        if sizes is not None:
+            _remember(key, request, sizes, len(body) - header_length)
+        return request
+    return _decode(body, header_length, model_name, model_version)[0]
+
+
+def _decode(
+    body: bytes, header_length: int | None, model_name: str, model_version: str
+) -> tuple[InferRequest, list[int] | None]:
+    """The request, and each input's binary size when all inputs are binary (else None)."""
     if header_length is None:
         doc = parse_json(body)
         binary = memoryview(b"")
@@ -100,6 +224,7 @@ def decode_request(
     if not isinstance(raw_inputs, list):
         raise InvalidArgument("the request JSON must have an 'inputs' array")
     inputs: list[Tensor] = []
+    sizes: list[int] | None = [] if _all_binary(raw_inputs) else None
     offset = 0
     for raw in raw_inputs:
         if not isinstance(raw, dict):
@@ -107,6 +232,8 @@ def decode_request(
         tensor, used = _decode_input(raw, binary, offset)
         offset += used
         inputs.append(tensor)
+        if sizes is not None:
+            sizes.append(used)
     if offset != len(binary):
         raise InvalidArgument(
             f"unexpected additional input data: {len(binary) - offset} bytes of binary data "
@@ -126,7 +253,7 @@ def decode_request(
     binary_output = params.pop("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidArgument("'binary_data_output' must be a boolean")
-    return InferRequest(
+    request = InferRequest(
         model_name=model_name,
         model_version=model_version,
         id=request_id,
@@ -135,6 +262,7 @@ def decode_request(
         parameters=params,
         binary_output=binary_output,
     )
+    return request, sizes
 
 
 def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple[Tensor, int]:
@@ -169,7 +297,9 @@ def _decode_input(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple
         return Tensor(name, datatype, shape, data, params), size
     if "data" not in raw:
         raise InvalidArgument(f"input '{name}' has neither 'data' nor 'binary_data_size'")
-    return Tensor(name, datatype, shape, _from_json(name, datatype, shape, count, raw["data"]), params), 0
+    return Tensor(
+        name, datatype, shape, _from_json(name, datatype, shape, count, raw["data"]), params
+    ), 0
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -232,17 +362,29 @@ def _decode_output(raw: Any) -> RequestedOutput:
     if binary is not None and not isinstance(binary, bool):
         raise InvalidArgument(f"output '{raw['name']}': 'binary_data' must be a boolean")
     classification = params.pop("classification", 0)
-    if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
+    if (
+        not isinstance(classification, int)
+        or isinstance(classification, bool)
+        or classification < 0
+    ):
         raise InvalidArgument(f"output '{raw['name']}': 'classification' must be an integer")
     if params and uses_shared_memory(params, raw["name"]) and classification:
         raise InvalidArgument("output can't set both 'shared_memory_region' and 'classification'")
     return RequestedOutput(raw["name"], binary, classification, params)
 
 
+#: Outputs up to this size are copied out with ``tobytes()`` (cheaper than a view for
+#: small arrays); larger ones are written from a view.
+_COPY_LIMIT = 65536
+
+
 def _binary_view(tensor: Tensor) -> bytes | memoryview:
     if tensor.datatype == "BYTES":
         return datatypes.serialize_bytes(tensor.data)
-    array = np.ascontiguousarray(tensor.data).reshape(-1)
+    data = tensor.data
+    if data.nbytes <= _COPY_LIMIT:
+        return data.tobytes()
+    array = np.ascontiguousarray(data).reshape(-1)
     return memoryview(array.view(np.uint8))
 
 

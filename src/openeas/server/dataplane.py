@@ -30,6 +30,7 @@ from openeas.server.models import (
     decode_file_parameter,
 )
 from openeas.server.repository.config import config_to_dict
+from openeas.server.scheduler import Scheduler
 from openeas.server.settings import LogSettings, TraceSettings
 from openeas.server.shared_memory import (
     REGION,
@@ -191,9 +192,14 @@ class DataPlane:
         start = time.monotonic_ns()
         try:
             batch_size = model.validate(request)
-            response = await model.scheduler.infer(request, batch_size)
+            scheduler = model.scheduler
+            response = None
+            if type(scheduler) is Scheduler:
+                response = scheduler.infer_now(request, batch_size)
+            if response is None:
+                response = await scheduler.infer(request, batch_size)
             response.model_version = model.version_str
-            if request.outputs and any(o.classification for o in request.outputs):
+            if request.outputs and _classifies(request):
                 _classify(response, request, model)
             if shm_outputs:
                 write_outputs(response, shm_outputs)
@@ -368,6 +374,14 @@ class DataPlane:
 def _failure_reason(error: InferenceError) -> str:
     """The ``reason`` label of nv_inference_request_failure for an error."""
     return "REJECTED" if isinstance(error, QueueRejected) else "BACKEND"
+
+
+def _classifies(request: InferRequest) -> bool:
+    """Whether any requested output asks for classification (a loop: no generator)."""
+    for output in request.outputs or ():  # noqa: SIM110
+        if output.classification:
+            return True
+    return False
 
 
 def _classify(response: InferResponse, request: InferRequest, model: LoadedVersion) -> None:

@@ -99,6 +99,12 @@ class _Level:
 
 #: Executions whose running average stays under this run inline on the event loop.
 INLINE_BUDGET_NS = 250_000
+#: One execution counts as at most this long in that average.  Wall time includes the
+#: moments the OS ran other threads; on a busy machine a 10 us model sometimes "takes"
+#: milliseconds, and one such sample must not send a cheap model to the worker thread
+#: (where every request pays the GIL hand-off, the source of latency spikes).  A model
+#: that really takes longer still leaves the loop after a few executions.
+INLINE_SAMPLE_CAP_NS = 4 * INLINE_BUDGET_NS
 #: Executions measured on the worker thread before an instance may go inline.
 INLINE_WARMUP = 8
 _EWMA_ALPHA = 0.1
@@ -126,6 +132,7 @@ class _Slot:
         )
 
     def observe(self, duration_ns: int) -> None:
+        duration_ns = min(duration_ns, INLINE_SAMPLE_CAP_NS)
         if self.samples == 0:
             self.ewma_ns = float(duration_ns)
         else:
@@ -226,6 +233,19 @@ class Scheduler:
     def pending(self) -> int:
         """Requests waiting in the queue or executing."""
         return self._inflight
+
+    def infer_now(self, request: InferRequest, batch_size: int) -> InferResponse | None:
+        """Execute ``request`` at once when an inline instance is idle and nothing is
+        queued; None when it has to go through :meth:`infer` (raises InferenceError).
+
+        The same as :meth:`infer` without the coroutine, for callers on the hot path.
+        """
+        if self._queued or self._queue_only or self._closed:
+            return None
+        for slot in self._slots:
+            if not slot.busy and slot.inline:
+                return self._run_inline_now(slot, request, batch_size)
+        return None
 
     async def infer(self, request: InferRequest, batch_size: int) -> InferResponse:
         """Queue ``request`` and wait for its response (raises InferenceError)."""
@@ -380,12 +400,14 @@ class Scheduler:
         return ordered
 
     def _run_inline_now(self, slot: _Slot, request: InferRequest, batch_size: int) -> InferResponse:
-        self._stats.queue.add(0)
+        self._stats.queue.count += 1  # it waited 0 ns
         timing = ExecTiming()
         slot.busy = True
         try:
             try:
-                results, elapsed = _timed_execute(slot.instance, [request], timing)
+                begin = time.perf_counter_ns()
+                results = slot.instance.execute([request], timing)
+                elapsed = time.perf_counter_ns() - begin
             except InferenceError as exc:
                 results, elapsed = [exc], 0
             except Exception as exc:

@@ -30,7 +30,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     body = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
-            raise _too_large(len(body), limit)
+            raise too_large(len(body), limit)
         return body
     chunks = [body]
     size = len(body)
@@ -41,12 +41,13 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit)
+            raise too_large(size, limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> ResourceExhausted:
+def too_large(size: int, limit: int) -> ResourceExhausted:
+    """The error for a request body over the maximum input size."""
     return ResourceExhausted(
         f"request body of at least {size} bytes exceeds the maximum input size of {limit} "
         "bytes (--http-max-input-size)"

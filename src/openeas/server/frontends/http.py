@@ -1,7 +1,10 @@
 """The HTTP/REST front end: Triton's v2 API as a raw ASGI application.
 
 Routing is a split of the path and a few comparisons: the infer path is the hot one and
-goes through no framework.  Every handler decodes, calls the data plane, encodes.
+goes through no framework.  Every handler decodes, calls the data plane, encodes.  The
+infer path is also served through the HTTP server's direct interface
+(:class:`~openeas.server.frontends.httpserver.DirectApp`), which answers it with one
+pre-formatted byte string instead of ASGI messages.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
+from collections.abc import Awaitable
 from typing import Any
 
+import orjson
 from tritonclient.grpc import model_config_pb2 as mc
 
 from openeas.protocol import http_codec
@@ -33,11 +38,14 @@ from openeas.server.frontends.asgi import (
     send_error,
     send_json,
     send_response,
+    too_large,
 )
 
 log = logging.getLogger(__name__)
 
-_OCTET = b"application/octet-stream"
+_JSON_HEAD = b"content-type: application/json\r\n"
+_BINARY_HEAD = b"content-type: application/octet-stream\r\ninference-header-content-length: %d\r\n"
+
 #: Triton's answer (501) to an infer request for a model with the decoupled policy.
 DECOUPLED_HTTP_INFER = "HTTP end point doesn't support models with decoupled transaction policy"
 
@@ -71,6 +79,67 @@ class HttpFrontend:
         except Exception as exc:  # never let a bug take the connection down silently
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             await send_error(send, InternalError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def direct(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Awaitable[tuple[int, bytes, bytes]] | None:
+        """The infer path, for the HTTP server's direct interface (None: use ASGI)."""
+        if method != "POST" or not path.endswith("/infer"):
+            return None
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1] == "v2" and parts[2] == "models":
+            return self._infer_direct(headers, body, parts[3], "")
+        if len(parts) == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions":
+            return self._infer_direct(headers, body, parts[3], parts[5])
+        return None
+
+    async def _infer_direct(
+        self, headers: list[tuple[bytes, bytes]], body: bytes, name: str, version: str
+    ) -> tuple[int, bytes, bytes]:
+        """Run one infer request; errors become their JSON error replies."""
+        try:
+            if len(body) > self.max_input_size:
+                raise too_large(len(body), self.max_input_size)
+            encoding = raw_length = accept = None
+            for key, value in headers:
+                if key == b"inference-header-content-length":
+                    raw_length = value
+                elif key == b"content-encoding":
+                    encoding = value
+                elif key == b"accept-encoding":
+                    accept = value
+            if encoding:
+                body = _decompress(body, encoding, self.max_input_size)
+            header_length: int | None = None
+            if raw_length is not None:
+                try:
+                    header_length = int(raw_length)
+                except ValueError:
+                    raise InvalidArgument(
+                        "Inference-Header-Content-Length must be an integer"
+                    ) from None
+            if header_length == 0:
+                request = self._raw_request(body, name, version)
+            else:
+                request = http_codec.decode_request(body, header_length, name, version)
+            try:
+                response = await self.dataplane.infer(request)
+            except DecoupledModelError:
+                raise Unsupported(DECOUPLED_HTTP_INFER) from None
+            parts, json_length = http_codec.encode_response(response, request)
+            payload = parts[0] if len(parts) == 1 else b"".join(parts)
+            head = _JSON_HEAD if json_length is None else _BINARY_HEAD % json_length
+            if accept:
+                payload, used = _compress(payload, accept)
+                if used:
+                    head += b"content-encoding: %s\r\n" % used
+        except InferenceError as exc:
+            return exc.http_status, _JSON_HEAD, orjson.dumps({"error": exc.message})
+        except Exception as exc:  # never let a bug take the connection down silently
+            log.exception("unhandled error on POST /v2/models/%s/infer", name)
+            error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+            return error.http_status, _JSON_HEAD, orjson.dumps({"error": error.message})
+        return 200, head, payload
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -142,47 +211,12 @@ class HttpFrontend:
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str
     ) -> None:
         body = await read_body(receive, self.max_input_size)
-        encoding = raw_length = accept = None
-        for key, value in scope["headers"]:
-            if key == b"inference-header-content-length":
-                raw_length = value
-            elif key == b"content-encoding":
-                encoding = value
-            elif key == b"accept-encoding":
-                accept = value
-        if encoding:
-            body = _decompress(body, encoding, self.max_input_size)
-        header_length: int | None = None
-        if raw_length is not None:
-            try:
-                header_length = int(raw_length)
-            except ValueError:
-                raise InvalidArgument(
-                    "Inference-Header-Content-Length must be an integer"
-                ) from None
-        if header_length == 0:
-            request = self._raw_request(body, name, version)
-        else:
-            request = http_codec.decode_request(body, header_length, name, version)
-        try:
-            response = await self.dataplane.infer(request)
-        except DecoupledModelError:
-            raise Unsupported(DECOUPLED_HTTP_INFER) from None
-        parts, json_length = http_codec.encode_response(response, request)
-        payload = parts[0] if len(parts) == 1 else b"".join(parts)
-        headers: list[tuple[bytes, bytes]]
-        if json_length is None:
-            headers = list(JSON_HEADERS)
-        else:
-            headers = [
-                (b"content-type", _OCTET),
-                (b"inference-header-content-length", str(json_length).encode()),
-            ]
-        if accept:
-            payload, used = _compress(payload, accept)
-            if used:
-                headers.append((b"content-encoding", used))
-        await send_response(send, 200, payload, headers)
+        status, head, payload = await self._infer_direct(scope["headers"], body, name, version)
+        headers = [
+            (key, value)
+            for key, _, value in (line.partition(b": ") for line in head.split(b"\r\n") if line)
+        ]
+        await send_response(send, status, payload, headers)
 
     def _raw_request(self, body: bytes, name: str, version: str) -> InferRequest:
         config = self.dataplane.model_config_proto(name, version)
@@ -202,7 +236,9 @@ class HttpFrontend:
             config.max_batch_size > 0,
         )
 
-    async def _repository(self, receive: Receive, send: Send, method: str, parts: list[str]) -> None:
+    async def _repository(
+        self, receive: Receive, send: Send, method: str, parts: list[str]
+    ) -> None:
         n = len(parts)
         if n == 3 and parts[2] == "index":
             _allow(method, "POST")

@@ -353,9 +353,7 @@ class PythonModelInstance(ModelInstance):
             for request, stream in zip(requests, streams, strict=True):
                 wanted = convert.requested_outputs(request, self._output_names)
                 sender = _StreamSender(request, stream, wanted, self._version)
-                pb_requests.append(
-                    self._pb_request(request, wanted, sender.send, sender.cancelled)
-                )
+                pb_requests.append(self._pb_request(request, wanted, sender.send, sender.cancelled))
         except Exception as exc:
             error = InternalError(self._failure(_format_exception(exc)))
             for stream in streams:

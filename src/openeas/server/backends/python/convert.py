@@ -59,16 +59,24 @@ def bytes_array(array: np.ndarray) -> np.ndarray:
     return out.reshape(array.shape)
 
 
+#: Triton datatype names of the numeric dtypes seen so far (BYTES kinds are not kept).
+_DATATYPES: dict[np.dtype, str] = {}
+
+
 def to_server_tensor(tensor: pb.Tensor) -> Tensor:
     """A pb_utils tensor as a server :class:`Tensor` (shares memory when it can)."""
     array = tensor.as_numpy()
-    if array.dtype.kind in ("O", "S", "U"):
-        datatype = "BYTES"
-        data = bytes_array(array)
-    else:
-        datatype = from_numpy_dtype(array.dtype)
-        data = array if array.flags.c_contiguous else np.array(array, order="C")
-    return Tensor(name=tensor.name(), datatype=datatype, shape=list(data.shape), data=data)
+    dtype = array.dtype
+    datatype = _DATATYPES.get(dtype)
+    if datatype is None:
+        if dtype.kind in ("O", "S", "U"):
+            data = bytes_array(array)
+            return Tensor(tensor.name(), "BYTES", list(data.shape), data)
+        datatype = from_numpy_dtype(dtype)
+        if len(_DATATYPES) < 64:
+            _DATATYPES[dtype] = datatype
+    data = array if array.flags.c_contiguous else np.array(array, order="C")
+    return Tensor(tensor.name(), datatype, list(data.shape), data)
 
 
 def to_pb_tensor(tensor: Tensor) -> pb.Tensor:
@@ -125,18 +133,19 @@ def to_pb_request(
         if parameters
         else None
     )
+    # positional: this runs for every request and keyword matching costs
     return pb.InferenceRequest._received(
-        request_id=request.id,
-        correlation_id=request.correlation_id,
-        inputs=[to_pb_tensor(tensor) for tensor in request.inputs],
-        requested_output_names=list(output_names or []),
-        model_name=model_name,
-        model_version=model_version,
-        flags=request_flags(request),
-        timeout=_timeout_us(parameters) if "timeout" in parameters else 0,
-        parameters_json=json.dumps(custom, default=str) if custom else "{}",
-        send_hook=send_hook,
-        cancelled_hook=cancelled_hook,
+        request.id,
+        request.correlation_id,
+        [to_pb_tensor(tensor) for tensor in request.inputs],
+        list(output_names or ()),
+        model_name,
+        model_version,
+        request_flags(request),
+        _timeout_us(parameters) if "timeout" in parameters else 0,
+        json.dumps(custom, default=str) if custom else "{}",
+        send_hook,
+        cancelled_hook,
     )
 
 
@@ -180,11 +189,11 @@ def to_server_response(
     except (TypeError, ValueError) as exc:
         return InternalError(f"failed to read the response of the model: {exc}")
     return InferResponse(
-        model_name=request.model_name,
-        model_version=model_version,
-        id=request.id,
-        outputs=outputs,
-        parameters=parameters if isinstance(parameters, dict) else {},
+        request.model_name,
+        model_version,
+        request.id,
+        outputs,
+        parameters if isinstance(parameters, dict) else {},
     )
 
 

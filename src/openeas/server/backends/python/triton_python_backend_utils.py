@@ -216,11 +216,27 @@ def triton_to_numpy_type(data_type: int | str) -> Any:
         return None
 
 
+#: numpy_to_triton_type's answers by dtype (every tensor asks; programs use few types).
+_NUMPY_TYPE_IDS: dict[np.dtype, int | None] = {}
+
+
 def numpy_to_triton_type(data_type: Any) -> int | None:
     """The ``TRITONSERVER_DataType`` value for a numpy dtype or type (``np.float32`` -> 11).
 
     ``object``, ``bytes_`` and ``str_`` map to BYTES (13); unsupported types give None.
     """
+    if isinstance(data_type, np.dtype):
+        try:
+            return _NUMPY_TYPE_IDS[data_type]
+        except KeyError:
+            answer = _numpy_to_triton_type(data_type)
+            if len(_NUMPY_TYPE_IDS) < 64:
+                _NUMPY_TYPE_IDS[data_type] = answer
+            return answer
+    return _numpy_to_triton_type(data_type)
+
+
+def _numpy_to_triton_type(data_type: Any) -> int | None:
     if data_type is None:
         return None
     try:
@@ -525,7 +541,6 @@ class InferenceRequest:
     @classmethod
     def _received(
         cls,
-        *,
         request_id: str,
         correlation_id: int | str,
         inputs: list[Tensor],
