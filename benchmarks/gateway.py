@@ -7,7 +7,11 @@ routes one
 service to it.  perf_analyzer (HTTP, sync, batch 1) runs at the same concurrency straight
 to the instance and through the gateway (``-H Authorization:<token>``), alternating, each
 repeated; the table gives medians with their spread and the gateway/direct ratios.
-Target: at least 0.8x the direct throughput and at most +0.5 ms p50.  Usage::
+Target: at least 0.8x the direct throughput and at most +0.5 ms p50.
+
+Each run also records CPU time per request (steadier than throughput on a shared
+machine): the gateway (this process, whose main thread only waits), the instance and
+perf_analyzer, divided by the inferences the instance counted in that run.  Usage::
 
     .venv/bin/python benchmarks/gateway.py --repeat 3
 """
@@ -19,12 +23,16 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
+import psutil
 from charts import grouped_bars
 
 from openeas.gateway import ServiceLimits
@@ -37,8 +45,24 @@ MODEL = HERE.parent / "examples" / "models" / "identity"
 TOKEN = "benchmark-token"
 
 
+#: Whose CPU time each run records.
+_CPU = ("gateway", "instance", "perf_analyzer")
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _inferences(base_url: str) -> int:
+    """The instance's count of successful identity inferences so far."""
+    with urllib.request.urlopen(f"http://{base_url}/v2/models/identity/stats") as response:
+        doc = json.loads(response.read())
+    return sum(s["inference_stats"]["success"]["count"] for s in doc["model_stats"])
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -58,6 +82,7 @@ def main() -> None:
     shutil.copytree(MODEL, workdir / "models" / "identity")
     server = start_server(workdir / "models", log_path=workdir / "server.log", timeout=120)
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
+    instance = psutil.Process(server.process.pid)
     try:
         with GatewayThread() as gateway:
             limits = ServiceLimits(max_concurrency=args.max_concurrency)
@@ -70,6 +95,8 @@ def main() -> None:
                 order = ["direct", "gateway"] if rep % 2 == 0 else ["gateway", "direct"]
                 for name in order:
                     url, extra = targets[name]
+                    count, own = _inferences(server.http_url), time.process_time()
+                    inst, perf = sum(instance.cpu_times()[:2]), _children_cpu()
                     point, _ = run_perf_analyzer(
                         "identity",
                         url,
@@ -78,16 +105,25 @@ def main() -> None:
                         stability=args.stability,
                         extra=extra,
                     )
+                    own = time.process_time() - own
+                    inst = sum(instance.cpu_times()[:2]) - inst
+                    perf = _children_cpu() - perf
+                    count = max(_inferences(server.http_url) - count, 1)
                     runs[name].append(
                         {
                             "throughput": point.throughput,
                             "p50_us": point.p50_us,
                             "p99_us": point.p99_us,
+                            "gateway_cpu_us": own / count * 1e6,
+                            "instance_cpu_us": inst / count * 1e6,
+                            "perf_analyzer_cpu_us": perf / count * 1e6,
                         }
                     )
                     print(
                         f"[{rep}] {name:8s} {point.throughput:9.0f} infer/s  "
-                        f"p50 {point.p50_us} us  p99 {point.p99_us} us",
+                        f"p50 {point.p50_us} us  p99 {point.p99_us} us  CPU us/request: "
+                        f"gateway {own / count * 1e6:.0f}, instance {inst / count * 1e6:.0f}, "
+                        f"perf_analyzer {perf / count * 1e6:.0f}",
                         flush=True,
                     )
     finally:
@@ -117,19 +153,25 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
         f"windows (stability {args.stability}%), {args.repeat} runs each, alternating; gateway `max_concurrency` "
         f"{args.max_concurrency}.",
         "",
-        "| path | infer/s median [min-max] | p50 us | p99 us |",
-        "|---|---|---|---|",
+        "| path | infer/s median [min-max] | p50 us | p99 us | CPU us/request: gateway "
+        "| instance | perf_analyzer |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in ("direct", "gateway"):
         values = column(name, "throughput")
+        cpu = [_median(column(name, f"{who}_cpu_us")) for who in _CPU]
         lines.append(
             f"| {name} | {tput[name]:.0f} [{min(values):.0f}-{max(values):.0f}] | "
-            f"{p50[name]:.0f} | {p99[name]:.0f} |"
+            f"{p50[name]:.0f} | {p99[name]:.0f} | " + " | ".join(f"{c:.0f}" for c in cpu) + " |"
         )
     lines += [
         "",
         f"Gateway/direct throughput: **{ratio:.2f}x** (target >= 0.8x); "
         f"p50 difference: **{p50_delta_ms:+.2f} ms** (target <= +0.5 ms).",
+        "",
+        "CPU time per request (median over runs): the gateway process's own (its main "
+        "thread only waits; ~0 on direct runs), the instance process's and perf_analyzer's, "
+        "each divided by the inferences the instance counted during the run.",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,21 @@ class ServiceState:
                 best, best_load = upstream, load
         return best
 
+    def pick_ready(self, route: ServiceRoute) -> Upstream | None:
+        """:meth:`choose` without waiting: an instance with a free slot now, or None when
+        the request has to queue (others wait already, or every instance is busy).
+
+        NoInstance when the service has no ready instance or every one is marked down.
+        """
+        exclude: Collection[str] = ()
+        if self.down:
+            now = time.monotonic()
+            exclude = {i for i, until in self.down.items() if until > now}
+        self._check_instances(route, exclude)
+        if self.waiters:
+            return None
+        return self.pick(route, exclude)
+
     async def choose(self, deadline: Deadline, exclude: Collection[str] = ()) -> Upstream:
         """An instance for the next request; waits in the service's queue when all are busy.
 

@@ -10,6 +10,7 @@ instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -19,7 +20,7 @@ from typing import TypeVar
 import grpc
 
 from openeas.gateway.balancer import ServiceState
-from openeas.gateway.deadline import Deadline, Expired
+from openeas.gateway.deadline import Deadline, Expired, Timeouts
 from openeas.gateway.errors import (
     GatewayError,
     KeepaliveExceeded,
@@ -50,6 +51,10 @@ _GRPC_CHANNEL_OPTIONS = [
 ]
 
 
+#: Tokens as bytes, encoded once rather than per request.
+_encoded = functools.lru_cache(maxsize=4096)(str.encode)
+
+
 def check_token(route: ServiceRoute, presented: bytes | str | None) -> None:
     """Raise Unauthorized unless ``presented`` (an Authorization value) is the token."""
     if not presented:
@@ -58,7 +63,7 @@ def check_token(route: ServiceRoute, presented: bytes | str | None) -> None:
         presented = presented.encode()
     if presented[:7].lower() == b"bearer ":
         presented = presented[7:]
-    if not hmac.compare_digest(presented.strip(), route.token.encode()):
+    if not hmac.compare_digest(presented.strip(), _encoded(route.token)):
         raise Unauthorized(f"invalid token for service '{route.name}'")
 
 
@@ -76,6 +81,8 @@ class GatewayCore:
         self._housekeeping: asyncio.Task[None] | None = None
         self._seen_version = -1
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Keepalive deadlines of the HTTP requests handled in callbacks.
+        self.timeouts: Timeouts
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -138,22 +145,26 @@ class GatewayCore:
         deadline: Deadline,
         sequence: SequenceInfo | None,
         send: Callable[[Upstream], Awaitable[T]],
+        chosen: Upstream | None = None,
     ) -> tuple[Upstream, T]:
         """``send`` the request to an instance of ``state``; the instance and the answer.
 
         A request of a known sequence goes to the instance holding it; otherwise the
-        balancer chooses.  ``send`` raises :class:`ConnectFailed` when the request never
-        reached the instance (it is marked down and another one is tried) and
-        :class:`Expired` when the keepalive passed (408 or 504, see :meth:`expired_error`).
+        balancer chooses, unless the caller has (``chosen``, its slot already acquired).
+        ``send`` raises :class:`ConnectFailed` when the request never reached the
+        instance (it is marked down and another one is tried) and :class:`Expired` when
+        the keepalive passed (408 or 504, see :meth:`expired_error`).
         """
-        upstream: Upstream | None = None
-        if sequence is not None:
+        upstream = chosen
+        if sequence is not None and upstream is None:
             upstream = state.sequence_upstream(state.route(), sequence.sequence_id)
         tried: list[str] = []
         while True:
             target = upstream or await state.choose(deadline, tried)
             upstream = None
-            state.routes.acquire(target.instance_id)
+            if target is not chosen:
+                state.routes.acquire(target.instance_id)
+            chosen = None
             try:
                 answer = await send(target)
             except ConnectFailed:
@@ -208,6 +219,7 @@ class GatewayCore:
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.timeouts = Timeouts(self.loop)
         self._housekeeping = self.loop.create_task(self._housekeep())
 
     async def close(self) -> None:

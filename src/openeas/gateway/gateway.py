@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import grpc
@@ -9,9 +10,10 @@ from prometheus_client import CollectorRegistry
 
 from openeas.gateway.core import GatewayCore
 from openeas.gateway.grpc import GatewayGrpcFront
-from openeas.gateway.http import GatewayHttpApp
+from openeas.gateway.http import HttpExchange
+from openeas.gateway.http1 import GatewayHttpServer
 from openeas.gateway.routes import RouteTable
-from openeas.server.frontends.httpserver import HttpServer, bind_socket
+from openeas.server.frontends.httpserver import bind_socket
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Gateway:
         self._http_port = http_port
         self._grpc_port = grpc_port
         self.core = GatewayCore(routes)
-        self._http: HttpServer | None = None
+        self._http: GatewayHttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
 
     @property
@@ -63,11 +65,10 @@ class Gateway:
         """Bind the HTTP and gRPC ports and start serving."""
         sock = bind_socket(self.host, self._http_port)
         self.core.start()
-        http = HttpServer(
-            GatewayHttpApp(self.core),
+        http = GatewayHttpServer(
+            functools.partial(HttpExchange, self.core),
             sock,
             max_body_size=MAX_BODY_SIZE,
-            too_large_status=413,
             too_large_body=lambda size: (
                 b'{"error":"request body of %d bytes exceeds the gateway limit"}' % size
             ),

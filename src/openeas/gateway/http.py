@@ -1,20 +1,27 @@
-"""The gateway's HTTP front: ``/api/predict/<service>/<path>`` -> ``/<path>`` on an instance.
+"""The gateway's HTTP requests: ``/api/predict/<service>/<path>`` -> ``/<path>`` on an instance.
 
-A raw ASGI app served by the processor's own HTTP/1.1 server
-(:mod:`openeas.server.frontends.httpserver`), which hands over whole request bodies and
-writes each response with one system call.  Per request: find the service, check the
-token, admit it (rate limit), choose an instance (sequence affinity, else least
-outstanding, waiting in the service's queue when all are busy), forward the request
-byte for byte over a pooled keep-alive connection and relay the answer.
+Per request (:class:`HttpExchange`, served by :mod:`openeas.gateway.http1`): find the
+service, check the token, admit it (rate limit), choose an instance (sequence affinity,
+else least outstanding, waiting in the service's queue when all are busy), forward the
+request byte for byte over a pooled keep-alive connection and relay the answer.
+
+The common case, an instance with a free slot and an idle connection and no sequence,
+runs in callbacks only: the request is written upstream from the client connection's
+``data_received`` and the answer written back from the upstream one's.  Everything else
+(queueing, connecting, retrying elsewhere, sequences, telling 408 from 504) runs the
+shared coroutine path :meth:`GatewayCore.forward` in a task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
+import httptools
 import orjson
 
 from openeas.gateway.balancer import ServiceState
@@ -26,15 +33,20 @@ from openeas.gateway.errors import (
     ServiceNotFound,
     UpstreamTimeout,
 )
+from openeas.gateway.http1 import ClientConnection
 from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import SequenceInfo, http_sequence
-from openeas.gateway.upstream import UpstreamClosed, UpstreamResponse
+from openeas.gateway.upstream import (
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamResponse,
+)
 
 PREFIX = b"/api/predict/"
 _PREFIX_LEN = len(PREFIX)
 #: The processor's HTTP API uses only these.
-_METHODS = frozenset({"GET", "POST"})
+_METHODS = frozenset({b"GET", b"POST"})
 #: Request headers that describe this hop, not the request (RFC 9110 7.6.1), plus the
 #: token, which the instance does not need, and the framing, which is rewritten.
 _REQUEST_SKIP = frozenset(
@@ -44,106 +56,224 @@ _REQUEST_SKIP = frozenset(
         b"authorization", b"expect",
     }
 )  # fmt: skip
-_RESPONSE_SKIP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-        b"transfer-encoding", b"upgrade", b"content-length", b"date",
-    }
-)  # fmt: skip
-_JSON = (b"content-type", b"application/json")
+_JSON = b"content-type: application/json\r\n"
+_ALLOW = b"allow: GET, POST\r\n"
+_CODES: dict[int, str] = {}
 
 
-def _error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+def _code(status: int) -> str:
+    code = _CODES.get(status)
+    if code is None:
+        code = _CODES[status] = str(status)
+    return code
 
 
-class GatewayHttpApp:
-    """ASGI app of the gateway's HTTP port."""
+class HttpExchange:
+    """One client request through the gateway (a :class:`~openeas.gateway.http1.Handler`
+    result): started by the client connection, answered through it."""
 
-    def __init__(self, core: GatewayCore) -> None:
+    __slots__ = (
+        "core", "client", "method", "url", "headers", "body", "started", "service",
+        "label", "raw_path", "state", "target", "conn", "task",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        core: GatewayCore,
+        client: ClientConnection,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
         self.core = core
+        self.client = client
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.service = self.label = "-"
+        self.raw_path = b""
+        self.state: ServiceState | None = None
+        self.target: Upstream | None = None
+        self.conn: UpstreamConnection | None = None
+        self.task: asyncio.Task[None] | None = None
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
+    # -- start: checks, then the fast or the slow path ----------------------------------
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        try:
+            self._start()
+        except GatewayError as exc:
+            self._refuse(exc)
+
+    def _start(self) -> None:
+        """Checks, then the fast path or the slow one (GatewayError: refused)."""
         core = self.core
+        url = self.url
+        if b"?" in url or b"#" in url or not url.startswith(b"/"):
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path, parsed.query or b""
+        else:
+            raw_path, query = url, b""
+        self.raw_path = raw_path
+        if not raw_path.startswith(PREFIX):
+            path = raw_path.decode("ascii", "replace")
+            raise ServiceNotFound(
+                f"no such endpoint: {unquote(path)}; services are served at "
+                "/api/predict/<service>/..."
+            )
+        name, _, rest = raw_path[_PREFIX_LEN:].partition(b"/")
+        service = self.service = name.decode("ascii", "replace")  # as sent: no CR/LF in logs
+        state = core.state(unquote(service) if "%" in service else service)
+        self.label = state.name
+        route = state.route()
+        forward = _Forward.of(self.method, query, self.headers, self.body, rest)
+        check_token(route, forward.authorization)
+        if self.method not in _METHODS:
+            raise MethodNotAllowed(
+                f"method {self.method.decode('ascii', 'replace')} is not allowed; "
+                "the service API uses GET and POST"
+            )
+        state.limiter.admit(route.limits.rate_limit, self.started)
         loop = core.loop
         assert loop is not None
-        started = time.perf_counter()
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        service = label = "-"
-        instance = "-"
-        status = 500
-        response_body = b""
-        try:
-            raw_path: bytes = scope["raw_path"]
-            if not raw_path.startswith(PREFIX):
-                raise ServiceNotFound(
-                    f"no such endpoint: {scope['path']}; services are served at "
-                    "/api/predict/<service>/..."
-                )
-            name, _, rest = raw_path[_PREFIX_LEN:].partition(b"/")
-            service = name.decode("ascii", "replace")  # as sent: no CR/LF in the log
-            state = core.state(unquote(service) if "%" in service else service)
-            label = state.name
-            route = state.route()
-            request = _Forward(scope, body, rest)
-            check_token(route, request.authorization)
-            method = scope["method"]
-            if method not in _METHODS:
-                raise MethodNotAllowed(
-                    f"method {method} is not allowed; the service API uses GET and POST"
-                )
-            state.limiter.admit(route.limits.rate_limit, started)
-            state.in_flight += 1
-            deadline = Deadline(loop, loop.time() + route.limits.keepalive_ms / 1000.0)
-            try:
-                upstream, response = await self._forward(state, request, deadline)
-            finally:
-                deadline.cancel()
-                state.in_flight -= 1
-            instance = upstream.instance_id
-            status = response.status
-            response_body = response.body
-            headers = [h for h in response.headers if h[0] not in _RESPONSE_SKIP]
-        except GatewayError as exc:
-            status = exc.http_status
-            response_body = _error_body(exc.message)
-            headers = [_JSON]
-            if status == 405:
-                headers.append((b"allow", b"GET, POST"))
-        headers.append((b"content-length", b"%d" % len(response_body)))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": response_body})
-        elapsed = time.perf_counter() - started
-        core.metrics.observe(label, "http", str(status), elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "service=%s method=%s path=%s status=%d latency_ms=%.3f instance=%s "
-                "bytes_in=%d bytes_out=%d",
-                service, scope["method"], scope["raw_path"].decode("ascii", "replace"),
-                status, elapsed * 1000.0,
-                instance, len(body), len(response_body),
-            )  # fmt: skip
+        when = loop.time() + route.limits.keepalive_ms / 1000.0
+        sequence = forward.sequence()
+        target = state.pick_ready(route) if sequence is None else None
+        state.in_flight += 1
+        self.state = state
+        if target is not None:
+            state.routes.acquire(target.instance_id)
+            pool = core.pool(target)
+            conn = pool.take_idle()
+            if conn is not None:
+                core.metrics.sent(state.name, target.instance_id)
+                self.target = target
+                self.conn = conn
+                core.timeouts.add(self, when)
+                conn.send(forward.data_for(pool.host_line), self)
+                return
+        # a task cancelled before its first step never runs its finally clauses
+        self.target = target
+        self.task = loop.create_task(self._slow(state, forward, sequence, when, target))
 
-    async def _forward(
-        self, state: ServiceState, request: _Forward, deadline: Deadline
-    ) -> tuple[Upstream, UpstreamResponse]:
-        """Send the request to an instance (connect failures are retried elsewhere)."""
+    # -- the fast path's outcomes (upstream.Receiver) -----------------------------------
+
+    def upstream_response(self, response: UpstreamResponse) -> None:
+        target = self._settle()
+        self._answer(response.status, response.header_block, response.body, target.instance_id)
+
+    def upstream_failed(self, exc: UpstreamClosed) -> None:
+        target = self._settle()
+        state = self.state
+        assert state is not None
+        self._refuse(
+            UpstreamTimeout(
+                f"instance {target.instance_id} of service '{state.name}' closed the "
+                f"connection without answering ({exc})"
+            )
+        )
+
+    def _settle(self) -> Upstream:
+        """The upstream request is over: free its timer and the instance's slot."""
+        state, target = self.state, self.target
+        assert state is not None and target is not None
+        self.core.timeouts.remove(self)
+        self.conn = None
+        state.release(target)
+        state.in_flight -= 1
+        return target
+
+    def expire(self) -> None:
+        """The keepalive passed while the instance had the request (fast path)."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        conn.abort()  # the instance learns that nobody waits for the answer
+        loop = self.core.loop
+        assert loop is not None
+        self.task = loop.create_task(self._after_expiry())
+
+    async def _after_expiry(self) -> None:
+        state, target = self.state, self.target
+        assert state is not None and target is not None
+        self.state = None  # started: abandon() leaves the release to this task
+        try:
+            error = await self.core.expired_error(state, target)
+        finally:
+            state.release(target)
+            state.in_flight -= 1
+        self._refuse(error)
+
+    def abandon(self) -> None:
+        if self.task is not None:
+            if self.state is not None:  # the task has not started: release for it
+                self.state.in_flight -= 1
+                if self.target is not None:
+                    self.state.release(self.target)
+            self.task.cancel()  # once started, its finally clauses release what it holds
+        elif self.conn is not None:
+            self.conn.abort()
+            self._settle()
+
+    # -- the slow path ----------------------------------------------------------------
+
+    async def _slow(
+        self,
+        state: ServiceState,
+        forward: _Forward,
+        sequence: SequenceInfo | None,
+        when: float,
+        chosen: Upstream | None,
+    ) -> None:
+        self.state = None  # started: abandon() leaves the release to this task
         core = self.core
+        assert core.loop is not None
+        deadline = Deadline(core.loop, when)
 
         async def send(target: Upstream) -> UpstreamResponse:
             core.metrics.sent(state.name, target.instance_id)
+            pool = core.pool(target)
             try:
-                return await core.pool(target).request(request.data(target), deadline)
+                return await pool.request(forward.data_for(pool.host_line), deadline)
             except UpstreamClosed as exc:
                 raise UpstreamTimeout(
                     f"instance {target.instance_id} of service '{state.name}' closed the "
                     f"connection without answering ({exc})"
                 ) from None
 
-        return await core.forward(state, deadline, request.sequence(), send)
+        try:
+            try:
+                target, response = await core.forward(state, deadline, sequence, send, chosen)
+            finally:
+                deadline.cancel()
+                state.in_flight -= 1
+        except GatewayError as exc:
+            self._refuse(exc)
+            return
+        self._answer(response.status, response.header_block, response.body, target.instance_id)
+
+    # -- answering --------------------------------------------------------------------
+
+    def _refuse(self, exc: GatewayError) -> None:
+        status = exc.http_status
+        block = _JSON + _ALLOW if status == 405 else _JSON
+        self._answer(status, block, orjson.dumps({"error": exc.message}), "-")
+
+    def _answer(self, status: int, header_block: bytes, body: bytes, instance: str) -> None:
+        self.client.respond(self, status, header_block, body)
+        elapsed = time.perf_counter() - self.started
+        self.core.metrics.observe(self.label, "http", _code(status), elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "service=%s method=%s path=%s status=%d latency_ms=%.3f instance=%s "
+                "bytes_in=%d bytes_out=%d",
+                self.service, self.method.decode("ascii", "replace"),
+                self.raw_path.decode("ascii", "replace"), status, elapsed * 1000.0,
+                instance, len(self.body), len(body),
+            )  # fmt: skip
 
 
 class _Forward:
@@ -151,14 +281,44 @@ class _Forward:
 
     __slots__ = ("_head", "body", "authorization", "_header_length", "_encoding", "_infer")
 
-    def __init__(self, scope: dict[str, Any], body: bytes, rest: bytes) -> None:
+    def __init__(self, scope: Mapping[str, Any], body: bytes, rest: bytes) -> None:
+        self._setup(scope["method"].encode(), scope["query_string"], scope["headers"], body, rest)
+
+    @classmethod
+    def of(
+        cls,
+        method: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        rest: bytes,
+    ) -> _Forward:
+        """The request ``method /rest?query`` with ``headers`` (names lower-cased)."""
+        forward = cls.__new__(cls)
+        forward._setup(method, query, headers, body, rest)
+        return forward
+
+    def _setup(
+        self,
+        method: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        rest: bytes,
+    ) -> None:
         self.body = body
         self.authorization: bytes | None = None
         self._header_length: bytes | None = None
         self._encoding: bytes | None = None
-        lines = []
+        lines = [
+            method,
+            b" /",
+            rest,
+            b"?" + query if query else b"",
+            b" HTTP/1.1\r\ncontent-length: %d\r\n" % len(body),
+        ]
         hop: bytes | None = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name in _REQUEST_SKIP:
                 if name == b"authorization":
                     self.authorization = value
@@ -169,33 +329,20 @@ class _Forward:
                 self._header_length = value
             elif name == b"content-encoding":
                 self._encoding = value
-            lines.append(b"%s: %s\r\n" % (name, value))
+            lines.append(name + b": " + value + b"\r\n")
         if hop is not None:
-            lines = _drop_connection_headers(lines, hop)
-        path = b"/" + rest
-        query = scope["query_string"]
-        if query:
-            path += b"?" + query
-        self._infer = scope["method"] == "POST" and rest.endswith(b"/infer")
-        self._head = (
-            scope["method"].encode()
-            + b" "
-            + path
-            + b" HTTP/1.1\r\ncontent-length: %d\r\n" % len(body)
-            + b"".join(lines)
-        )
+            lines[5:] = _drop_connection_headers(lines[5:], hop)
+        self._infer = method == b"POST" and rest.endswith(b"/infer")
+        self._head = b"".join(lines)
 
     def data(self, upstream: Upstream) -> bytes:
         """The whole request for ``upstream``: head and body in one buffer."""
-        return (
-            self._head
-            + b"host: %s:%d\r\n\r\n"
-            % (
-                upstream.host.encode(),
-                upstream.http_port,
-            )
-            + self.body
-        )
+        host = b"host: %s:%d\r\n\r\n" % (upstream.host.encode(), upstream.http_port)
+        return self.data_for(host)
+
+    def data_for(self, host_line: bytes) -> bytes:
+        """The whole request, with ``host_line`` (the host header and the blank line)."""
+        return self._head + host_line + self.body
 
     def sequence(self) -> SequenceInfo | None:
         if not self._infer or not self.body:

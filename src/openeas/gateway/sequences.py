@@ -50,13 +50,16 @@ def http_sequence(
         body = plain
     if header_length is not None:
         try:
-            head = body[: int(header_length)]
+            length = int(header_length)
         except ValueError:
             return None
+        if body.find(_HTTP_KEY, 0, length) < 0:  # no copy of the header for the scan
+            return None
+        head = body[:length]
     else:
+        if _HTTP_KEY not in body:
+            return None
         head = body
-    if _HTTP_KEY not in head:
-        return None
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError:

@@ -2,7 +2,9 @@
 
 Each instance gets an :class:`InstancePool` of idle connections; a request borrows one
 (or opens one), writes the request head and body with a single ``transport.write`` and
-waits for the complete response, which ``httptools`` parses (chunked bodies decoded).
+gets the complete response, which ``httptools`` parses (chunked bodies decoded).  The
+answer goes to a :class:`Receiver` (callbacks: the HTTP front's hot path needs no future
+or task per request) or, through :meth:`InstancePool.request`, to an awaiting coroutine.
 A connection is used by one request at a time (no pipelining), so a slow request never
 holds up another, and aborting a request (keepalive exceeded, client gone) closes its
 connection, which is how the instance learns that nobody waits for the answer.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from typing import Protocol
 
 import httptools
 
@@ -23,6 +26,14 @@ from openeas.gateway.deadline import Deadline
 IDLE_TIMEOUT_S = 20.0
 #: Opening a connection that takes longer than this counts as a connect failure.
 CONNECT_TIMEOUT_S = 3.0
+#: Response headers that describe the hop (RFC 9110 7.6.1) or the framing (rewritten by
+#: whoever relays the body); they are left out of :attr:`UpstreamResponse.header_block`.
+HOP_HEADERS = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"content-length", b"date",
+    }
+)  # fmt: skip
 
 
 class ConnectFailed(ConnectionError):
@@ -36,24 +47,50 @@ class UpstreamClosed(ConnectionError):
 class UpstreamResponse:
     """A complete response from an instance."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "header_block", "body")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def __init__(self, status: int, header_block: bytes, body: bytes) -> None:
         self.status = status
-        #: Header names lower-cased, in order, as received.
-        self.headers = headers
+        #: The end-to-end headers as ``name: value\r\n`` lines (names lower-cased, in
+        #: order, :data:`HOP_HEADERS` left out), ready to be relayed.
+        self.header_block = header_block
         self.body = body
 
 
-class _Connection(asyncio.Protocol):
+class Receiver(Protocol):
+    """Where a connection delivers the outcome of the request sent on it."""
+
+    def upstream_response(self, response: UpstreamResponse) -> None: ...
+
+    def upstream_failed(self, exc: UpstreamClosed) -> None: ...
+
+
+class _FutureReceiver:
+    """Delivers the outcome to a future (:meth:`InstancePool.request`)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[UpstreamResponse]) -> None:
+        self.future = future
+
+    def upstream_response(self, response: UpstreamResponse) -> None:
+        if not self.future.done():
+            self.future.set_result(response)
+
+    def upstream_failed(self, exc: UpstreamClosed) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an instance, serving one request at a time."""
 
     def __init__(self, pool: InstancePool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._receiver: Receiver | None = None
+        self._lines: list[bytes] = []
         self._body: list[bytes] = []
         self.closed = False
         self.last_used = 0.0
@@ -72,54 +109,59 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool.forget(self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(UpstreamClosed("the instance closed the connection"))
-        self._waiter = None
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.upstream_failed(UpstreamClosed("the instance closed the connection"))
 
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(UpstreamClosed(f"malformed response: {exc}"))
+            receiver, self._receiver = self._receiver, None
             self.abort()
+            if receiver is not None:
+                receiver.upstream_failed(UpstreamClosed(f"malformed response: {exc}"))
 
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._headers = []
+        self._lines = []
         self._body = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name not in HOP_HEADERS:
+            self._lines.append(name + b": " + value + b"\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        waiter = self._waiter
-        self._waiter = None
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        response = UpstreamResponse(self._parser.get_status_code(), self._headers, body)
-        if not self._parser.should_keep_alive():
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        parser = self._parser
+        response = UpstreamResponse(parser.get_status_code(), b"".join(self._lines), body)
+        receiver, self._receiver = self._receiver, None
+        if parser.should_keep_alive():
+            self._pool.done(self)
+        else:
             self.abort()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+        if receiver is not None:
+            receiver.upstream_response(response)
 
-    # -- used by the pool --------------------------------------------------------------
+    # -- used by the pool and its callers ----------------------------------------------
 
-    def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
-        """Write a whole request; the future gets its response."""
-        waiter: asyncio.Future[UpstreamResponse] = self._pool.loop.create_future()
-        self._waiter = waiter
+    def send(self, data: bytes, receiver: Receiver) -> None:
+        """Write a whole request; ``receiver`` gets its outcome."""
+        self._receiver = receiver
         self.transport.write(data)  # type: ignore[union-attr]
-        return waiter
 
     def abort(self) -> None:
-        """Drop the connection (and with it any request in progress)."""
-        self.closed = True
+        """Drop the connection (and with it any request in progress, unannounced)."""
+        self._receiver = None
+        if not self.closed:
+            self.closed = True
+            self._pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -131,33 +173,13 @@ class InstancePool:
         self.host = host
         self.port = port
         self.loop = loop
-        self._idle: list[_Connection] = []
-        self._busy: set[_Connection] = set()
+        #: The ``host`` header line of requests to this instance, and the blank line.
+        self.host_line = b"host: %s:%d\r\n\r\n" % (host.encode(), port)
+        self._idle: list[UpstreamConnection] = []
+        self._busy: set[UpstreamConnection] = set()
 
-    async def request(self, data: bytes, deadline: Deadline) -> UpstreamResponse:
-        """Send one serialised request and return the response.
-
-        ConnectFailed when no connection could be opened (nothing was sent),
-        UpstreamClosed when the connection broke before a response came, Expired when
-        ``deadline`` passed first.  An expired or cancelled request aborts its connection.
-        """
-        conn = self._take_idle()
-        if conn is None:
-            conn = await self._connect(deadline)
-        self._busy.add(conn)
-        try:
-            response = await deadline.wait(conn.send(data))
-        except BaseException:
-            conn.abort()
-            raise
-        finally:
-            self._busy.discard(conn)
-        if not conn.closed:
-            conn.last_used = time.monotonic()
-            self._idle.append(conn)
-        return response
-
-    def _take_idle(self) -> _Connection | None:
+    def take_idle(self) -> UpstreamConnection | None:
+        """An open idle connection, now busy (give it back with :meth:`done`), or None."""
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -166,11 +188,40 @@ class InstancePool:
             if time.monotonic() - conn.last_used > IDLE_TIMEOUT_S:
                 conn.abort()
                 continue
+            self._busy.add(conn)
             return conn
         return None
 
-    async def _connect(self, deadline: Deadline) -> _Connection:
-        connect = self.loop.create_connection(lambda: _Connection(self), self.host, self.port)
+    def done(self, conn: UpstreamConnection) -> None:
+        """A connection finished its request and may serve the next one."""
+        self._busy.discard(conn)
+        if not conn.closed:
+            conn.last_used = time.monotonic()
+            self._idle.append(conn)
+
+    async def request(self, data: bytes, deadline: Deadline) -> UpstreamResponse:
+        """Send one serialised request and return the response.
+
+        ConnectFailed when no connection could be opened (nothing was sent),
+        UpstreamClosed when the connection broke before a response came, Expired when
+        ``deadline`` passed first.  An expired or cancelled request aborts its connection.
+        """
+        conn = self.take_idle()
+        if conn is None:
+            conn = await self._connect(deadline)
+            self._busy.add(conn)
+        future: asyncio.Future[UpstreamResponse] = self.loop.create_future()
+        try:
+            conn.send(data, _FutureReceiver(future))
+            return await deadline.wait(future)
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def _connect(self, deadline: Deadline) -> UpstreamConnection:
+        connect = self.loop.create_connection(
+            lambda: UpstreamConnection(self), self.host, self.port
+        )
         try:
             _, conn = await deadline.wait(
                 asyncio.ensure_future(asyncio.wait_for(connect, CONNECT_TIMEOUT_S))
@@ -183,8 +234,9 @@ class InstancePool:
         """No request in progress."""
         return not self._busy
 
-    def forget(self, conn: _Connection) -> None:
-        """Drop a closed connection from the idle list."""
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Drop a closed connection (idle or busy)."""
+        self._busy.discard(conn)
         try:
             self._idle.remove(conn)
         except ValueError:
@@ -193,5 +245,6 @@ class InstancePool:
     def close(self) -> None:
         """Close every connection (requests in progress fail with UpstreamClosed)."""
         for conn in [*self._idle, *self._busy]:
-            conn.abort()
+            if conn.transport is not None:
+                conn.transport.abort()
         self._idle.clear()
