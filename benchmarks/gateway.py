@@ -3,10 +3,11 @@
 One ``openeas-server`` instance serves ``examples/models/identity`` (Python backend,
 FP32 [16]); a :class:`~openeas.gateway.Gateway` (in a thread of this process, its own
 uvloop loop, default limits: ``max_concurrency`` 32 per instance, keepalive 5000 ms)
-routes one
-service to it.  perf_analyzer (HTTP, sync, batch 1) runs at the same concurrency straight
-to the instance and through the gateway (``-H Authorization:<token>``), alternating, each
-repeated; the table gives medians with their spread and the gateway/direct ratios.
+routes one service to it over the instance's Unix-domain socket, as the platform's
+gateway does (``--upstream tcp``: over its TCP port).  perf_analyzer (HTTP, sync,
+batch 1) runs at the same concurrency straight to the instance and through the gateway
+(``-H Authorization:<token>``), alternating, each repeated; the table gives medians
+with their spread and the gateway/direct ratios.
 Target: at least 0.8x the direct throughput and at most +0.5 ms p50.
 
 Each run also records CPU time per request (steadier than throughput on a shared
@@ -72,6 +73,13 @@ def main() -> None:
     parser.add_argument("--measurement-ms", type=int, default=3000)
     parser.add_argument("--stability", type=int, default=25, help="perf_analyzer's %%")
     parser.add_argument("--max-concurrency", type=int, default=ServiceLimits.max_concurrency)
+    parser.add_argument(
+        "--upstream",
+        choices=["unix", "tcp"],
+        default="unix",
+        help="how the gateway reaches the instance: its Unix socket, as for platform "
+        "instances, or its TCP port",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -80,13 +88,16 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     shutil.copytree(MODEL, workdir / "models" / "identity")
-    server = start_server(workdir / "models", log_path=workdir / "server.log", timeout=120)
+    unix_socket = f"@openeas-bench-{os.getpid()}" if args.upstream == "unix" else None
+    flags = [f"--http-unix-socket={unix_socket}"] if unix_socket else []
+    server = start_server(workdir / "models", *flags, log_path=workdir / "server.log", timeout=120)
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "gateway": []}
     instance = psutil.Process(server.process.pid)
     try:
         with GatewayThread() as gateway:
             limits = ServiceLimits(max_concurrency=args.max_concurrency)
-            gateway.publish("bench", TOKEN, [upstream_of(server, "i0")], limits=limits)
+            upstream = upstream_of(server, "i0", unix_socket)
+            gateway.publish("bench", TOKEN, [upstream], limits=limits)
             targets = {
                 "direct": (server.http_url, []),
                 "gateway": (gateway.http_url("bench"), ["-H", f"Authorization:{TOKEN}"]),
@@ -150,8 +161,8 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
         "running: compare only the ratio of one run).",
         f"Model `examples/models/identity` (Python backend, FP32 [16]), 1 instance; "
         f"perf_analyzer HTTP, concurrency {args.concurrency}, {args.measurement_ms} ms "
-        f"windows (stability {args.stability}%), {args.repeat} runs each, alternating; gateway `max_concurrency` "
-        f"{args.max_concurrency}.",
+        f"windows (stability {args.stability}%), {args.repeat} runs each, alternating; gateway "
+        f"`max_concurrency` {args.max_concurrency}, upstream over {args.upstream}.",
         "",
         "| path | infer/s median [min-max] | p50 us | p99 us | CPU us/request: gateway "
         "| instance | perf_analyzer |",

@@ -119,7 +119,9 @@ class GatewayCore:
         pool = self._pools.get(key)
         if pool is None:
             assert self.loop is not None, "GatewayCore.start() not called"
-            pool = self._pools[key] = InstancePool(upstream.host, upstream.http_port, self.loop)
+            pool = self._pools[key] = InstancePool(
+                upstream.host, upstream.http_port, self.loop, upstream.unix_socket
+            )
         return pool
 
     def channel(self, upstream: Upstream) -> grpc.aio.Channel:

@@ -22,6 +22,9 @@ class Upstream:
     host: str
     http_port: int
     grpc_port: int | None = None
+    #: the instance's ``--http-unix-socket`` when it runs on this machine: HTTP goes
+    #: there (cheaper than loopback TCP), falling back to ``host:http_port``
+    unix_socket: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ connection, which is how the instance learns that nobody waits for the answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from typing import Protocol
@@ -20,6 +21,9 @@ from typing import Protocol
 import httptools
 
 from openeas.gateway.deadline import Deadline
+from openeas.server.frontends.unix import socket_address
+
+log = logging.getLogger(__name__)
 
 #: A pooled connection idle for longer than this is closed instead of reused, well
 #: before the processor's own keep-alive timeout (75 s) could close it under a request.
@@ -167,12 +171,19 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class InstancePool:
-    """Keep-alive connections to one instance (``host:port``)."""
+    """Keep-alive connections to one instance (``unix_socket``, else ``host:port``)."""
 
-    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop,
+        unix_socket: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.loop = loop
+        self.unix_socket = unix_socket
         #: The ``host`` header line of requests to this instance, and the blank line.
         self.host_line = b"host: %s:%d\r\n\r\n" % (host.encode(), port)
         self._idle: list[UpstreamConnection] = []
@@ -219,6 +230,21 @@ class InstancePool:
             raise
 
     async def _connect(self, deadline: Deadline) -> UpstreamConnection:
+        if self.unix_socket is not None:
+            try:
+                _, conn = await deadline.wait(
+                    asyncio.ensure_future(
+                        asyncio.wait_for(self._connect_unix(self.unix_socket), CONNECT_TIMEOUT_S)
+                    )
+                )
+                return conn
+            except OSError as exc:
+                # e.g. an instance started without the socket: TCP from now on
+                log.info(
+                    "instance socket %s unavailable (%s); using %s:%d",
+                    self.unix_socket, exc, self.host, self.port,
+                )  # fmt: skip
+                self.unix_socket = None
         connect = self.loop.create_connection(
             lambda: UpstreamConnection(self), self.host, self.port
         )
@@ -229,6 +255,19 @@ class InstancePool:
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return conn
+
+    async def _connect_unix(self, name: str) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
+        # connected by hand: uvloop's create_unix_connection rejects abstract addresses
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await self.loop.sock_connect(sock, socket_address(name))
+            return await self.loop.create_unix_connection(
+                lambda: UpstreamConnection(self), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     def idle(self) -> bool:
         """No request in progress."""

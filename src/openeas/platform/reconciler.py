@@ -589,7 +589,13 @@ class Reconciler:
         insts = self.instances(name)
 
         def upstream(i: _Instance) -> Upstream:
-            return Upstream(i.rec.id, i.rec.host, i.rec.http_port, i.rec.grpc_port)
+            return Upstream(
+                i.rec.id,
+                i.rec.host,
+                i.rec.http_port,
+                i.rec.grpc_port,
+                self.runtime.unix_socket(i.rec.id),
+            )
 
         previous = self._published.get(name)
         limits = previous.limits if previous is not None else ServiceLimits()

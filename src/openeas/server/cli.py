@@ -13,6 +13,7 @@ from openeas.server.dataplane import DataPlane
 from openeas.server.frontends.http import HttpFrontend
 from openeas.server.frontends.httpserver import HttpServer, bind_socket
 from openeas.server.frontends.metrics import MetricsApp
+from openeas.server.frontends.unix import UnixHttpServer, bind_unix_socket
 from openeas.server.models import ControlMode, RepositoryOptions
 from openeas.server.options import ServerOptions, parse_args
 from openeas.storage import RepositoryMount, StorageError
@@ -91,8 +92,10 @@ async def serve(options: ServerOptions) -> int:
         servers = _front_ends(options, dataplane)
         for name, server in servers:
             await server.start()
-            log.info("Started %s at %s", name, server.port)
-            print(f"Started {name} at 0.0.0.0:{server.port}", file=sys.stderr, flush=True)
+            where = getattr(server, "where", None)
+            address = f"unix:{where}" if where else f"0.0.0.0:{server.port}"
+            log.info("Started %s at %s", name, address)
+            print(f"Started {name} at {address}", file=sys.stderr, flush=True)
     except OSError as exc:
         log.error("%s", exc)
         await dataplane.stop()
@@ -153,6 +156,13 @@ def _front_ends(options: ServerOptions, dataplane: DataPlane) -> list[tuple[str,
         servers.append(("GRPCInferenceService", GrpcFrontend(dataplane, options)))
     if options.allow_http:
         app = HttpFrontend(dataplane, options.http_max_input_size)
+
+        def too_large(size: int) -> bytes:
+            return (
+                f"request body of at least {size} bytes exceeds the maximum input size "
+                f"of {options.http_max_input_size} bytes (--http-max-input-size)"
+            ).encode()
+
         sock = bind_socket(options.http_address, options.http_port)
         servers.append(
             (
@@ -161,13 +171,18 @@ def _front_ends(options: ServerOptions, dataplane: DataPlane) -> list[tuple[str,
                     app,
                     sock,
                     max_body_size=options.http_max_input_size,
-                    too_large_body=lambda size: (
-                        f"request body of at least {size} bytes exceeds the maximum input size "
-                        f"of {options.http_max_input_size} bytes (--http-max-input-size)"
-                    ).encode(),
+                    too_large_body=too_large,
                 ),
             )
         )
+        if options.http_unix_socket:
+            server = HttpServer(
+                app,
+                bind_unix_socket(options.http_unix_socket),
+                max_body_size=options.http_max_input_size,
+                too_large_body=too_large,
+            )
+            servers.append(("HTTPService", UnixHttpServer(server, options.http_unix_socket)))
     if options.allow_metrics:
         sock = bind_socket(options.metrics_address, options.metrics_port)
         metrics = MetricsApp(dataplane, options.metrics_interval_ms)

@@ -106,6 +106,8 @@ class ServerOptions:
     http_thread_count: int = 8
     http_max_input_size: int = 64 * 1024 * 1024
     grpc_max_message_size: int = 2**31 - 1
+    #: also serve HTTP on this Unix-domain socket ("@name": Linux abstract namespace)
+    http_unix_socket: str = ""
     grpc_infer_allocation_pool_size: int = 8
     #: TLS for gRPC: a server certificate chain and key (PEM files) ...
     grpc_use_ssl: bool = False
@@ -257,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--http-address", default="0.0.0.0", help="HTTP bind address")
     add("--http-port", type=_port, default=8000, help="HTTP port")
+    add(
+        "--http-unix-socket",
+        default="",
+        metavar="PATH",
+        help="also serve HTTP on this Unix-domain socket ('@name' for Linux's abstract "
+        "namespace); the OpenEAS gateway reaches local instances this way (not a "
+        "tritonserver flag)",
+    )
     add("--grpc-address", default="0.0.0.0", help="gRPC bind address")
     add("--grpc-port", type=_port, default=8001, help="gRPC port")
     add("--metrics-address", default=None, help="metrics bind address (default: the HTTP address)")
@@ -405,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> ServerOptions:
         allow_metrics=ns.allow_metrics,
         http_address=ns.http_address,
         http_port=ns.http_port,
+        http_unix_socket=ns.http_unix_socket,
         grpc_address=ns.grpc_address,
         grpc_port=ns.grpc_port,
         metrics_address=ns.metrics_address or ns.http_address,

@@ -20,9 +20,12 @@ from openeas.testing.server import ServerProcess
 _T = TypeVar("_T")
 
 
-def upstream_of(server: ServerProcess, instance_id: str) -> Upstream:
-    """The route-table entry of a test server process."""
-    return Upstream(instance_id, "127.0.0.1", server.http_port, server.grpc_port)
+def upstream_of(
+    server: ServerProcess, instance_id: str, unix_socket: str | None = None
+) -> Upstream:
+    """The route-table entry of a test server process (``unix_socket``: the server's
+    ``--http-unix-socket``, which the gateway then prefers, as for platform instances)."""
+    return Upstream(instance_id, "127.0.0.1", server.http_port, server.grpc_port, unix_socket)
 
 
 class GatewayThread:

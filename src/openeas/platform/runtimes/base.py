@@ -63,3 +63,8 @@ class Runtime(ABC):
     @abstractmethod
     def forget(self, instance_id: str) -> None:
         """Drop bookkeeping for an instance that has ended."""
+
+    def unix_socket(self, instance_id: str) -> str | None:
+        """The Unix-domain socket an instance also serves HTTP on, if the runtime gives
+        it one (the gateway prefers it to TCP: same machine, less kernel time)."""
+        return None

@@ -46,7 +46,13 @@ def command(launch: Launch) -> list[str]:
         f"--http-port={launch.http_port}",
         f"--grpc-port={launch.grpc_port}",
         f"--metrics-port={launch.metrics_port}",
+        f"--http-unix-socket={unix_socket_name(launch.instance_id)}",
     ]
+
+
+def unix_socket_name(instance_id: str) -> str:
+    """The abstract-namespace socket an instance serves HTTP on, besides its port."""
+    return f"@openeas-{instance_id}"
 
 
 def environment(launch: Launch) -> dict[str, str]:
@@ -186,3 +192,6 @@ class LocalRuntime(Runtime):
             pass
         except PermissionError:
             os.kill(pid, sig)
+
+    def unix_socket(self, instance_id: str) -> str | None:
+        return unix_socket_name(instance_id)
