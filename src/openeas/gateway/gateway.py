@@ -13,7 +13,7 @@ from openeas.gateway.grpc import GatewayGrpcFront
 from openeas.gateway.http import HttpExchange
 from openeas.gateway.http1 import GatewayHttpServer
 from openeas.gateway.routes import RouteTable
-from openeas.server.frontends.httpserver import bind_socket
+from openeas.server.frontends.http1 import bind_socket
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from typing import Protocol
 
 from openeas.server.dataplane import DataPlane
 from openeas.server.frontends.http import HttpFrontend
-from openeas.server.frontends.httpserver import HttpServer, bind_socket
+from openeas.server.frontends.http1 import bind_socket
+from openeas.server.frontends.httpserver import HttpServer
 from openeas.server.frontends.metrics import MetricsApp
 from openeas.server.frontends.unix import UnixHttpServer, bind_unix_socket
 from openeas.server.models import ControlMode, RepositoryOptions

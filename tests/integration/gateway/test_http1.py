@@ -119,6 +119,15 @@ def test_connection_closed_when_the_client_asks(
     assert reader.read() == b""  # the gateway closed its end
 
 
+def test_malformed_request_is_a_json_400_and_closes(conn: socket.socket) -> None:
+    conn.sendall(b"GET / HTTP/1.1\r\nHost gw\r\n\r\n")  # a header line without a colon
+    reader = conn.makefile("rb")
+    status, headers, body = _read_response(reader)
+    assert status == 400 and headers["connection"] == "close"
+    assert json.loads(body)["error"].startswith("malformed HTTP request")
+    assert reader.read() == b""
+
+
 def test_body_over_the_limit_is_413(
     monkeypatch: pytest.MonkeyPatch, cluster: Cluster, service_name: str
 ) -> None:

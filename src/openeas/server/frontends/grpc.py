@@ -26,7 +26,7 @@ from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.server.dataplane import DataPlane, DecoupledModelError
 from openeas.server.frontends.grpc_health import HealthServicer
 from openeas.server.frontends.grpc_transport import GrpcServer, Kind, Method
-from openeas.server.frontends.httpserver import bind_socket
+from openeas.server.frontends.http1 import bind_socket
 from openeas.server.options import ServerOptions
 
 log = logging.getLogger(__name__)

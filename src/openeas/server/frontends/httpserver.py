@@ -12,21 +12,34 @@ server: no websockets, no lifespan, no streaming request bodies.
 An app that also implements :class:`DirectApp` is offered each request first, as plain
 values rather than ASGI messages: the inference hot path answers with one pre-formatted
 byte string and skips the scope dict, the receive/send closures and their messages.
+
+The framing (parsing, the body limit, ``100 Continue``, idle timeout, graceful stop) is
+:mod:`openeas.server.frontends.http1`'s, shared with the gateway's listener; this module
+adds the serving: the direct route or ASGI, pipelined requests answered in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 import httptools
+
+from openeas.server.frontends.http1 import (
+    CLOCK,
+    Http1Connection,
+    Http1Server,
+    json_error,
+    status_line,
+)
+
+__all__ = ["Asgi", "DirectApp", "DirectReply", "HttpProtocol", "HttpServer"]
 
 log = logging.getLogger(__name__)
 
@@ -51,117 +64,47 @@ class DirectApp(Protocol):
         ...
 
 
-_REASONS = {
-    100: b"Continue", 200: b"OK", 204: b"No Content", 400: b"Bad Request",
-    401: b"Unauthorized", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Payload Too Large", 429: b"Too Many Requests",
-    450: b"Queue Full", 500: b"Internal Server Error", 501: b"Not Implemented",
-    503: b"Service Unavailable", 504: b"Gateway Timeout",
-}  # fmt: skip
-_STATUS_LINES: dict[int, bytes] = {}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON_HEAD = b"content-type: application/json\r\n"
 
 
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        reason = _REASONS.get(status, b"")
-        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-    return line
-
-
-class _Clock:
-    """The ``Date`` header, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._header = b""
-
-    def date_header(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._header = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._header
-
-
-_CLOCK = _Clock()
-
-
+@dataclass(slots=True)
 class _Request:
     """One parsed request waiting for (or being served by) the app."""
 
-    __slots__ = (
-        "method",
-        "path",
-        "raw_path",
-        "query",
-        "headers",
-        "http_version",
-        "body",
-        "keep_alive",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        raw_path: bytes,
-        query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        http_version: str,
-        body: bytes,
-        keep_alive: bool,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.raw_path = raw_path
-        self.query = query
-        self.headers = headers
-        self.http_version = http_version
-        self.body = body
-        self.keep_alive = keep_alive
+    method: str
+    path: str
+    raw_path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    http_version: str
+    body: bytes
+    keep_alive: bool
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(Http1Connection):
     """One client connection."""
 
+    _server: HttpServer
+
     def __init__(self, server: HttpServer) -> None:
-        self._server = server
-        self._loop = server.loop
-        self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
+        super().__init__(server)
         self._peer: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
-        # parsing state of the current message
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._expect_continue = False
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._too_large = False
         # requests parsed but not answered, in order
         self._pending: collections.deque[_Request] = collections.deque()
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self._base_scope: dict[str, Any] = {}
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._last_active = 0.0
         self._writable = asyncio.Event()
         self._writable.set()
         self._reading_paused = False
 
+    def _busy(self) -> bool:
+        return self._task is not None
+
     # -- connection lifecycle ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self._peer = tuple(peer[:2]) if isinstance(peer, tuple) else None  # type: ignore[assignment]
@@ -174,13 +117,9 @@ class HttpProtocol(asyncio.Protocol):
             "server": self._local,
             "client": self._peer,
         }
-        self._server.connections.add(self)
-        self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
-        self._closing = True
-        self._cancel_idle_timer()
+        super().connection_lost(exc)
         self._writable.set()
         if isinstance(self._task, asyncio.Task) and not self._task.done():
             self._task.cancel()
@@ -191,52 +130,13 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writable.set()
 
-    def data_received(self, data: bytes) -> None:
-        self._last_active = self._loop.time()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(400, b"protocol upgrades are not supported")
-        except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed HTTP request: {exc}".encode())
-
-    # -- httptools callbacks -----------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._expect_continue = False
-        self._body = []
-        self._body_size = 0
-        self._too_large = False
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if self._expect_continue:
-            self.write(_CONTINUE)
-
-    def on_body(self, body: bytes) -> None:
-        if self._too_large:
-            return
-        self._body_size += len(body)
-        if self._body_size > self._server.max_body_size:
-            self._too_large = True
-            self._body = []
-            return
-        self._body.append(body)
+    # -- httptools callbacks (the others are Http1Connection's) -------------------------
 
     def on_message_complete(self) -> None:
         if self._too_large:
+            server = self._server
             self._reject(
-                self._server.too_large_status, self._server.too_large_body(self._body_size)
+                server.too_large_status, json_error(server.too_large_body(self._body_size))
             )
             return
         url = self._url
@@ -317,8 +217,8 @@ class HttpProtocol(asyncio.Protocol):
                     self.write(
                         b"".join(
                             (
-                                _status_line(status),
-                                _CLOCK.date_header(),
+                                status_line(status),
+                                CLOCK.line(),
                                 head,
                                 b"content-length: %d\r\n" % len(body),
                                 b"\r\n" if request.keep_alive else b"connection: close\r\n\r\n",
@@ -380,55 +280,9 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._close()
 
-    def write(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
     async def drain(self) -> None:
         if not self._writable.is_set():
             await self._writable.wait()
-
-    def _reject(self, status: int, message: bytes) -> None:
-        body = b'{"error":' + _json_string(message) + b"}"
-        self.write(
-            _status_line(status)
-            + b"content-type: application/json\r\nconnection: close\r\n"
-            + b"content-length: %d\r\n\r\n" % len(body)
-            + body
-        )
-        self._close()
-
-    def _close(self) -> None:
-        self._closing = True
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    def shutdown(self) -> None:
-        """Close now when idle; otherwise after the response in progress."""
-        if self._task is None:
-            self._close()
-
-    def _arm_idle_timer(self) -> None:
-        """Start the keep-alive timer: one timer per connection, re-armed lazily."""
-        self._last_active = self._loop.time()
-        if self._server.keep_alive_timeout > 0:
-            self._idle_handle = self._loop.call_later(
-                self._server.keep_alive_timeout, self._check_idle
-            )
-
-    def _check_idle(self) -> None:
-        timeout = self._server.keep_alive_timeout
-        idle_for = self._loop.time() - self._last_active
-        if self._task is None and idle_for >= timeout:
-            self._close()
-            return
-        delay = timeout if self._task is not None else max(timeout - idle_for, 0.05)
-        self._idle_handle = self._loop.call_later(delay, self._check_idle)
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
 
 
 #: Marks a connection whose handler is running eagerly (outside a task).
@@ -457,11 +311,6 @@ async def _resume(coro: Any, waiting: Any) -> None:
             waiting = coro.send(None)
         except StopIteration:
             return
-
-
-def _json_string(message: bytes) -> bytes:
-    text = message.decode("utf-8", "replace").replace("\\", "\\\\").replace('"', '\\"')
-    return b'"' + text.replace("\n", " ").encode() + b'"'
 
 
 class _Responder:
@@ -505,7 +354,7 @@ class _Responder:
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
             self.started = True
-            parts = [_status_line(message["status"]), _CLOCK.date_header()]
+            parts = [status_line(message["status"]), CLOCK.line()]
             has_length = False
             for name, value in message.get("headers", ()):
                 lowered = name.lower()
@@ -541,7 +390,7 @@ class _Responder:
 
     def write_simple(self, status: int, body: bytes) -> None:
         self._protocol.write(
-            _status_line(status)
+            status_line(status)
             + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
             + body
         )
@@ -549,24 +398,15 @@ class _Responder:
         self._finish()
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; OSError names the address when it cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"failed to bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-class HttpServer:
+class HttpServer(Http1Server):
     """Serves one ASGI app on one listening socket (through its :class:`DirectApp` fast
-    path first, when it has one)."""
+    path first, when it has one).
+
+    ``too_large_body(size)`` is the message (not yet JSON) of the answer to a body over
+    ``max_body_size``.
+    """
+
+    connection_type = HttpProtocol
 
     def __init__(
         self,
@@ -579,59 +419,17 @@ class HttpServer:
         keep_alive_timeout: float = 75.0,
         max_pipelined: int = 32,
     ) -> None:
+        super().__init__(
+            sock,
+            max_body_size=max_body_size,
+            too_large_body=too_large_body
+            or (lambda size: b"request body of %d bytes exceeds the limit" % size),
+            too_large_status=too_large_status,
+            keep_alive_timeout=keep_alive_timeout,
+            max_pipelined=max_pipelined,
+        )
         self.app = app
         #: The app's fast path (see DirectApp), when it has one.
         self.direct: Callable[..., Awaitable[DirectReply] | None] | None = getattr(
             app, "direct", None
         )
-        self.sock = sock
-        self.max_body_size = max_body_size
-        self.too_large_status = too_large_status
-        self.too_large_body = too_large_body or (
-            lambda size: b"request body of %d bytes exceeds the limit" % size
-        )
-        self.keep_alive_timeout = keep_alive_timeout
-        self.max_pipelined = max_pipelined
-        self.connections: set[HttpProtocol] = set()
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.draining = False
-        self.loop = asyncio.get_event_loop()
-        self._server: asyncio.base_events.Server | None = None
-
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[1]
-
-    def request_started(self) -> None:
-        self.in_flight += 1
-        if self.draining:  # otherwise only stop() looks at _idle
-            self._idle.clear()
-
-    def request_finished(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight and self.draining:
-            self._idle.set()
-
-    async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
-            lambda: HttpProtocol(self), sock=self.sock, backlog=2048
-        )
-
-    async def stop(self, timeout: float) -> None:
-        """Stop accepting, finish in-flight requests (up to ``timeout``), close the rest."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.shutdown()
-        if self.in_flight:
-            self._idle.clear()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            log.warning("%d request(s) still in flight after %ss; closing", self.in_flight, timeout)
-        for connection in list(self.connections):
-            connection._close()
