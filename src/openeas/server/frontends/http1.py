@@ -116,6 +116,7 @@ class Http1Connection(asyncio.Protocol):
         self._closing = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_active = 0.0
+        self._later: list[bytes] | None = None  # see write_soon()
 
     def _busy(self) -> bool:
         """Whether a request is being served (the connection is not idle)."""
@@ -142,6 +143,7 @@ class Http1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._closing = True
+        self._later = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
@@ -186,9 +188,33 @@ class Http1Connection(asyncio.Protocol):
     # -- writing and closing -----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Write now (after anything :meth:`write_soon` still holds)."""
+        if self._later is not None:
+            self.flush()
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Write at the end of this loop iteration.
+
+        With many connections ready at once, the loop first serves every request it
+        has, then sends the answers: sending each at once wakes its client, which on a
+        busy machine takes the CPU from the loop while later requests of the same batch
+        wait (measured: p99 at concurrency 16 about 10% lower, throughput the same).
+        """
+        if self._later is None:
+            self._later = [data]
+            self._server.flush_soon(self)
+        else:
+            self._later.append(data)
+
+    def flush(self) -> None:
+        """Write what :meth:`write_soon` holds."""
+        later, self._later = self._later, None
+        transport = self._transport
+        if later and transport is not None and not transport.is_closing():
+            transport.write(later[0] if len(later) == 1 else b"".join(later))
 
     def _reject(self, status: int, body: bytes) -> None:
         """Answer a request that cannot be served with a JSON ``body``, then close (the
@@ -203,6 +229,8 @@ class Http1Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        if self._later is not None:
+            self.flush()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
@@ -254,10 +282,22 @@ class Http1Server:
         self._idle.set()
         self.loop = asyncio.get_event_loop()
         self._server: asyncio.base_events.Server | None = None
+        self._to_flush: list[Http1Connection] = []
 
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
+
+    def flush_soon(self, connection: Http1Connection) -> None:
+        """Flush ``connection`` at the end of this loop iteration (one callback for all)."""
+        if not self._to_flush:
+            self.loop.call_soon(self._flush)
+        self._to_flush.append(connection)
+
+    def _flush(self) -> None:
+        connections, self._to_flush = self._to_flush, []
+        for connection in connections:
+            connection.flush()
 
     def request_started(self) -> None:
         self.in_flight += 1

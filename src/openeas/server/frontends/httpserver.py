@@ -214,7 +214,7 @@ class HttpProtocol(Http1Connection):
                         status, head, body = 500, _JSON_HEAD, b'{"error":"internal server error"}'
                     finally:
                         server.request_finished()
-                    self.write(
+                    self.write_soon(
                         b"".join(
                             (
                                 status_line(status),
