@@ -116,6 +116,12 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
         ),
         (
             "processor_params",
+            ["--model-repository=/m", "--http-unix-socket=@mine"],
+            "processor_params[1]",
+            "set by the platform",
+        ),
+        (
+            "processor_params",
             ["--model-repository=/m", "--log-verbose=x"],
             "processor_params",
             "invalid integer",

@@ -24,9 +24,11 @@ from openeas.platform.errors import FieldError, SpecError
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 #: Resource group used when ``metadata.resource`` is omitted: the local machine.
 DEFAULT_RESOURCE = "default"
-#: Processor flags the platform owns: every instance gets its own ports and addresses.
+#: Processor flags the platform owns: every instance gets its own ports and addresses
+#: (and its Unix socket, which the gateway uses).
 PLATFORM_FLAGS = frozenset(
     {
+        "--http-unix-socket",
         "--http-port",
         "--grpc-port",
         "--metrics-port",
