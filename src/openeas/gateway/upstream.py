@@ -21,6 +21,7 @@ from typing import Protocol
 import httptools
 
 from openeas.gateway.deadline import Deadline
+from openeas.server.frontends.http1 import set_nodelay
 from openeas.server.frontends.unix import socket_address
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -36,6 +36,7 @@ from google.protobuf.message import DecodeError
 
 from openeas.protocol import http2 as h2
 from openeas.protocol.errors import InferenceError
+from openeas.server.frontends.http1 import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,7 @@ class Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.server.connections.add(self)
         self._write(
             h2.settings_frame(
@@ -519,16 +515,7 @@ class Http2Connection(asyncio.Protocol):
 
     async def _server_stream(self, stream: _Stream, message: bytes) -> None:
         method = stream.method
-        try:
-            async with aclosing(method.handler(method.decode(message))) as responses:
-                async for response in responses:
-                    if stream.done:
-                        break
-                    self._send_message(stream, method.encode(response))
-        except Exception as exc:
-            self._finish(stream, *status_of(exc))
-            return
-        self._finish(stream, _OK, "")
+        await self._stream_out(stream, lambda: method.handler(method.decode(message)))
 
     async def _bidi(self, stream: _Stream) -> None:
         method = stream.method
@@ -539,12 +526,18 @@ class Http2Connection(asyncio.Protocol):
             while (message := await queue.get()) is not None:
                 yield method.decode(message)
 
+        await self._stream_out(stream, lambda: method.handler(requests()))
+
+    async def _stream_out(self, stream: _Stream, responses: Callable[[], Any]) -> None:
+        """Send every response of the async generator ``responses()`` makes, then OK
+        (or the status of the error that ended it)."""
+        encode = stream.method.encode
         try:
-            async with aclosing(method.handler(requests())) as responses:
-                async for response in responses:
+            async with aclosing(responses()) as answers:
+                async for response in answers:
                     if stream.done:
                         break
-                    self._send_message(stream, method.encode(response))
+                    self._send_message(stream, encode(response))
         except Exception as exc:
             self._finish(stream, *status_of(exc))
             return

@@ -95,6 +95,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP transport (each answer is one complete write)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class Http1Connection(asyncio.Protocol):
     """One client connection: parsing, rejection, idle timeout and closing.
 
@@ -126,12 +136,7 @@ class Http1Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is duck-typed
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self._server.connections.add(self)
         # the keep-alive timer: one per connection, re-armed lazily by _check_idle
         self._last_active = self._loop.time()
