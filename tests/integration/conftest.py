@@ -119,6 +119,16 @@ def client(server: ServerProcess) -> Iterator[Any]:
     c.close()
 
 
+@pytest.fixture(scope="module")
+def grpc_client(server: ServerProcess) -> Iterator[Any]:
+    """A tritonclient gRPC client for the module's ``server`` fixture."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    yield c
+    c.close()
+
+
 def server_command(*args: str) -> list[str]:
     """The command line that runs ``openeas-server`` with ``args``."""
     return [sys.executable, "-m", "openeas.server.cli", *args]

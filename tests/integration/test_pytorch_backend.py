@@ -109,13 +109,6 @@ def server(launch, repo):
     return launch(repo, "--exit-on-error=false", "--strict-readiness=false", timeout=120)
 
 
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
 def _inputs(module, arrays: dict[str, np.ndarray], datatype: str = "FP32") -> list:
     inputs = []
     for name, array in arrays.items():

@@ -86,13 +86,6 @@ def server(launch, repo):
     return launch(repo, "--exit-on-error=false", "--strict-readiness=false", timeout=120)
 
 
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    yield c
-    c.close()
-
-
 def _http_inputs(a: np.ndarray, b: np.ndarray, binary: bool = True) -> list:
     inputs = [
         httpclient.InferInput("INPUT0", list(a.shape), "FP32"),
