@@ -66,7 +66,34 @@ def start_server(
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """Start ``openeas-server`` on free ports; wait until live (and ready if asked)."""
+    """Start ``openeas-server`` on free ports; wait until live (and ready if asked).
+
+    A free port can be taken by someone else (an outgoing connection's ephemeral port)
+    before the server binds it; then the server is started again on other ports.
+    """
+    for _ in range(_BIND_ATTEMPTS - 1):
+        try:
+            return _start_server_once(repository, extra_args, log_path, wait_ready, timeout, env)
+        except _PortTaken:
+            continue
+    return _start_server_once(repository, extra_args, log_path, wait_ready, timeout, env)
+
+
+_BIND_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    """One of the ports :func:`free_port` picked was taken before the server bound it."""
+
+
+def _start_server_once(
+    repository: Path | str | Sequence[Path | str],
+    extra_args: Sequence[str],
+    log_path: Path,
+    wait_ready: bool,
+    timeout: float,
+    env: dict[str, str] | None,
+) -> ServerProcess:
     repos = [repository] if isinstance(repository, str | Path) else list(repository)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     args = [
@@ -92,9 +119,11 @@ def start_server(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"openeas-server exited with {process.returncode}:\n{server.log()}"
-            )
+            log = server.log()
+            ours = (http_port, grpc_port, metrics_port)
+            if any(f"failed to bind 127.0.0.1:{port}:" in log for port in ours):
+                raise _PortTaken(f"openeas-server exited with {process.returncode}:\n{log}")
+            raise RuntimeError(f"openeas-server exited with {process.returncode}:\n{log}")
         try:
             with urllib.request.urlopen(f"http://{server.http_url}{path}", timeout=2) as resp:
                 if resp.status == 200:
