@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
@@ -155,6 +157,20 @@ def wait_until(
     pytest.fail(f"timed out after {timeout}s waiting for {what or condition}; last={last!r}")
 
 
+def pending_requests(server: ServerProcess, model: str) -> int:
+    """The model's ``nv_inference_pending_request_count`` (queued + executing), read from
+    the server's metrics endpoint."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(
+        rf'^nv_inference_pending_request_count\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$',
+        text,
+        re.MULTILINE,
+    )
+    assert match, f"no pending count for {model}"
+    return int(float(match.group(1)))
+
+
 # -- raw HTTP -------------------------------------------------------------------------
 
 
@@ -245,3 +261,30 @@ def split_binary_response(response: RawResponse) -> tuple[dict[str, Any], dict[s
             offset += size
     assert offset == len(response.body), "binary outputs do not add up to the body length"
     return doc, blobs
+
+
+def request_bytes(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    version: str = "HTTP/1.1",
+) -> bytes:
+    """One HTTP/1.x request as raw bytes (``Content-Length`` added unless chunked)."""
+    fields = {"Host": "test", **(headers or {})}
+    if "Transfer-Encoding" not in fields:
+        fields["Content-Length"] = str(len(body))
+    head = [f"{method} {path} {version}", *(f"{k}: {v}" for k, v in fields.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def read_response(reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP/1.1 response (``Content-Length`` framed): status, headers, body."""
+    status_line = reader.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = reader.read(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import copy_test_model, wait_until
+from tests.integration.conftest import copy_test_model, pending_requests, wait_until
 
 pytestmark = pytest.mark.python_backend
 
@@ -84,19 +84,6 @@ def _input(value: float, batch: int = 1) -> list[httpclient.InferInput]:
     return [inp]
 
 
-def _pending(server, model: str) -> int:
-    """The model's ``nv_inference_pending_request_count`` (queued + executing)."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(
-        rf'^nv_inference_pending_request_count\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$',
-        text,
-        re.MULTILINE,
-    )
-    assert match, f"no pending count for {model}"
-    return int(float(match.group(1)))
-
-
 def _started(markers: Path, model: str) -> int:
     return len(list((markers / model).iterdir()))
 
@@ -117,7 +104,7 @@ def test_preferred_batch_sizes_show_in_batch_stats(client, server, markers):
     busy = _busy(client, markers, "preferred")
     handles = [client.async_infer("preferred", _input(float(i))) for i in range(10)]
     # all ten wait in the queue while the first execution sleeps
-    wait_until(lambda: _pending(server, "preferred") == 11, what="ten queued requests")
+    wait_until(lambda: pending_requests(server, "preferred") == 11, what="ten queued requests")
     results = [h.get_result() for h in handles]
     busy.get_result()
     for i, result in enumerate(results):
@@ -136,7 +123,7 @@ def test_batches_form_with_two_instances(client, server, markers):
     first = _busy(client, markers, "two_instances", batch=4)
     second = _busy(client, markers, "two_instances", batch=4)  # on the other instance
     handles = [client.async_infer("two_instances", _input(float(i))) for i in range(8)]
-    wait_until(lambda: _pending(server, "two_instances") == 10, what="eight queued requests")
+    wait_until(lambda: pending_requests(server, "two_instances") == 10, what="eight queued requests")
     results = [h.get_result() for h in handles]
     first.get_result()
     second.get_result()
@@ -154,7 +141,7 @@ def test_batches_form_with_two_instances(client, server, markers):
 def test_full_queue_rejects_with_503(client, server, markers):
     busy = _busy(client, markers, "queue_limit")
     queued = client.async_infer("queue_limit", _input(1.0))
-    wait_until(lambda: _pending(server, "queue_limit") == 2, what="one queued request")
+    wait_until(lambda: pending_requests(server, "queue_limit") == 2, what="one queued request")
     with pytest.raises(InferenceServerException) as info:
         client.infer("queue_limit", _input(2.0))
     assert info.value.status() == "503"
@@ -181,7 +168,7 @@ def test_request_timeout_rejects_queued_request(client, server, markers):
     assert info.value.status() == "503"
     assert "Request timeout expired" in info.value.message()
     # rejected while the instance was still busy with the first request
-    assert _pending(server, "timeouts") == 1
+    assert pending_requests(server, "timeouts") == 1
     busy.get_result()
     # a request that does not wait long enough to time out is served
     client.infer("timeouts", _input(2.0), timeout=60_000_000)
@@ -201,7 +188,7 @@ def test_high_priority_overtakes_queued_requests(client, server, markers):
     busy = _busy(client, markers, "priorities")
     low = [client.async_infer("priorities", _input(float(i)), priority=2) for i in range(2)]
     default = client.async_infer("priorities", _input(5.0))  # default level: 2
-    wait_until(lambda: _pending(server, "priorities") == 4, what="three queued low requests")
+    wait_until(lambda: pending_requests(server, "priorities") == 4, what="three queued low requests")
     high = client.async_infer("priorities", _input(9.0), priority=1)
     high_start = high.get_result().as_numpy("WINDOW").ravel()[0]
     low_starts = [h.get_result().as_numpy("WINDOW").ravel()[0] for h in [*low, default]]

@@ -10,7 +10,6 @@ copy so that the slots one test occupies never affect another.
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from openeas.testing.server import ServerProcess
-from tests.integration.conftest import copy_test_model, wait_until
+from tests.integration.conftest import copy_test_model, pending_requests, wait_until
 
 pytestmark = pytest.mark.python_backend
 
@@ -428,27 +427,16 @@ def test_backlogged_sequence_waits_for_a_free_slot(server: ServerProcess) -> Non
         waiting = second.async_infer(
             model, [tensor], sequence_id=2, sequence_start=True, sequence_end=True
         )
-        wait_until(lambda: _pending(server, model) == 1, what="the backlogged request")
+        wait_until(lambda: pending_requests(server, model) == 1, what="the backlogged request")
         # sequence 1 keeps the only slot: its steps run, sequence 2 still waits
         assert step(first, model, 1, 1)["OUTPUT"] == 2
         assert stats(first, model)["inference_count"] == 2
-        assert _pending(server, model) == 1
+        assert pending_requests(server, model) == 1
         assert step(first, model, 1, 1, end=True)["OUTPUT"] == 3
         assert waiting.get_result(timeout=30).as_numpy("OUTPUT").tolist() == [[50]]
     finally:
         first.close()
         second.close()
-
-
-def _pending(server: ServerProcess, model: str) -> float:
-    """``nv_inference_pending_request_count`` of ``model`` from the metrics endpoint."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    prefix = f'nv_inference_pending_request_count{{model="{model}",version="1"}}'
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return -1.0
 
 
 # -- idle sequences and errors --------------------------------------------------------

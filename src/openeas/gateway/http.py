@@ -38,6 +38,7 @@ from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import SequenceInfo, http_sequence
 from openeas.gateway.upstream import (
+    PIPELINE_MAX_BODY,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamResponse,
@@ -147,7 +148,7 @@ class HttpExchange:
         if target is not None:
             state.routes.acquire(target.instance_id)
             pool = core.pool(target)
-            conn = pool.take_idle()
+            conn = pool.take(forward.pipeline_key)
             if conn is not None:
                 core.metrics.sent(state.name, target.instance_id)
                 self.target = target
@@ -191,7 +192,7 @@ class HttpExchange:
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        conn.abort()  # the instance learns that nobody waits for the answer
+        conn.cancel(self)  # alone on it, aborted: the instance learns nobody waits
         loop = self.core.loop
         assert loop is not None
         self.task = loop.create_task(self._after_expiry())
@@ -215,7 +216,7 @@ class HttpExchange:
                     self.state.release(self.target)
             self.task.cancel()  # once started, its finally clauses release what it holds
         elif self.conn is not None:
-            self.conn.abort()
+            self.conn.cancel(self)
             self._settle()
 
     # -- the slow path ----------------------------------------------------------------
@@ -279,7 +280,10 @@ class HttpExchange:
 class _Forward:
     """One client request, turned into the bytes sent upstream."""
 
-    __slots__ = ("_head", "body", "authorization", "_header_length", "_encoding", "_infer")
+    __slots__ = (
+        "_head", "body", "authorization", "_header_length", "_encoding", "_infer",
+        "pipeline_key",
+    )  # fmt: skip
 
     def __init__(self, scope: Mapping[str, Any], body: bytes, rest: bytes) -> None:
         self._setup(scope["method"].encode(), scope["query_string"], scope["headers"], body, rest)
@@ -333,6 +337,8 @@ class _Forward:
         if hop is not None:
             lines[5:] = _drop_connection_headers(lines[5:], hop)
         self._infer = method == b"POST" and rest.endswith(b"/infer")
+        #: Inference requests to one model may share a connection (see InstancePool.take).
+        self.pipeline_key = rest if self._infer and len(body) <= PIPELINE_MAX_BODY else None
         self._head = b"".join(lines)
 
     def data(self, upstream: Upstream) -> bytes:

@@ -124,6 +124,11 @@ class GatewayThread:
     def in_flight(self, instance_id: str) -> int:
         return self.call(self.routes.in_flight, instance_id)
 
+    def upstream_connections(self, upstream: Upstream) -> int:
+        """How many HTTP connections the gateway holds open to ``upstream``."""
+        assert self.gateway is not None
+        return self.call(lambda: self.gateway.core.pool(upstream).connections())  # type: ignore[union-attr]
+
     def metrics_text(self) -> str:
         """The gateway's registry in Prometheus text format."""
         assert self.gateway is not None

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import pytest
 
 import openeas.gateway.gateway
 from openeas.gateway import ServiceLimits
 from openeas.testing.gateway import GatewayThread
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import read_response, request_bytes, wait_until
 from tests.integration.gateway.conftest import Cluster, gw_request, json_infer_body
 
 TOKEN = "http1-token"
@@ -29,22 +28,7 @@ def _request(
     headers: dict[str, str] | None = None,
     version: str = "HTTP/1.1",
 ) -> bytes:
-    fields = {"Host": "gw", "Authorization": TOKEN, **(headers or {})}
-    if "Transfer-Encoding" not in fields:
-        fields["Content-Length"] = str(len(body))
-    head = [f"{method} {path} {version}", *(f"{k}: {v}" for k, v in fields.items())]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-def _read_response(reader: BinaryIO) -> tuple[int, dict[str, str], bytes]:
-    status_line = reader.readline()
-    assert status_line.startswith(b"HTTP/1.1 "), status_line
-    headers: dict[str, str] = {}
-    while (line := reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = reader.read(int(headers.get("content-length", "0")))
-    return int(status_line.split()[1]), headers, body
+    return request_bytes(method, path, body, {"Authorization": TOKEN, **(headers or {})}, version)
 
 
 @pytest.fixture
@@ -76,7 +60,7 @@ def test_pipelined_requests_are_answered_in_order(conn: socket.socket, svc: str)
         + _request("GET", f"/api/predict/{svc}/v2/health/ready")
     )
     reader = conn.makefile("rb")
-    first, missing, second, ready = (_read_response(reader) for _ in range(4))
+    first, missing, second, ready = (read_response(reader) for _ in range(4))
     assert (first[0], _output(first[2])) == (200, [1.0])
     assert missing[0] == 404 and b"does not exist" in missing[2]
     assert (second[0], _output(second[2])) == (200, [2.0])
@@ -98,7 +82,7 @@ def test_chunked_body_after_100_continue(conn: socket.socket, svc: str) -> None:
     for chunk in (body[:half], body[half:]):
         conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
     conn.sendall(b"0\r\n\r\n")
-    status, _, answer = _read_response(reader)
+    status, _, answer = read_response(reader)
     assert (status, _output(answer)) == (200, [5.0, 6.0])
 
 
@@ -114,7 +98,7 @@ def test_connection_closed_when_the_client_asks(
         _request("GET", f"/api/predict/{svc}/v2/health/ready", headers=headers, version=version)
     )
     reader = conn.makefile("rb")
-    status, answer_headers, _ = _read_response(reader)
+    status, answer_headers, _ = read_response(reader)
     assert status == 200 and answer_headers["connection"] == "close"
     assert reader.read() == b""  # the gateway closed its end
 
@@ -122,7 +106,7 @@ def test_connection_closed_when_the_client_asks(
 def test_malformed_request_is_a_json_400_and_closes(conn: socket.socket) -> None:
     conn.sendall(b"GET / HTTP/1.1\r\nHost gw\r\n\r\n")  # a header line without a colon
     reader = conn.makefile("rb")
-    status, headers, body = _read_response(reader)
+    status, headers, body = read_response(reader)
     assert status == 400 and headers["connection"] == "close"
     assert json.loads(body)["error"].startswith("malformed HTTP request")
     assert reader.read() == b""
@@ -137,7 +121,7 @@ def test_body_over_the_limit_is_413(
         with socket.create_connection(("127.0.0.1", gw.http_port), timeout=30) as sock:
             sock.sendall(_request("POST", _infer_path(service_name), b"x" * 2000))
             reader = sock.makefile("rb")
-            status, headers, body = _read_response(reader)
+            status, headers, body = read_response(reader)
             assert status == 413 and headers["connection"] == "close"
             assert b"exceeds the gateway limit" in body
             assert reader.read() == b""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -82,7 +82,7 @@ class HttpFrontend:
 
     def direct(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> Awaitable[tuple[int, bytes, bytes]] | None:
+    ) -> Coroutine[Any, Any, tuple[int, bytes, bytes]] | None:
         """The infer path, for the HTTP server's direct interface (None: use ASGI)."""
         if method != "POST" or not path.endswith("/infer"):
             return None

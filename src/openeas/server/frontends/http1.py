@@ -116,6 +116,9 @@ class Http1Connection(asyncio.Protocol):
         self._server = server
         self._loop = server.loop
         self._parser = httptools.HttpRequestParser(self)
+        # pipelined data after a "Connection: close" request is not an error (RFC 9112
+        # 9.6): the requests up to it are answered, the rest never read
+        self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._transport: asyncio.Transport | None = None
         # parsing state of the current message
         self._url = b""

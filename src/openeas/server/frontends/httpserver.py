@@ -5,9 +5,10 @@ Why not uvicorn: on the inference hot path every response costs two socket write
 the largest cost of a request.  This server collects the whole request body before it
 calls the app (the data plane needs all of it anyway) and writes each complete response
 with one ``transport.write``.  It implements what Triton clients use: keep-alive,
-pipelining (answered in order), chunked request bodies, ``Expect: 100-continue``, a
-request body limit, an idle timeout and graceful shutdown.  It is not a general ASGI
-server: no websockets, no lifespan, no streaming request bodies.
+pipelining (inference requests run concurrently; all are answered in order), chunked
+request bodies, ``Expect: 100-continue``, a request body limit, an idle timeout and
+graceful shutdown.  It is not a general ASGI server: no websockets, no lifespan, no
+streaming request bodies.
 
 An app that also implements :class:`DirectApp` is offered each request first, as plain
 values rather than ASGI messages: the inference hot path answers with one pre-formatted
@@ -24,7 +25,7 @@ import asyncio
 import collections
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -55,8 +56,11 @@ class DirectApp(Protocol):
 
     def direct(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> Awaitable[DirectReply] | None:
+    ) -> Coroutine[Any, Any, DirectReply] | None:
         """The reply to a request it serves directly, or None to serve it through ASGI.
+
+        Called as the request is parsed; the coroutine runs once the requests before it
+        on the connection allow (or is closed unstarted when the client goes away).
 
         ``path`` is percent-decoded; header names are lower case.  Errors must be answered
         as replies: an exception is logged and becomes a 500.
@@ -79,10 +83,23 @@ class _Request:
     http_version: str
     body: bytes
     keep_alive: bool
+    #: The direct route's coroutine (not started), or None: served through ASGI.
+    direct: Coroutine[Any, Any, DirectReply] | None = None
+    started: bool = False
+    #: The answer, once the app has one (an ASGI request's is already written: b"").
+    answer: bytes | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class HttpProtocol(Http1Connection):
-    """One client connection."""
+    """One client connection.
+
+    Pipelined requests on the direct route run concurrently (each starts as soon as it
+    is parsed) and are answered in order, so a client that pipelines, such as the
+    gateway, gets the throughput of as many connections.  A request served through ASGI
+    starts only when every request before it is answered, and the requests after it wait
+    for it: those may depend on it (loading a model, then inferring).
+    """
 
     _server: HttpServer
 
@@ -90,16 +107,16 @@ class HttpProtocol(Http1Connection):
         super().__init__(server)
         self._peer: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
-        # requests parsed but not answered, in order
+        # requests parsed but not answered, in order; the first _started ones are running
         self._pending: collections.deque[_Request] = collections.deque()
-        self._task: asyncio.Task[None] | None = None
+        self._started = 0
         self._base_scope: dict[str, Any] = {}
         self._writable = asyncio.Event()
         self._writable.set()
         self._reading_paused = False
 
     def _busy(self) -> bool:
-        return self._task is not None
+        return bool(self._pending)
 
     # -- connection lifecycle ----------------------------------------------------------
 
@@ -121,8 +138,13 @@ class HttpProtocol(Http1Connection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._writable.set()
-        if isinstance(self._task, asyncio.Task) and not self._task.done():
-            self._task.cancel()
+        pending, self._pending = self._pending, collections.deque()
+        self._started = 0
+        for request in pending:
+            if request.task is not None and not request.task.done():
+                request.task.cancel()
+            elif not request.started and request.direct is not None:
+                request.direct.close()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -139,6 +161,8 @@ class HttpProtocol(Http1Connection):
                 server.too_large_status, json_error(server.too_large_body(self._body_size))
             )
             return
+        if self._closing:
+            return
         url = self._url
         if b"?" in url or b"#" in url or not url.startswith(b"/"):
             parsed = httptools.parse_url(url)
@@ -146,100 +170,121 @@ class HttpProtocol(Http1Connection):
         else:
             raw_path, query = url, b""
         path = raw_path.decode("ascii", "replace")
+        if "%" in path:
+            path = unquote(path)
         parser = self._parser
+        method = parser.get_method().decode("ascii")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        headers = self._headers
+        direct = self._server.direct
         self._pending.append(
             _Request(
-                parser.get_method().decode("ascii"),
-                unquote(path) if "%" in path else path,
+                method,
+                path,
                 raw_path,
                 query,
-                self._headers,
+                headers,
                 parser.get_http_version(),
                 body,
                 parser.should_keep_alive(),
+                None if direct is None else direct(method, path, headers, body),
             )
         )
-        if self._task is None:
-            self._start_serving()
+        if (
+            len(self._pending) > self._server.max_pipelined
+            and self._transport is not None
+            and not self._reading_paused
+        ):
+            self._transport.pause_reading()
+            self._reading_paused = True
+        self._start_ready()
 
-    def _start_serving(self) -> None:
-        """Run the app eagerly; only a request that really waits becomes a task.
+    # -- serving -----------------------------------------------------------------------
+
+    def _start_ready(self) -> None:
+        """Start the requests that may start: direct ones while only direct ones run
+        before them; an ASGI one when it is the first unanswered request."""
+        pending = self._pending
+        while self._started < len(pending) and not self._closing:
+            request = pending[self._started]
+            if self._started:
+                before = pending[self._started - 1]
+                if not before.keep_alive or before.direct is None or request.direct is None:
+                    return  # the connection's last request, or an ASGI one: wait for it
+            self._started += 1
+            request.started = True
+            if request.direct is None:
+                self._run(request, self._serve_asgi(request))
+            else:
+                self._run(request, self._serve_direct(request, request.direct))
+
+    def _run(self, request: _Request, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` eagerly; only one that really waits becomes a task.
 
         Most requests to cheap models complete without ever suspending, so creating and
         scheduling a task for each would cost more than the request itself (Python
         3.12's eager task factory does the same; this server runs on 3.11 too).
         """
-        coro = self._serve_pending()
-        self._task = _EAGER  # requests arriving meanwhile queue behind this one
         try:
             waiting = coro.send(None)
         except StopIteration:
             return
         except BaseException:
-            self._task = None
             log.exception("HTTP connection handler failed")
             self._close()
             return
-        self._task = self._loop.create_task(_resume(coro, waiting))
+        request.task = self._loop.create_task(_resume(coro, waiting))
 
-    # -- serving -----------------------------------------------------------------------
-
-    async def _serve_pending(self) -> None:
-        pending = self._pending
+    async def _serve_direct(
+        self, request: _Request, reply: Coroutine[Any, Any, DirectReply]
+    ) -> None:
         server = self._server
-        direct = server.direct
+        server.request_started()
         try:
-            while pending and not self._closing:
-                request = pending[0]
-                if len(pending) > server.max_pipelined and self._transport:
-                    self._transport.pause_reading()
-                    self._reading_paused = True
-                reply = (
-                    None
-                    if direct is None
-                    else direct(request.method, request.path, request.headers, request.body)
-                )
-                if reply is None:
-                    await self._serve_asgi(request)
-                else:
-                    # inline rather than a method: one coroutine less per request
-                    server.request_started()
-                    try:
-                        status, head, body = await reply
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        log.exception("unhandled error in the HTTP app")
-                        status, head, body = 500, _JSON_HEAD, b'{"error":"internal server error"}'
-                    finally:
-                        server.request_finished()
-                    self.write_soon(
-                        b"".join(
-                            (
-                                status_line(status),
-                                CLOCK.line(),
-                                head,
-                                b"content-length: %d\r\n" % len(body),
-                                b"\r\n" if request.keep_alive else b"connection: close\r\n\r\n",
-                                body,
-                            )
-                        )
-                    )
-                pending.popleft()
-                if not request.keep_alive or server.draining:
-                    self._close()
-                    return
-                if (
-                    self._reading_paused
-                    and self._transport is not None
-                    and not self._transport.is_closing()
-                ):
-                    self._transport.resume_reading()
-                    self._reading_paused = False
+            status, head, body = await reply
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in the HTTP app")
+            status, head, body = 500, _JSON_HEAD, b'{"error":"internal server error"}'
         finally:
-            self._task = None
-            self._last_active = self._loop.time()
+            server.request_finished()
+        request.answer = b"".join(
+            (
+                status_line(status),
+                CLOCK.line(),
+                head,
+                b"content-length: %d\r\n" % len(body),
+                b"\r\n" if request.keep_alive else b"connection: close\r\n\r\n",
+                body,
+            )
+        )
+        self._answer_ready()
+
+    def _answer_ready(self) -> None:
+        """Write the answers that are next in order, then start what may start."""
+        pending = self._pending
+        while pending and pending[0].answer is not None:
+            request = pending.popleft()
+            self._started -= 1
+            if request.answer:
+                self.write_soon(request.answer)
+            if not request.keep_alive:
+                self._close()
+                return
+        if self._server.draining and not pending:  # what came before the stop is served
+            self._close()
+            return
+        self._last_active = self._loop.time()
+        if (
+            self._reading_paused
+            and len(pending) <= self._server.max_pipelined
+            and self._transport is not None
+            and not self._transport.is_closing()
+        ):
+            self._transport.resume_reading()
+            self._reading_paused = False
+        self._start_ready()
 
     def _scope(self, request: _Request) -> dict[str, Any]:
         scope = dict(self._base_scope)
@@ -279,14 +324,13 @@ class HttpProtocol(Http1Connection):
                 responder.write_simple(500, b'{"error":"the app sent no response"}')
             else:
                 self._close()
+                return
+        request.answer = b""  # written
+        self._answer_ready()
 
     async def drain(self) -> None:
         if not self._writable.is_set():
             await self._writable.wait()
-
-
-#: Marks a connection whose handler is running eagerly (outside a task).
-_EAGER: Any = object()
 
 
 async def _resume(coro: Any, waiting: Any) -> None:
@@ -430,6 +474,6 @@ class HttpServer(Http1Server):
         )
         self.app = app
         #: The app's fast path (see DirectApp), when it has one.
-        self.direct: Callable[..., Awaitable[DirectReply] | None] | None = getattr(
+        self.direct: Callable[..., Coroutine[Any, Any, DirectReply] | None] | None = getattr(
             app, "direct", None
         )
