@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from openeas.gateway.core import GatewayCore
@@ -13,6 +13,7 @@ from openeas.gateway.grpc import GatewayGrpcFront
 from openeas.gateway.http import HttpExchange
 from openeas.gateway.http1 import GatewayHttpServer
 from openeas.gateway.routes import RouteTable
+from openeas.server.frontends.grpc_transport import GrpcServer
 from openeas.server.frontends.http1 import bind_socket
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Gateway:
         self._grpc_port = grpc_port
         self.core = GatewayCore(routes)
         self._http: GatewayHttpServer | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcServer | None = None
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -85,38 +86,26 @@ class Gateway:
         log.info("gateway serving HTTP on %s:%d, gRPC on %s:%d",
                  self.host, self.http_port, self.host, self.grpc_port)  # fmt: skip
 
-    async def _start_grpc(self) -> grpc.aio.Server:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", MAX_BODY_SIZE),
-                ("grpc.max_receive_message_length", MAX_BODY_SIZE),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        server.add_generic_rpc_handlers((GatewayGrpcFront(self.core).handler(),))
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        address = f"{host}:{self._grpc_port}"
+    async def _start_grpc(self) -> GrpcServer:
+        sock = bind_socket(self.host, self._grpc_port)
+        server = GrpcServer(GatewayGrpcFront(self.core).methods(), max_message_size=MAX_BODY_SIZE)
         try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"failed to bind {address}: {exc}") from None
-        if not port:
-            raise OSError(f"failed to bind {address}: address unavailable or in use")
-        await server.start()
-        self._grpc_port = port
+            await server.start(sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._grpc_port = sock.getsockname()[1]
         return server
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting; in-flight requests get ``grace`` seconds to finish."""
+        stopping = []
         if self._grpc is not None:
             grpc_server, self._grpc = self._grpc, None
-            stopping = grpc_server.stop(grace)
-        else:
-            stopping = None
+            stopping.append(grpc_server.stop(grace))
         if self._http is not None:
             http, self._http = self._http, None
             self._http_port = http.port
-            await http.stop(grace)
-        if stopping is not None:
-            await stopping
+            stopping.append(http.stop(grace))
+        await asyncio.gather(*stopping)
         await self.core.close()

@@ -1,22 +1,28 @@
 """The gateway's gRPC front: ``inference.GRPCInferenceService`` passed through as bytes.
 
-A ``grpc.aio`` generic handler takes every method of the service without deserialising
-it (no request deserializer: the handler gets the message bytes) and forwards it on the
-chosen instance's channel, also as bytes.  The service is named by the ``x-eas-service``
-metadata, or found from the ``authorization`` token when exactly one service has it.
-Unary calls are bounded by ``rpc.keepalive``; a stream (``ModelStreamInfer``) stays on
-the instance chosen when it opened, for as long as the client keeps it.
+It is served by the processor's own gRPC transport
+(:mod:`openeas.server.frontends.grpc_transport`), each method with identity codecs, so
+messages are never deserialised: the handler gets the message bytes and the call's
+metadata, and forwards the bytes on the chosen instance's channel.  The service is named
+by the ``x-eas-service`` metadata, or found from the ``authorization`` token when exactly
+one service has it.  Unary calls are bounded by ``rpc.keepalive``; a stream
+(``ModelStreamInfer``) stays on the instance chosen when it opened, for as long as the
+client keeps it.  An instance's error is passed on with its code, message and trailing
+metadata.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import grpc
+from tritonclient.grpc import service_pb2 as pb
 
 from openeas.gateway.balancer import ServiceState
 from openeas.gateway.core import GatewayCore, check_token
@@ -26,40 +32,56 @@ from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import grpc_sequence
 from openeas.gateway.upstream import ConnectFailed
+from openeas.server.frontends.grpc_transport import GrpcError, Headers, Kind, Method, kind_of
 
-SERVICE_PREFIX = "/inference.GRPCInferenceService/"
-STREAM_METHOD = SERVICE_PREFIX + "ModelStreamInfer"
+SERVICE = "inference.GRPCInferenceService"
+SERVICE_PREFIX = f"/{SERVICE}/"
 INFER_METHOD = SERVICE_PREFIX + "ModelInfer"
-#: Metadata the gateway consumes or that belongs to this hop only.
-_SKIP = frozenset({"authorization", "x-eas-service", "user-agent", "content-type", "te"})
+#: Metadata the gateway consumes or that belongs to this hop only (and ``grpc-*``).
+_SKIP = frozenset({b"authorization", b"x-eas-service", b"user-agent", b"content-type", b"te"})
 #: UNAVAILABLE details that mean the call never reached the instance.
 _NOT_CONNECTED = ("failed to connect", "connection refused", "connections to all backends")
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
 
-def _split_metadata(context: grpc.aio.ServicerContext) -> tuple[Any, str | None, Metadata]:
+def _identity(message: bytes) -> bytes:
+    return message
+
+
+def _split_metadata(headers: Headers) -> tuple[bytes | None, str | None, Metadata]:
+    """The token, the ``x-eas-service`` name and the metadata to forward (as grpcio
+    takes it: ``-bin`` values decoded)."""
     token = service = None
-    forward = []
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
+    forward: list[tuple[str, str | bytes]] = []
+    for name, value in headers:
+        if name == b"authorization":
             token = value
-        elif key == "x-eas-service":
-            service = value if isinstance(value, str) else value.decode()
-        elif key in _SKIP or key.startswith((":", "grpc-")):
+        elif name == b"x-eas-service":
+            service = value.decode("ascii", "replace")
+        elif name in _SKIP or name.startswith((b":", b"grpc-")):
             continue
+        elif name.endswith(b"-bin"):
+            try:
+                forward.append((name.decode(), base64.b64decode(value + b"=" * (-len(value) % 4))))
+            except binascii.Error:
+                continue  # not base64: not metadata a gRPC client sends
         else:
-            forward.append((key, value))
+            forward.append((name.decode(), value.decode("latin-1")))
     return token, service, tuple(forward)
 
 
-def _trailing(exc: grpc.aio.AioRpcError) -> tuple[tuple[str, str | bytes], ...]:
-    """The instance's trailing metadata that may be sent on (no reserved keys)."""
-    return tuple(
-        (key, value)
-        for key, value in exc.trailing_metadata() or ()
-        if not key.startswith((":", "grpc-"))
-    )
+def _trailing(exc: grpc.aio.AioRpcError) -> list[tuple[bytes, bytes]]:
+    """The instance's trailing metadata that may be sent on, as on the wire."""
+    fields = []
+    for key, value in exc.trailing_metadata() or ():
+        if key.startswith((":", "grpc-")):
+            continue
+        if isinstance(value, bytes):
+            fields.append((key.encode(), base64.b64encode(value).rstrip(b"=")))
+        else:
+            fields.append((key.encode(), value.encode("latin-1")))
+    return fields
 
 
 def _not_connected(exc: grpc.aio.AioRpcError) -> bool:
@@ -69,30 +91,32 @@ def _not_connected(exc: grpc.aio.AioRpcError) -> bool:
     return any(text in details for text in _NOT_CONNECTED)
 
 
+def _relayed(exc: grpc.aio.AioRpcError) -> GrpcError:
+    """An instance's error, to be passed on unchanged."""
+    return GrpcError(exc.code(), exc.details() or "", _trailing(exc))
+
+
 class GatewayGrpcFront:
     """Forwards ``inference.GRPCInferenceService`` calls to the services' instances."""
 
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        front = self
+    def methods(self) -> dict[bytes, Method]:
+        """Every method of the service, for :class:`~openeas.server.frontends.
+        grpc_transport.GrpcServer`; streaming ones are forwarded as streams both ways."""
+        table: dict[bytes, Method] = {}
+        for rpc in pb.DESCRIPTOR.services_by_name[SERVICE.rpartition(".")[2]].methods:
+            path = SERVICE_PREFIX + rpc.name
+            if kind_of(rpc) is Kind.UNARY:
+                kind, handler = Kind.UNARY, functools.partial(self.unary, path)
+            else:
+                kind, handler = Kind.BIDI_STREAM, functools.partial(self.stream, path)
+            table[path.encode()] = Method(kind, handler, _identity, _identity, metadata=True)
+        return table
 
-        class _Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-                method = details.method  # type: ignore[attr-defined]
-                if not method.startswith(SERVICE_PREFIX):
-                    return None
-                if method == STREAM_METHOD:
-                    return grpc.stream_stream_rpc_method_handler(
-                        functools.partial(front.stream, method)
-                    )
-                return grpc.unary_unary_rpc_method_handler(functools.partial(front.unary, method))
-
-        return _Handler()
-
-    def _admit(self, context: grpc.aio.ServicerContext) -> tuple[ServiceState, Metadata, float]:
-        token, service, forward = _split_metadata(context)
+    def _admit(self, headers: Headers) -> tuple[ServiceState, Metadata, float]:
+        token, service, forward = _split_metadata(headers)
         name = service or self.core.service_for_token(token)
         state = self.core.state(name)
         route = state.route()
@@ -104,7 +128,7 @@ class GatewayGrpcFront:
 
     # -- unary -------------------------------------------------------------------------
 
-    async def unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def unary(self, method: str, request: bytes, headers: Headers) -> bytes:
         loop = self.core.loop
         assert loop is not None
         started = time.perf_counter()
@@ -112,7 +136,7 @@ class GatewayGrpcFront:
         code = grpc.StatusCode.OK
         size_out = 0
         try:
-            state, forward, when = self._admit(context)
+            state, forward, when = self._admit(headers)
             service = state.name
             state.in_flight += 1
             deadline = Deadline(loop, when)
@@ -125,13 +149,15 @@ class GatewayGrpcFront:
             return response
         except GatewayError as exc:
             code = exc.grpc_code
-            await context.abort(code, exc.message)
+            raise
         except grpc.aio.AioRpcError as exc:  # the instance's own error, passed on
             code = exc.code()
-            await context.abort(code, exc.details() or "", _trailing(exc))
+            raise _relayed(exc) from None
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             self._log(service, method, code, started, instance, len(request), size_out)
-        raise AssertionError("unreachable: context.abort() returned")  # pragma: no cover
 
     async def _call(
         self,
@@ -167,10 +193,7 @@ class GatewayGrpcFront:
     # -- streaming ---------------------------------------------------------------------
 
     async def stream(
-        self,
-        method: str,
-        requests: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
+        self, method: str, requests: AsyncIterator[bytes], headers: Headers
     ) -> AsyncIterator[bytes]:
         loop = self.core.loop
         assert loop is not None
@@ -181,7 +204,7 @@ class GatewayGrpcFront:
         state: ServiceState | None = None
         call = None
         try:
-            state, forward, when = self._admit(context)
+            state, forward, when = self._admit(headers)
             service = state.name
             state.in_flight += 1
             deadline = Deadline(loop, when)  # bounds the wait for an instance only
@@ -201,12 +224,15 @@ class GatewayGrpcFront:
                 yield response
         except GatewayError as exc:
             code = exc.grpc_code
-            await context.abort(code, exc.message)
+            raise
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if _not_connected(exc) and target is not None:
                 self.core.mark_down(target)
-            await context.abort(code, exc.details() or "", _trailing(exc))
+            raise _relayed(exc) from None
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            code = grpc.StatusCode.CANCELLED
+            raise
         finally:
             if call is not None:
                 call.cancel()

@@ -25,7 +25,7 @@ from openeas.protocol import grpc_codec
 from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.server.dataplane import DataPlane, DecoupledModelError
 from openeas.server.frontends.grpc_health import HealthServicer
-from openeas.server.frontends.grpc_transport import GrpcServer, Kind, Method
+from openeas.server.frontends.grpc_transport import GrpcServer, Method, kind_of
 from openeas.server.frontends.http1 import bind_socket
 from openeas.server.options import ServerOptions
 
@@ -65,14 +65,8 @@ class GrpcInferenceServicer:
         for rpc in service.methods:
             request_type = getattr(pb, rpc.input_type.name)
             response_type = getattr(pb, rpc.output_type.name)
-            if rpc.client_streaming:
-                kind = Kind.BIDI_STREAM
-            elif rpc.server_streaming:
-                kind = Kind.SERVER_STREAM
-            else:
-                kind = Kind.UNARY
             table[f"/{SERVICE_NAME}/{rpc.name}".encode()] = Method(
-                kind,
+                kind_of(rpc),
                 getattr(self, rpc.name),
                 request_type.FromString,
                 response_type.SerializeToString,

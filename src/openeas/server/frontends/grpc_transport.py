@@ -74,30 +74,48 @@ class Kind(enum.Enum):
     BIDI_STREAM = "bidi_stream"  # streams both ways
 
 
+def kind_of(rpc: Any) -> Kind:
+    """The :class:`Kind` of a protobuf ``MethodDescriptor``."""
+    if rpc.client_streaming:
+        return Kind.BIDI_STREAM
+    return Kind.SERVER_STREAM if rpc.server_streaming else Kind.UNARY
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
     """One RPC: its kind, its handler and the message codecs.
 
     ``handler`` is ``async (request) -> response`` for UNARY, ``(request) ->
     AsyncIterator[response]`` for SERVER_STREAM and ``(AsyncIterator[request]) ->
-    AsyncIterator[response]`` for BIDI_STREAM.  Handlers fail with
-    :class:`~openeas.protocol.errors.InferenceError` (its ``grpc_code``) or
-    :class:`GrpcError`; anything else is INTERNAL.
+    AsyncIterator[response]`` for BIDI_STREAM; with ``metadata`` it also takes the
+    call's request headers (:data:`Headers`, pseudo-headers included) as a second
+    argument.  Handlers fail with :class:`~openeas.protocol.errors.InferenceError` (its
+    ``grpc_code``) or :class:`GrpcError`; anything else is INTERNAL.
     """
 
     kind: Kind
     handler: Callable[..., Any]
     decode: Callable[[bytes], Any]
     encode: Callable[[Any], bytes]
+    metadata: bool = False
+
+
+#: A call's request headers as decoded from HTTP/2: lower-case names, raw values (a
+#: ``-bin`` metadata value is still base64, as on the wire).
+Headers = list[tuple[bytes, bytes]]
 
 
 class GrpcError(Exception):
-    """A call's non-OK status, for errors that are not InferenceErrors."""
+    """A call's non-OK status, for errors that are not InferenceErrors; ``trailers``
+    are extra trailing metadata fields, as on the wire (``-bin`` values base64)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, trailers: Headers | tuple[()] = ()
+    ) -> None:
         super().__init__(message)
         self.code = code.value[0]
         self.message = message
+        self.trailers = trailers
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:
@@ -131,10 +149,12 @@ class _Stream:
         "remote_closed",
         "done",
         "recv_unacked",
+        "headers",
     )
 
     def __init__(self, stream_id: int, method: Method, encoding: bytes, send_window: int):
         self.id = stream_id
+        self.headers: Headers = []
         self.method = method
         self.encoding = encoding
         self.recv = bytearray()
@@ -418,6 +438,8 @@ class Http2Connection(asyncio.Protocol):
             return
         if timeout is not None:
             stream.timer = self._loop.call_later(timeout, self._deadline, stream)
+        if method.metadata:
+            stream.headers = headers
         if method.kind is Kind.BIDI_STREAM:
             stream.queue = asyncio.Queue()
             stream.task = self._loop.create_task(self._bidi(stream))
@@ -506,16 +528,24 @@ class Http2Connection(asyncio.Protocol):
     async def _unary(self, stream: _Stream, message: bytes) -> None:
         method = stream.method
         try:
-            response = await method.handler(method.decode(message))
+            if method.metadata:
+                response = await method.handler(method.decode(message), stream.headers)
+            else:
+                response = await method.handler(method.decode(message))
             payload = method.encode(response)
         except Exception as exc:
-            self._finish(stream, *status_of(exc))
+            self._fail_call(stream, exc)
             return
         self._respond(stream, payload)
 
     async def _server_stream(self, stream: _Stream, message: bytes) -> None:
         method = stream.method
-        await self._stream_out(stream, lambda: method.handler(method.decode(message)))
+        if method.metadata:
+            await self._stream_out(
+                stream, lambda: method.handler(method.decode(message), stream.headers)
+            )
+        else:
+            await self._stream_out(stream, lambda: method.handler(method.decode(message)))
 
     async def _bidi(self, stream: _Stream) -> None:
         method = stream.method
@@ -526,7 +556,10 @@ class Http2Connection(asyncio.Protocol):
             while (message := await queue.get()) is not None:
                 yield method.decode(message)
 
-        await self._stream_out(stream, lambda: method.handler(requests()))
+        if method.metadata:
+            await self._stream_out(stream, lambda: method.handler(requests(), stream.headers))
+        else:
+            await self._stream_out(stream, lambda: method.handler(requests()))
 
     async def _stream_out(self, stream: _Stream, responses: Callable[[], Any]) -> None:
         """Send every response of the async generator ``responses()`` makes, then OK
@@ -539,9 +572,14 @@ class Http2Connection(asyncio.Protocol):
                         break
                     self._send_message(stream, encode(response))
         except Exception as exc:
-            self._finish(stream, *status_of(exc))
+            self._fail_call(stream, exc)
             return
         self._finish(stream, _OK, "")
+
+    def _fail_call(self, stream: _Stream, exc: Exception) -> None:
+        """End ``stream`` with the status (and trailers) of the error its handler raised."""
+        code, message = status_of(exc)
+        self._finish(stream, code, message, exc.trailers if isinstance(exc, GrpcError) else ())
 
     def _deadline(self, stream: _Stream) -> None:
         stream.timer = None
@@ -640,8 +678,11 @@ class Http2Connection(asyncio.Protocol):
                 return
             self._flush_stream(stream)
 
-    def _finish(self, stream: _Stream, code: int, message: str) -> None:
-        """End ``stream`` with status ``code`` (trailers, or trailers-only headers)."""
+    def _finish(
+        self, stream: _Stream, code: int, message: str, extra: Headers | tuple[()] = ()
+    ) -> None:
+        """End ``stream`` with status ``code`` and the ``extra`` trailing metadata
+        (trailers, or trailers-only headers)."""
         if stream.done:
             return
         if stream.task is not None and code != _OK and stream.task is not _current_task():
@@ -649,6 +690,8 @@ class Http2Connection(asyncio.Protocol):
         fields = h2.encode_header(b"grpc-status", b"%d" % code)
         if message:
             fields += h2.encode_header(b"grpc-message", h2.encode_grpc_message(message))
+        for name, value in extra:
+            fields += h2.encode_header(name, value)
         if code == _UNIMPLEMENTED:
             fields += h2.encode_header(b"grpc-accept-encoding", _ACCEPT_ENCODING)
         flags = h2.END_HEADERS | h2.END_STREAM
