@@ -8,13 +8,17 @@ gateway does (``--upstream tcp``: over its TCP port).  perf_analyzer (HTTP, sync
 batch 1) runs at the same concurrency straight to the instance and through the gateway
 (``-H Authorization:<token>``), alternating, each repeated; the table gives medians
 with their spread and the gateway/direct ratios.
-Target: at least 0.8x the direct throughput and at most +0.5 ms p50.
+Target (HTTP): at least 0.8x the direct throughput and at most +0.5 ms p50.
+``--protocol grpc`` does the same over gRPC (the gateway's gRPC port, the service named
+by ``x-eas-service``; the gateway reaches the instance's gRPC port), written to
+``gateway-grpc-<date>.*``.
 
 Each run also records CPU time per request (steadier than throughput on a shared
 machine): the gateway (this process, whose main thread only waits), the instance and
 perf_analyzer, divided by the inferences the instance counted in that run.  Usage::
 
     .venv/bin/python benchmarks/gateway.py --repeat 3
+    .venv/bin/python benchmarks/gateway.py --protocol grpc --repeat 3
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def _children_cpu() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--measurement-ms", type=int, default=3000)
@@ -98,10 +103,19 @@ def main() -> None:
             limits = ServiceLimits(max_concurrency=args.max_concurrency)
             upstream = upstream_of(server, "i0", unix_socket)
             gateway.publish("bench", TOKEN, [upstream], limits=limits)
-            targets = {
-                "direct": (server.http_url, []),
-                "gateway": (gateway.http_url("bench"), ["-H", f"Authorization:{TOKEN}"]),
-            }
+            if args.protocol == "grpc":
+                targets = {
+                    "direct": (server.grpc_url, []),
+                    "gateway": (
+                        gateway.grpc_url,
+                        ["-H", f"authorization:{TOKEN}", "-H", "x-eas-service:bench"],
+                    ),
+                }
+            else:
+                targets = {
+                    "direct": (server.http_url, []),
+                    "gateway": (gateway.http_url("bench"), ["-H", f"Authorization:{TOKEN}"]),
+                }
             for rep in range(args.repeat):
                 order = ["direct", "gateway"] if rep % 2 == 0 else ["gateway", "direct"]
                 for name in order:
@@ -111,6 +125,7 @@ def main() -> None:
                     point, _ = run_perf_analyzer(
                         "identity",
                         url,
+                        protocol=args.protocol,
                         concurrency=args.concurrency,
                         measurement_ms=args.measurement_ms,
                         stability=args.stability,
@@ -153,16 +168,22 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
     ratio = tput["gateway"] / tput["direct"]
     p50_delta_ms = (p50["gateway"] - p50["direct"]) / 1000.0
     today = datetime.date.today().isoformat()
+    protocol = "HTTP" if args.protocol == "http" else "gRPC"
+    stem = f"gateway-{today}" if args.protocol == "http" else f"gateway-grpc-{today}"
+    # the targets are the HTTP endpoint's (the gateway issue); gRPC has none
+    target_x = " (target >= 0.8x)" if args.protocol == "http" else ""
+    target_ms = " (target <= +0.5 ms)" if args.protocol == "http" else ""
     lines = [
-        f"# Gateway overhead ({today})",
+        f"# Gateway overhead, {protocol} ({today})",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         "perf_analyzer, the instance and the gateway share the CPUs (other work may be "
         "running: compare only the ratio of one run).",
         f"Model `examples/models/identity` (Python backend, FP32 [16]), 1 instance; "
-        f"perf_analyzer HTTP, concurrency {args.concurrency}, {args.measurement_ms} ms "
+        f"perf_analyzer {protocol}, concurrency {args.concurrency}, {args.measurement_ms} ms "
         f"windows (stability {args.stability}%), {args.repeat} runs each, alternating; gateway "
-        f"`max_concurrency` {args.max_concurrency}, upstream over {args.upstream}.",
+        f"`max_concurrency` {args.max_concurrency}, upstream over "
+        f"{args.upstream if args.protocol == 'http' else 'tcp (gRPC port)'}.",
         "",
         "| path | infer/s median [min-max] | p50 us | p99 us | CPU us/request: gateway "
         "| instance | perf_analyzer |",
@@ -177,8 +198,8 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
         )
     lines += [
         "",
-        f"Gateway/direct throughput: **{ratio:.2f}x** (target >= 0.8x); "
-        f"p50 difference: **{p50_delta_ms:+.2f} ms** (target <= +0.5 ms).",
+        f"Gateway/direct throughput: **{ratio:.2f}x**{target_x}; "
+        f"p50 difference: **{p50_delta_ms:+.2f} ms**{target_ms}.",
         "",
         "CPU time per request (median over runs): the gateway process's own (its main "
         "thread only waits; ~0 on direct runs), the instance process's and perf_analyzer's, "
@@ -186,16 +207,16 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gateway-{today}.md"
+    path = args.out / f"{stem}.md"
     path.write_text("\n".join(lines))
-    (args.out / f"gateway-{today}.json").write_text(
+    (args.out / f"{stem}.json").write_text(
         json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs}, indent=1)
     )
     print("\n".join(lines))
     print(f"written: {path}")
     chart = grouped_bars(
-        args.out / f"gateway-{today}.png",
-        f"Identity model, HTTP c={args.concurrency}: direct vs through the gateway "
+        args.out / f"{stem}.png",
+        f"Identity model, {protocol} c={args.concurrency}: direct vs through the gateway "
         f"({os.cpu_count()} cores)",
         ["throughput"],
         {name: [column(name, "throughput")] for name in ("direct", "gateway")},

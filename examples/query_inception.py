@@ -6,7 +6,7 @@ binary FP32 input ``input`` [1, 299, 299, 3], the binary output
 then the top-5 classes through Triton's classification extension.
 
     python examples/query_inception.py --url http://127.0.0.1:8080/api/predict/triton_inception \
-        --token "$TOKEN"
+        --token="$TOKEN"
 
 ``--url`` and ``--token`` default to ``$OPENEAS_SERVICE_URL`` and ``$OPENEAS_SERVICE_TOKEN``
 (``eascmd desc NAME --json`` prints both).  The default image is the cat photo that

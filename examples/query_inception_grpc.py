@@ -5,7 +5,7 @@ service; the metadata ``x-eas-service`` names the service and ``authorization`` 
 token:
 
     python examples/query_inception_grpc.py --url 127.0.0.1:8081 --service triton_inception \
-        --token "$TOKEN"
+        --token="$TOKEN"
 
 Against a standalone ``openeas-server`` use ``--url 127.0.0.1:8001`` and no token.
 """

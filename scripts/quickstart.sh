@@ -49,10 +49,10 @@ TOKEN=$(field token <<<"$desc")
 GRPC=$(field grpc_endpoint <<<"$desc")
 
 echo "==> [3/5] query $URL over HTTP (the document's client script)"
-"$BIN/python" examples/query_inception.py --url "$URL" --token "$TOKEN"
+"$BIN/python" examples/query_inception.py --url "$URL" --token="$TOKEN"
 
 echo "==> [4/5] the same over gRPC: $GRPC with metadata x-eas-service=$SERVICE"
-"$BIN/python" examples/query_inception_grpc.py --url "$GRPC" --service "$SERVICE" --token "$TOKEN"
+"$BIN/python" examples/query_inception_grpc.py --url "$GRPC" --service "$SERVICE" --token="$TOKEN"
 
 echo "==> [5/5] scale to 2 instances, stop, start"
 "$BIN/eascmd" modify "$SERVICE" -Dmetadata.instance=2
@@ -68,7 +68,7 @@ if [ $CLEANUP = 1 ]; then
 else
   echo
   echo "The service is running: $URL (token $TOKEN)."
-  echo "Query it again:   $BIN/python examples/query_inception.py --url $URL --token $TOKEN"
+  echo "Query it again:   $BIN/python examples/query_inception.py --url $URL --token=$TOKEN"
   echo "Remove it:        $BIN/eascmd delete $SERVICE -y"
   echo "Stop everything:  $BIN/openeas down"
 fi

@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from openeas.platform.auth import DATE_HEADER, AccessKey, load_or_create_admin_key, sign, verify
+from openeas.platform.auth import (
+    DATE_HEADER,
+    AccessKey,
+    load_or_create_admin_key,
+    random_token,
+    sign,
+    verify,
+)
 from openeas.platform.errors import AuthError
 from openeas.platform.resources import Demand, ResourceGroup, pick_cores, shortage
+from openeas.platform.spec import generate_token
 
 KEY = AccessKey("AKID", "secret-value")
 KEYS = {KEY.id: KEY}
@@ -78,3 +86,11 @@ def test_capacity_shortage_and_core_placement() -> None:
     if len(os.sched_getaffinity(0)) > 1:
         assert second != first  # the least-used core
     assert pick_cores(10_000, []) == sorted(os.sched_getaffinity(0))
+
+
+def test_generated_secrets_never_start_with_a_dash() -> None:
+    # a leading "-" makes `--token <value>` read the value as a flag; 1 in 64 would have one
+    tokens = [random_token(32) for _ in range(3000)] + [generate_token() for _ in range(3000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens)
+    assert {len(random_token(32)), len(generate_token())} == {43}

@@ -1,7 +1,7 @@
 """What the HTTP and gRPC fronts of the gateway share: service states, pools, deadlines.
 
 :class:`GatewayCore` owns the per-service :class:`ServiceState`, the HTTP connection pool
-and the gRPC channel of every instance, the instances recently found unreachable, and
+and the gRPC client of every instance, the instances recently found unreachable, and
 the metrics.  Both fronts authenticate with :func:`check_token`, bound a request by its
 ``rpc.keepalive`` with a :class:`Deadline`, and tell a slow request (408) from an
 instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
@@ -17,8 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import grpc
-
 from openeas.gateway.balancer import ServiceState
 from openeas.gateway.deadline import Deadline, Expired, Timeouts
 from openeas.gateway.errors import (
@@ -29,6 +27,7 @@ from openeas.gateway.errors import (
     Unauthorized,
     UpstreamTimeout,
 )
+from openeas.gateway.grpc_upstream import GrpcUpstream
 from openeas.gateway.metrics import GatewayMetrics
 from openeas.gateway.routes import RouteTable, ServiceRoute, Upstream
 from openeas.gateway.sequences import SequenceInfo
@@ -42,13 +41,9 @@ log = logging.getLogger(__name__)
 DOWN_FOR_S = 2.0
 #: How long a liveness probe may take before the instance counts as not answering.
 PROBE_TIMEOUT_S = 1.0
-#: How often stale sequences, down marks, pools and channels are cleaned up.
+#: How often stale sequences, down marks, pools and gRPC clients are cleaned up.
 HOUSEKEEPING_S = 0.25
 _PROBE = b"GET /v2/health/live HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\n\r\n"
-_GRPC_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-]
 
 
 #: Tokens as bytes, encoded once rather than per request.
@@ -76,7 +71,7 @@ class GatewayCore:
         self.down: dict[str, float] = {}
         self.metrics = GatewayMetrics(lambda: self.states.values())
         self._pools: dict[tuple[str, int], InstancePool] = {}
-        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self._grpc: dict[tuple[str, int], GrpcUpstream] = {}
         self._probes: dict[str, asyncio.Future[bool]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._seen_version = -1
@@ -124,16 +119,16 @@ class GatewayCore:
             )
         return pool
 
-    def channel(self, upstream: Upstream) -> grpc.aio.Channel:
+    def grpc(self, upstream: Upstream) -> GrpcUpstream:
+        """The gRPC client of an instance (NoInstance when it serves no gRPC)."""
         if upstream.grpc_port is None:
             raise NoInstance(f"instance '{upstream.instance_id}' serves no gRPC")
         key = (upstream.host, upstream.grpc_port)
-        channel = self._channels.get(key)
-        if channel is None:
-            channel = self._channels[key] = grpc.aio.insecure_channel(
-                f"{upstream.host}:{upstream.grpc_port}", options=_GRPC_CHANNEL_OPTIONS
-            )
-        return channel
+        client = self._grpc.get(key)
+        if client is None:
+            assert self.loop is not None, "GatewayCore.start() not called"
+            client = self._grpc[key] = GrpcUpstream(upstream.host, upstream.grpc_port, self.loop)
+        return client
 
     def mark_down(self, upstream: Upstream) -> None:
         """Skip an instance that refused a connection for a little while."""
@@ -234,10 +229,9 @@ class GatewayCore:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
-        channels = list(self._channels.values())
-        self._channels.clear()
-        for channel in channels:
-            await channel.close()
+        for client in self._grpc.values():
+            client.close()
+        self._grpc.clear()
 
     async def _housekeep(self) -> None:
         while True:
@@ -259,7 +253,7 @@ class GatewayCore:
                 state.wake_all()  # instances may have come or gone
             if self.routes.get(name) is None and not state.in_flight:
                 del self.states[name]
-        # close the pools and channels of instances that are gone and idle
+        # close the pools and gRPC clients of instances that are gone and idle
         http_live, grpc_live = set(), set()
         for route in self.routes.services():
             for upstream in (*route.upstreams, *route.draining):
@@ -267,5 +261,5 @@ class GatewayCore:
                 grpc_live.add((upstream.host, upstream.grpc_port))
         for key in [k for k, p in self._pools.items() if k not in http_live and p.idle()]:
             self._pools.pop(key).close()
-        for key in [k for k in self._channels if k not in grpc_live]:
-            await self._channels.pop(key).close(grace=None)
+        for key in [k for k, c in self._grpc.items() if k not in grpc_live and c.idle()]:
+            self._grpc.pop(key).close()

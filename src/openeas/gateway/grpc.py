@@ -3,7 +3,8 @@
 It is served by the processor's own gRPC transport
 (:mod:`openeas.server.frontends.grpc_transport`), each method with identity codecs, so
 messages are never deserialised: the handler gets the message bytes and the call's
-metadata, and forwards the bytes on the chosen instance's channel.  The service is named
+metadata, and forwards both, as they came, to the chosen instance with the gateway's
+own client (:mod:`openeas.gateway.grpc_upstream`).  The service is named
 by the ``x-eas-service`` metadata, or found from the ``authorization`` token when exactly
 one service has it.  Unary calls are bounded by ``rpc.keepalive``; a stream
 (``ModelStreamInfer``) stays on the instance chosen when it opened, for as long as the
@@ -14,12 +15,10 @@ metadata.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -27,11 +26,11 @@ from tritonclient.grpc import service_pb2 as pb
 from openeas.gateway.balancer import ServiceState
 from openeas.gateway.core import GatewayCore, check_token
 from openeas.gateway.deadline import Deadline, Expired
-from openeas.gateway.errors import GatewayError, KeepaliveExceeded
+from openeas.gateway.errors import GatewayError, KeepaliveExceeded, NoInstance, UpstreamTimeout
 from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import grpc_sequence
-from openeas.gateway.upstream import ConnectFailed
+from openeas.gateway.upstream import ConnectFailed, UpstreamClosed
 from openeas.server.frontends.grpc_transport import GrpcError, Headers, Kind, Method, kind_of
 
 SERVICE = "inference.GRPCInferenceService"
@@ -39,61 +38,24 @@ SERVICE_PREFIX = f"/{SERVICE}/"
 INFER_METHOD = SERVICE_PREFIX + "ModelInfer"
 #: Metadata the gateway consumes or that belongs to this hop only (and ``grpc-*``).
 _SKIP = frozenset({b"authorization", b"x-eas-service", b"user-agent", b"content-type", b"te"})
-#: UNAVAILABLE details that mean the call never reached the instance.
-_NOT_CONNECTED = ("failed to connect", "connection refused", "connections to all backends")
-
-Metadata = Sequence[tuple[str, str | bytes]]
 
 
 def _identity(message: bytes) -> bytes:
     return message
 
 
-def _split_metadata(headers: Headers) -> tuple[bytes | None, str | None, Metadata]:
-    """The token, the ``x-eas-service`` name and the metadata to forward (as grpcio
-    takes it: ``-bin`` values decoded)."""
+def _split_metadata(headers: Headers) -> tuple[bytes | None, str | None, Headers]:
+    """The token, the ``x-eas-service`` name and the metadata to forward."""
     token = service = None
-    forward: list[tuple[str, str | bytes]] = []
+    forward: Headers = []
     for name, value in headers:
         if name == b"authorization":
             token = value
         elif name == b"x-eas-service":
             service = value.decode("ascii", "replace")
-        elif name in _SKIP or name.startswith((b":", b"grpc-")):
-            continue
-        elif name.endswith(b"-bin"):
-            try:
-                forward.append((name.decode(), base64.b64decode(value + b"=" * (-len(value) % 4))))
-            except binascii.Error:
-                continue  # not base64: not metadata a gRPC client sends
-        else:
-            forward.append((name.decode(), value.decode("latin-1")))
-    return token, service, tuple(forward)
-
-
-def _trailing(exc: grpc.aio.AioRpcError) -> list[tuple[bytes, bytes]]:
-    """The instance's trailing metadata that may be sent on, as on the wire."""
-    fields = []
-    for key, value in exc.trailing_metadata() or ():
-        if key.startswith((":", "grpc-")):
-            continue
-        if isinstance(value, bytes):
-            fields.append((key.encode(), base64.b64encode(value).rstrip(b"=")))
-        else:
-            fields.append((key.encode(), value.encode("latin-1")))
-    return fields
-
-
-def _not_connected(exc: grpc.aio.AioRpcError) -> bool:
-    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
-    details = (exc.details() or "").lower()
-    return any(text in details for text in _NOT_CONNECTED)
-
-
-def _relayed(exc: grpc.aio.AioRpcError) -> GrpcError:
-    """An instance's error, to be passed on unchanged."""
-    return GrpcError(exc.code(), exc.details() or "", _trailing(exc))
+        elif name not in _SKIP and not name.startswith((b":", b"grpc-")):
+            forward.append((name, value))
+    return token, service, forward
 
 
 class GatewayGrpcFront:
@@ -115,7 +77,7 @@ class GatewayGrpcFront:
             table[path.encode()] = Method(kind, handler, _identity, _identity, metadata=True)
         return table
 
-    def _admit(self, headers: Headers) -> tuple[ServiceState, Metadata, float]:
+    def _admit(self, headers: Headers) -> tuple[ServiceState, Headers, float]:
         token, service, forward = _split_metadata(headers)
         name = service or self.core.service_for_token(token)
         state = self.core.state(name)
@@ -150,9 +112,9 @@ class GatewayGrpcFront:
         except GatewayError as exc:
             code = exc.grpc_code
             raise
-        except grpc.aio.AioRpcError as exc:  # the instance's own error, passed on
-            code = exc.code()
-            raise _relayed(exc) from None
+        except GrpcError as exc:  # the instance's own error, passed on
+            code = exc.status
+            raise
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
@@ -164,28 +126,22 @@ class GatewayGrpcFront:
         state: ServiceState,
         method: str,
         request: bytes,
-        forward: Metadata,
+        forward: Headers,
         deadline: Deadline,
     ) -> tuple[str, bytes]:
         core = self.core
-        loop = core.loop
-        assert loop is not None
         sequence = grpc_sequence(request) if method == INFER_METHOD else None
+        path = method.encode()
 
         async def send(target: Upstream) -> bytes:
-            remaining = deadline.remaining(loop)
-            if remaining <= 0:
-                raise Expired()
             core.metrics.sent(state.name, target.instance_id)
-            call = core.channel(target).unary_unary(method)
             try:
-                return await call(request, metadata=forward, timeout=remaining)
-            except grpc.aio.AioRpcError as exc:
-                if _not_connected(exc):
-                    raise ConnectFailed(exc.details() or str(exc.code())) from None
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise Expired() from None
-                raise
+                return await core.grpc(target).unary(path, request, forward, deadline)
+            except UpstreamClosed as exc:
+                raise UpstreamTimeout(
+                    f"instance {target.instance_id} of service '{state.name}' dropped the "
+                    f"call without answering ({exc})"
+                ) from None
 
         target, response = await core.forward(state, deadline, sequence, send)
         return target.instance_id, response
@@ -202,7 +158,6 @@ class GatewayGrpcFront:
         code = grpc.StatusCode.OK
         target: Upstream | None = None
         state: ServiceState | None = None
-        call = None
         try:
             state, forward, when = self._admit(headers)
             service = state.name
@@ -219,23 +174,29 @@ class GatewayGrpcFront:
             instance = target.instance_id
             state.routes.acquire(instance)
             self.core.metrics.sent(service, instance)
-            call = self.core.channel(target).stream_stream(method)(requests, metadata=forward)
-            async for response in call:
-                yield response
+            responses = self.core.grpc(target).stream(method.encode(), requests, forward)
+            try:
+                async for response in responses:
+                    yield response
+            except ConnectFailed as exc:
+                self.core.mark_down(target)
+                raise NoInstance(f"instance {instance} of service '{service}': {exc}") from None
+            except UpstreamClosed as exc:
+                raise UpstreamTimeout(
+                    f"instance {instance} of service '{service}' dropped the stream ({exc})"
+                ) from None
+            finally:
+                await responses.aclose()
         except GatewayError as exc:
             code = exc.grpc_code
             raise
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if _not_connected(exc) and target is not None:
-                self.core.mark_down(target)
-            raise _relayed(exc) from None
+        except GrpcError as exc:  # the instance's own error, passed on
+            code = exc.status
+            raise
         except (asyncio.CancelledError, GeneratorExit):  # the client went away
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            if call is not None:
-                call.cancel()
             if state is not None:
                 if target is not None:
                     state.release(target)

@@ -36,6 +36,15 @@ class AccessKey:
     secret: str
 
 
+def random_token(nbytes: int) -> str:
+    """``nbytes`` random bytes as url-safe base64, never starting with ``-`` (a secret
+    passed after a command-line flag would be read as another flag)."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token
+
+
 def credentials_path() -> Path:
     return openeas_home() / "credentials"
 
@@ -46,7 +55,7 @@ def load_or_create_admin_key(path: Path | None = None) -> AccessKey:
     if path.exists():
         return load_key(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = AccessKey("OEAS" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+    key = AccessKey("OEAS" + secrets.token_hex(8).upper(), random_token(30))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump({"access_key_id": key.id, "access_key_secret": key.secret}, handle)

@@ -13,11 +13,11 @@ import argparse
 import copy
 import json
 import re
-import secrets
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from openeas.platform.auth import random_token
 from openeas.platform.errors import FieldError, SpecError
 
 #: EAS service names: a lower-case letter, then lower-case letters, digits and underscores.
@@ -143,8 +143,9 @@ class ServiceSpec(_Strict):
 
 
 def generate_token() -> str:
-    """A fresh service token: 32 random bytes, url-safe base64 (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """A fresh service token: 32 random bytes, url-safe base64 (43 characters, never a
+    leading ``-``)."""
+    return random_token(32)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -109,6 +109,51 @@ def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
     return frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code) + debug)
 
 
+def take_frames(buf: bytearray, max_size: int) -> list[tuple[int, int, int, bytes]]:
+    """Cut the complete frames off the front of ``buf``, as (type, flags, stream id,
+    payload); a frame that has not fully arrived stays.  ProtocolError for a frame
+    larger than ``max_size`` (the SETTINGS_MAX_FRAME_SIZE we advertised)."""
+    frames = []
+    pos, end = 0, len(buf)
+    while end - pos >= FRAME_HEADER_SIZE:
+        high, low, kind, flags, stream_id = FRAME_HEADER.unpack_from(buf, pos)
+        size = (high << 8) | low
+        if size > max_size:
+            raise ProtocolError(f"frame of {size} bytes", FRAME_SIZE_ERROR)
+        start = pos + FRAME_HEADER_SIZE
+        if end - start < size:
+            break
+        pos = start + size
+        frames.append((kind, flags, stream_id & 0x7FFF_FFFF, bytes(buf[start:pos])))
+    del buf[:pos]
+    return frames
+
+
+def data_payload(flags: int, payload: bytes) -> bytes:
+    """A DATA frame's data (its padding removed)."""
+    if flags & PADDED:
+        if not payload or payload[0] >= len(payload):
+            raise ProtocolError("bad DATA padding")
+        return payload[1 : len(payload) - payload[0]]
+    return payload
+
+
+def header_fragment(flags: int, payload: bytes) -> bytes:
+    """A HEADERS frame's header block fragment (padding and priority removed)."""
+    if not flags & (PADDED | PRIORITY_FLAG):
+        return payload
+    pos, end = 0, len(payload)
+    if flags & PADDED:
+        if not payload:
+            raise ProtocolError("padded HEADERS without a pad length")
+        pos, end = 1, end - payload[0]
+    if flags & PRIORITY_FLAG:
+        pos += 5
+    if pos > end:
+        raise ProtocolError("HEADERS padding exceeds the frame")
+    return payload[pos:end]
+
+
 def read_u31(payload: bytes | memoryview, offset: int = 0) -> int:
     """A 31-bit value (the reserved top bit cleared), as in WINDOW_UPDATE and GOAWAY."""
     return _U32.unpack_from(payload, offset)[0] & 0x7FFF_FFFF

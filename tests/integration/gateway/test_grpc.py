@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from openeas.gateway import ServiceLimits
 from openeas.testing.gateway import GatewayThread
-from tests.integration.gateway.conftest import Cluster, SilentInstance
+from tests.integration.gateway.conftest import Cluster, SilentInstance, dead_upstream
 
 TOKEN = "grpc-token"
 
@@ -200,3 +200,46 @@ def test_unknown_grpc_service_is_unimplemented(gateway: GatewayThread) -> None:
         with pytest.raises(grpc.RpcError) as info:
             call(b"", timeout=10)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_large_messages_both_ways(client: Any, svc: str) -> None:
+    # 8 MB each way: more than any HTTP/2 window on the path, in many frames
+    headers = {"authorization": TOKEN, "x-eas-service": svc}
+    data = np.random.default_rng(3).random((1, 2 * 1024 * 1024), dtype=np.float32)
+    result = client.infer("identity_fp32", [_identity_input(data)], headers=headers)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+
+
+def test_large_messages_on_a_stream(client: Any, svc: str) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+    client.start_stream(
+        callback=lambda result, error: results.put((result, error)),
+        headers={"authorization": TOKEN, "x-eas-service": svc},
+    )
+    rng = np.random.default_rng(4)
+    sent = [rng.random((1, n), dtype=np.float32) for n in (1_500_000, 10, 700_000)]
+    try:
+        for n, data in enumerate(sent):
+            client.async_stream_infer("identity_fp32", [_identity_input(data)], request_id=str(n))
+        got = [results.get(timeout=60) for _ in sent]
+    finally:
+        client.stop_stream()
+    assert all(error is None for _, error in got), got
+    by_id = {result.get_response().id: result.as_numpy("OUTPUT0") for result, _ in got}
+    for n, data in enumerate(sent):
+        np.testing.assert_array_equal(by_id[str(n)], data)
+
+
+def test_connect_failure_is_retried_on_another_instance(
+    client: Any, gateway: GatewayThread, cluster: Cluster, service_name: str
+) -> None:
+    gateway.publish(
+        service_name, TOKEN, [dead_upstream("dead0"), cluster.upstreams[0], dead_upstream("dead1")]
+    )
+    headers = {"authorization": TOKEN, "x-eas-service": service_name}
+    before = cluster.success_counts("identity_fp32")
+    data = np.full((1, 3), 7.0, dtype=np.float32)
+    for _ in range(6):
+        result = client.infer("identity_fp32", [_identity_input(data)], headers=headers)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+    assert cluster.success_counts("identity_fp32")[0] - before[0] == 6

@@ -26,7 +26,7 @@ import logging
 import socket
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,9 @@ from google.protobuf.message import DecodeError
 
 from openeas.protocol import http2 as h2
 from openeas.protocol.errors import InferenceError
+from openeas.server.frontends.eager import start_eagerly
 from openeas.server.frontends.http1 import set_nodelay
+from openeas.server.frontends.http2_peer import Http2Peer
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ class GrpcError(Exception):
         self, code: grpc.StatusCode, message: str, trailers: Headers | tuple[()] = ()
     ) -> None:
         super().__init__(message)
+        self.status = code
         self.code = code.value[0]
         self.message = message
         self.trailers = trailers
@@ -171,27 +174,20 @@ class _Stream:
         self.recv_unacked = 0
 
 
-class Http2Connection(asyncio.Protocol):
+class Http2Connection(Http2Peer):
     """One client connection: HTTP/2 framing, flow control and the calls on it."""
 
+    stream_window = STREAM_WINDOW
+    connection_window = CONNECTION_WINDOW
+
     def __init__(self, server: GrpcServer) -> None:
+        super().__init__(MAX_HEADER_LIST_SIZE)
         self.server = server
         self.methods = server.methods
         self.max_message_size = server.max_message_size
-        self._transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self._buf = bytearray()
-        self._out: list[bytes] = []  # written at the end of the loop iteration
         self._preface_seen = False
-        self._decoder = h2.HeaderDecoder(MAX_HEADER_LIST_SIZE)
-        self._continuation: tuple[int, int, bytearray] | None = None
         self._streams: dict[int, _Stream] = {}
         self._last_stream_id = 0
-        self._peer_window = h2.DEFAULT_WINDOW  # initial send window of new streams
-        self._peer_max_frame = h2.DEFAULT_MAX_FRAME
-        self._send_window = h2.DEFAULT_WINDOW  # connection-level send window
-        self._recv_unacked = 0
-        self._blocked: dict[int, _Stream] = {}  # streams with DATA waiting for window
         self._draining = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -234,22 +230,10 @@ class Http2Connection(asyncio.Protocol):
                     raise h2.ProtocolError("not an HTTP/2 connection preface")
                 del buf[: len(h2.PREFACE)]
                 self._preface_seen = True
-            pos = 0
-            end = len(buf)
-            header = h2.FRAME_HEADER
-            while end - pos >= h2.FRAME_HEADER_SIZE:
-                high, low, kind, flags, stream_id = header.unpack_from(buf, pos)
-                size = (high << 8) | low
-                if size > MAX_FRAME_SIZE:
-                    raise h2.ProtocolError(f"frame of {size} bytes", h2.FRAME_SIZE_ERROR)
-                start = pos + h2.FRAME_HEADER_SIZE
-                if end - start < size:
-                    break
-                pos = start + size
-                self._frame(kind, flags, stream_id & 0x7FFF_FFFF, bytes(buf[start:pos]))
+            for kind, flags, stream_id, payload in h2.take_frames(buf, MAX_FRAME_SIZE):
+                self._frame(kind, flags, stream_id, payload)
                 if self._transport is None:
                     return
-            del buf[:pos]
         except h2.ProtocolError as exc:
             log.info("gRPC connection error: %s", exc)
             self._fail_connection(exc.code, str(exc))
@@ -273,10 +257,7 @@ class Http2Connection(asyncio.Protocol):
         elif kind == h2.SETTINGS:
             self._on_settings(flags, stream_id, payload)
         elif kind == h2.PING:
-            if stream_id or len(payload) != 8:
-                raise h2.ProtocolError("bad PING frame", h2.FRAME_SIZE_ERROR)
-            if not flags & h2.ACK:
-                self._write(h2.frame(h2.PING, h2.ACK, 0, payload))
+            self._on_ping(flags, stream_id, payload)
         elif kind == h2.RST_STREAM:
             stream = self._streams.pop(stream_id, None)
             if stream is not None:
@@ -289,54 +270,16 @@ class Http2Connection(asyncio.Protocol):
             raise h2.ProtocolError("a client must not send PUSH_PROMISE")
         # PRIORITY and unknown frame types are ignored, as RFC 9113 asks
 
-    def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id:
-            raise h2.ProtocolError("SETTINGS on a stream")
-        if flags & h2.ACK:
-            return
-        for key, value in h2.parse_settings(payload):
-            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > h2.MAX_WINDOW:
-                    raise h2.ProtocolError("initial window too large", h2.FLOW_CONTROL_ERROR)
-                delta = value - self._peer_window
-                self._peer_window = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
-            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
-                if not h2.DEFAULT_MAX_FRAME <= value <= h2.MAX_FRAME_LIMIT:
-                    raise h2.ProtocolError("bad SETTINGS_MAX_FRAME_SIZE")
-                self._peer_max_frame = value
-        self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
-        self._flush_blocked()
+    def _stream(self, stream_id: int) -> _Stream | None:
+        return self._streams.get(stream_id)
 
-    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
-        if len(payload) != 4:
-            raise h2.ProtocolError("bad WINDOW_UPDATE frame", h2.FRAME_SIZE_ERROR)
-        increment = h2.read_u31(payload)
-        if stream_id == 0:
-            self._send_window += increment
-            if self._send_window > h2.MAX_WINDOW:
-                raise h2.ProtocolError("connection window overflow", h2.FLOW_CONTROL_ERROR)
-            self._flush_blocked()
-        else:
-            stream = self._streams.get(stream_id)
-            if stream is not None:
-                stream.send_window += increment
-                self._flush_stream(stream)
+    def _open_streams(self) -> Iterable[_Stream]:
+        return self._streams.values()
 
     def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0 or not stream_id & 1:
             raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
-        pos, end = 0, len(payload)
-        if flags & h2.PADDED:
-            if not payload:
-                raise h2.ProtocolError("padded HEADERS without a pad length")
-            pos, end = 1, end - payload[0]
-        if flags & h2.PRIORITY_FLAG:
-            pos += 5
-        if pos > end:
-            raise h2.ProtocolError("HEADERS padding exceeds the frame")
-        block = payload[pos:end]
+        block = h2.header_fragment(flags, payload)
         if not flags & h2.END_HEADERS:
             self._continuation = (stream_id, flags, bytearray(block))
             return
@@ -376,23 +319,14 @@ class Http2Connection(asyncio.Protocol):
         if stream_id == 0:
             raise h2.ProtocolError("DATA on stream 0")
         size = len(payload)
-        self._recv_unacked += size
-        if self._recv_unacked >= CONNECTION_WINDOW // 2:
-            self._write(h2.window_update(0, self._recv_unacked))
-            self._recv_unacked = 0
+        self._received(size)
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_closed:
             return  # closed or reset: only the connection window counts it
-        if flags & h2.PADDED:
-            if not payload or payload[0] >= size:
-                raise h2.ProtocolError("bad DATA padding")
-            payload = payload[1 : size - payload[0]]
+        payload = h2.data_payload(flags, payload)
         end_stream = flags & h2.END_STREAM
         if not end_stream:
-            stream.recv_unacked += size
-            if stream.recv_unacked >= STREAM_WINDOW // 2:
-                self._write(h2.window_update(stream_id, stream.recv_unacked))
-                stream.recv_unacked = 0
+            self._stream_received(stream, size)
         if payload and not stream.done:
             self._take_messages(stream, payload)
         if end_stream:
@@ -521,7 +455,8 @@ class Http2Connection(asyncio.Protocol):
             return
         message = stream.messages.pop()
         if stream.method.kind is Kind.UNARY:
-            stream.task = self._loop.create_task(self._unary(stream, message))
+            # eagerly: a call that completes without waiting needs no task
+            stream.task = start_eagerly(self._loop, self._unary(stream, message))
         else:
             stream.task = self._loop.create_task(self._server_stream(stream, message))
 
@@ -647,36 +582,11 @@ class Http2Connection(asyncio.Protocol):
         stream.pending += payload
         self._flush_stream(stream)
 
-    def _flush_stream(self, stream: _Stream) -> None:
-        """Send as much of ``stream``'s pending DATA as the windows allow."""
-        pending = stream.pending
-        if pending:
-            out = []
-            while pending:
-                size = min(len(pending), stream.send_window, self._send_window)
-                size = min(size, self._peer_max_frame)
-                if size <= 0:
-                    break
-                out.append(h2.frame(h2.DATA, 0, stream.id, bytes(pending[:size])))
-                del pending[:size]
-                stream.send_window -= size
-                self._send_window -= size
-            if out:
-                self._write(b"".join(out))
-            if pending:
-                self._blocked[stream.id] = stream
-                return
-        self._blocked.pop(stream.id, None)
-        if stream.pending_trailers is not None:
+    def _drained(self, stream: _Stream) -> None:
+        if stream.pending_trailers is not None:  # sent once the DATA before it is
             trailers, stream.pending_trailers = stream.pending_trailers, None
             self._write(trailers)
             self._after_trailers(stream)
-
-    def _flush_blocked(self) -> None:
-        for stream in list(self._blocked.values()):
-            if self._send_window <= 0:
-                return
-            self._flush_stream(stream)
 
     def _finish(
         self, stream: _Stream, code: int, message: str, extra: Headers | tuple[()] = ()
@@ -724,27 +634,6 @@ class Http2Connection(asyncio.Protocol):
     def _http_error(self, stream_id: int, status: bytes) -> None:
         block = h2.encode_headers([(b":status", status)])
         self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
-
-    def _write(self, data: bytes) -> None:
-        """Queue ``data``; everything queued in one loop iteration goes out in one write.
-
-        Several calls share a connection, and their answers are often ready in the same
-        iteration: one ``send`` for all of them instead of one each (on loopback the
-        system call is the largest cost of a small call).
-        """
-        if self._transport is None:
-            return
-        if self._out:
-            self._out.append(data)
-        else:
-            self._out.append(data)
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        out = self._out
-        if out and self._transport is not None:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
 
     def _close_transport(self) -> None:
         if self._transport is not None:

@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from openeas.server.frontends.eager import start_eagerly
 from openeas.server.frontends.http1 import (
     CLOCK,
     Http1Connection,
@@ -219,21 +220,12 @@ class HttpProtocol(Http1Connection):
                 self._run(request, self._serve_direct(request, request.direct))
 
     def _run(self, request: _Request, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` eagerly; only one that really waits becomes a task.
-
-        Most requests to cheap models complete without ever suspending, so creating and
-        scheduling a task for each would cost more than the request itself (Python
-        3.12's eager task factory does the same; this server runs on 3.11 too).
-        """
+        """Run ``coro`` eagerly (:func:`~openeas.server.frontends.eager.start_eagerly`)."""
         try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
+            request.task = start_eagerly(self._loop, coro)
         except BaseException:
             log.exception("HTTP connection handler failed")
             self._close()
-            return
-        request.task = self._loop.create_task(_resume(coro, waiting))
 
     async def _serve_direct(
         self, request: _Request, reply: Coroutine[Any, Any, DirectReply]
@@ -331,30 +323,6 @@ class HttpProtocol(Http1Connection):
     async def drain(self) -> None:
         if not self._writable.is_set():
             await self._writable.wait()
-
-
-async def _resume(coro: Any, waiting: Any) -> None:
-    """Drive a coroutine that suspended during its eager first step, as a task would.
-
-    ``waiting`` is what it yielded: the future it awaits (or None for a bare yield).  The
-    future's outcome reaches the coroutine when it is resumed, so it is not looked at here.
-    """
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                waiting._asyncio_future_blocking = False  # as Task.__step does
-                await waiting
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                coro.throw(asyncio.CancelledError())
-        except BaseException:  # noqa: S110 - delivered to the coroutine on resume
-            pass
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
 
 
 class _Responder:

@@ -1,0 +1,487 @@
+"""A lean gRPC client to the instances: calls as bytes over one HTTP/2 connection each.
+
+The gateway's gRPC front forwards message bytes and never looks inside them, so a
+general gRPC client (grpcio: serialisation hooks, interceptors, C-core threads handing
+events to the loop) costs it more than the rest of a call.  This client speaks just
+what a pass-through needs, on the running loop, with the framing helpers the server
+side uses (:mod:`openeas.protocol.http2`): one connection per instance with calls
+multiplexed on it, request headers and message in one write, HPACK decoding of the
+answers (cached while the instance sends the same header blocks), flow control both
+ways (large messages wait for window), PING, RST_STREAM, and GOAWAY (calls the instance
+did not take are refused, so the caller may retry them elsewhere).
+
+Unary calls are :meth:`GrpcUpstream.unary` (bounded by the gateway's keepalive deadline;
+an expired or abandoned call is reset, which cancels it on the instance); streaming
+calls are :meth:`GrpcUpstream.stream`.  An instance's non-OK status comes back as a
+:class:`~openeas.server.frontends.grpc_transport.GrpcError` with its message and
+trailing metadata, to be relayed as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from urllib.parse import unquote
+
+import grpc
+
+from openeas.gateway.deadline import Deadline
+from openeas.gateway.upstream import CONNECT_TIMEOUT_S, ConnectFailed, UpstreamClosed
+from openeas.protocol import http2 as h2
+from openeas.server.frontends.grpc_transport import GrpcError, Headers
+from openeas.server.frontends.http1 import set_nodelay
+from openeas.server.frontends.http2_peer import Http2Peer
+
+log = logging.getLogger(__name__)
+
+#: Our receive windows (what an instance may send ahead) and largest accepted frame.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 64 * 1024 * 1024
+MAX_FRAME_SIZE = 1024 * 1024
+#: A stream's request messages wait while this much of its data waits for window.
+STREAM_BUFFER = 1024 * 1024
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+#: ``:method: POST`` and ``:scheme: http`` (HPACK static entries 3 and 6), the gRPC
+#: content type and ``te: trailers``.
+_REQUEST_HEAD = (
+    b"\x83\x86"
+    + h2.encode_header(b"content-type", b"application/grpc")
+    + h2.encode_header(b"te", b"trailers")
+)
+#: What an HTTP status other than 200 means for a gRPC call (gRPC's http-grpc-status-mapping).
+_HTTP_TO_GRPC = {
+    b"400": grpc.StatusCode.INTERNAL,
+    b"401": grpc.StatusCode.UNAUTHENTICATED,
+    b"403": grpc.StatusCode.PERMISSION_DENIED,
+    b"404": grpc.StatusCode.UNIMPLEMENTED,
+    b"429": grpc.StatusCode.UNAVAILABLE,
+    b"502": grpc.StatusCode.UNAVAILABLE,
+    b"503": grpc.StatusCode.UNAVAILABLE,
+    b"504": grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class _Call:
+    """One call (HTTP/2 stream) on a connection."""
+
+    __slots__ = (
+        "id", "send_window", "pending", "end_pending", "writable", "recv", "messages",
+        "queue", "future", "recv_unacked", "headers_seen", "done",
+    )  # fmt: skip
+
+    def __init__(self, stream_id: int, send_window: int, streaming: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.id = stream_id
+        self.send_window = send_window
+        self.pending = bytearray()  # DATA waiting for flow-control window
+        self.end_pending = False  # END_STREAM goes out after the pending DATA
+        self.writable: asyncio.Event | None = None  # a stream's: set once pending is sent
+        self.recv = bytearray()  # a message arriving in pieces
+        self.messages: list[bytes] = []  # a unary call's answer
+        #: A stream's answers as they come; ends with None (OK) or the error.
+        self.queue: asyncio.Queue[bytes | BaseException | None] | None = (
+            asyncio.Queue() if streaming else None
+        )
+        #: A unary call's outcome; a stream's end.
+        self.future: asyncio.Future[bytes | None] = loop.create_future()
+        self.recv_unacked = 0
+        self.headers_seen = False
+        self.done = False
+
+
+class _Connection(Http2Peer):
+    """One HTTP/2 connection to an instance, as the client."""
+
+    stream_window = STREAM_WINDOW
+    connection_window = CONNECTION_WINDOW
+
+    def __init__(self, authority: bytes) -> None:
+        super().__init__(64 * 1024)
+        self._authority = h2.encode_header(b":authority", authority)
+        self._calls: dict[int, _Call] = {}
+        self._next_id = 1
+        #: No new calls (GOAWAY received, or the connection is gone).
+        self.closed = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        set_nodelay(transport)
+        transport.write(  # type: ignore[attr-defined]
+            h2.PREFACE
+            + h2.settings_frame(
+                {
+                    h2.SETTINGS_ENABLE_PUSH: 0,
+                    h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                    h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                }
+            )
+            + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.closed = True
+        for call in list(self._calls.values()):
+            self._end(call, UpstreamClosed("the instance closed the connection"))
+        self._calls.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        try:
+            for kind, flags, stream_id, payload in h2.take_frames(self._buf, MAX_FRAME_SIZE):
+                self._frame(kind, flags, stream_id, payload)
+                if self._transport is None:
+                    return
+        except h2.ProtocolError as exc:
+            log.warning("HTTP/2 error from an instance: %s", exc)
+            self._fail(exc.code, str(exc))
+
+    # -- frames ------------------------------------------------------------------------
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuation is not None and kind != h2.CONTINUATION:
+            raise h2.ProtocolError("expected a CONTINUATION frame")
+        if kind == h2.DATA:
+            self._on_data(flags, stream_id, payload)
+        elif kind == h2.HEADERS:
+            payload = h2.header_fragment(flags, payload)
+            if flags & h2.END_HEADERS:
+                self._on_headers(stream_id, flags, payload)
+            else:
+                self._continuation = (stream_id, flags, bytearray(payload))
+        elif kind == h2.CONTINUATION:
+            if self._continuation is None or self._continuation[0] != stream_id:
+                raise h2.ProtocolError("unexpected CONTINUATION frame")
+            self._continuation[2].extend(payload)
+            if flags & h2.END_HEADERS:
+                _, first_flags, block = self._continuation
+                self._continuation = None
+                self._on_headers(stream_id, first_flags, bytes(block))
+        elif kind == h2.WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == h2.SETTINGS:
+            self._on_settings(flags, stream_id, payload)
+        elif kind == h2.PING:
+            self._on_ping(flags, stream_id, payload)
+        elif kind == h2.RST_STREAM:
+            call = self._calls.pop(stream_id, None)
+            if call is not None:
+                code = h2.read_u32(payload) if len(payload) == 4 else h2.INTERNAL_ERROR
+                if code == h2.REFUSED_STREAM:
+                    error: BaseException = ConnectFailed("the instance refused the call")
+                else:
+                    error = UpstreamClosed(f"the instance reset the call (HTTP/2 error {code})")
+                self._end(call, error)
+        elif kind == h2.GOAWAY:
+            self._on_goaway(payload)
+        # PRIORITY, PUSH_PROMISE (push is disabled) and unknown types are ignored
+
+    def _stream(self, stream_id: int) -> _Call | None:
+        return self._calls.get(stream_id)
+
+    def _open_streams(self) -> Iterable[_Call]:
+        return self._calls.values()
+
+    def _on_goaway(self, payload: bytes) -> None:
+        self.closed = True
+        last = h2.read_u31(payload) if len(payload) >= 8 else 0
+        for call in [c for c in self._calls.values() if c.id > last]:
+            self._calls.pop(call.id, None)
+            self._end(call, ConnectFailed("the instance is shutting down"))
+        self._check_drained()
+
+    def _on_headers(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self._decoder.decode(block)  # always, to keep HPACK's table in step
+        call = self._calls.get(stream_id)
+        if call is None:
+            return
+        if not call.headers_seen:
+            call.headers_seen = True
+            status = next((v for n, v in headers if n == b":status"), b"")
+            if status != b"200":
+                code = _HTTP_TO_GRPC.get(status, grpc.StatusCode.UNKNOWN)
+                self._reset(call, GrpcError(code, f"the instance answered HTTP {status.decode()}"))
+                return
+            if not flags & h2.END_STREAM:
+                return
+        elif not flags & h2.END_STREAM:
+            raise h2.ProtocolError("trailers without END_STREAM")
+        self._calls.pop(stream_id, None)
+        self._end(call, _status(headers))
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        size = len(payload)
+        self._received(size)
+        call = self._calls.get(stream_id)
+        if call is None:
+            return
+        payload = h2.data_payload(flags, payload)
+        if flags & h2.END_STREAM:
+            self._calls.pop(stream_id, None)
+            self._end(call, UpstreamClosed("the instance ended the call without a status"))
+            return
+        self._stream_received(call, size)
+        recv = call.recv
+        if not recv and len(payload) >= h2.MESSAGE_HEADER_SIZE:  # the usual: one whole message
+            flag, length = h2.MESSAGE_HEADER.unpack_from(payload)
+            if not flag and length + h2.MESSAGE_HEADER_SIZE == len(payload):
+                self._message(call, payload[h2.MESSAGE_HEADER_SIZE :])
+                return
+        recv += payload
+        while len(recv) >= h2.MESSAGE_HEADER_SIZE:
+            flag, length = h2.MESSAGE_HEADER.unpack_from(recv)
+            total = length + h2.MESSAGE_HEADER_SIZE
+            if len(recv) < total:
+                return
+            if flag:  # we never offer a grpc-accept-encoding
+                self._reset(call, GrpcError(grpc.StatusCode.INTERNAL, "compressed answer"))
+                return
+            self._message(call, bytes(recv[h2.MESSAGE_HEADER_SIZE : total]))
+            del recv[:total]
+
+    def _message(self, call: _Call, message: bytes) -> None:
+        if call.queue is not None:
+            call.queue.put_nowait(message)
+        else:
+            call.messages.append(message)
+
+    # -- calls -------------------------------------------------------------------------
+
+    def open(
+        self, path: bytes, metadata: Headers, streaming: bool, message: bytes | None = None
+    ) -> _Call:
+        """Start a call: its headers, and with ``message`` its only request message
+        (then the call is half-closed), in one write."""
+        call = _Call(self._next_id, self._peer_window, streaming)
+        self._next_id += 2
+        self._calls[call.id] = call
+        block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
+        for name, value in metadata:
+            block += h2.encode_header(name, value)
+        head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, block)
+        if message is None:
+            self._write(head)
+            return call
+        data = h2.MESSAGE_HEADER.pack(0, len(message)) + message
+        size = len(data)
+        if size <= call.send_window and size <= self._send_window and size <= self._peer_max_frame:
+            call.send_window -= size  # the usual: it fits, one frame with END_STREAM
+            self._send_window -= size
+            self._write(head + h2.frame(h2.DATA, h2.END_STREAM, call.id, data))
+        else:
+            call.pending += data
+            call.end_pending = True
+            self._flush_stream(call, head)
+        return call
+
+    def send(self, call: _Call, message: bytes) -> None:
+        """Send one request message (length-prefixed)."""
+        if call.done:
+            return
+        call.pending += h2.MESSAGE_HEADER.pack(0, len(message))
+        call.pending += message
+        self._flush_stream(call)
+
+    def end(self, call: _Call) -> None:
+        """Half-close the call: no more request messages."""
+        if not call.done:
+            call.end_pending = True
+            self._flush_stream(call)
+
+    def cancel(self, call: _Call) -> None:
+        """Nobody waits for the call any more: reset it (the instance cancels it)."""
+        if self._calls.pop(call.id, None) is not None:
+            self._write(h2.rst_stream(call.id, h2.CANCEL))
+        call.done = True
+        self._blocked.pop(call.id, None)
+        self._check_drained()
+
+    def _drained(self, call: _Call) -> None:
+        if call.end_pending:  # the request is all sent: half-close
+            call.end_pending = False
+            self._write(h2.frame(h2.DATA, h2.END_STREAM, call.id))
+        if call.writable is not None:
+            call.writable.set()
+
+    def _end(self, call: _Call, outcome: BaseException | None) -> None:
+        """Deliver a finished call's outcome (None: OK)."""
+        call.done = True
+        self._blocked.pop(call.id, None)
+        if call.writable is not None:
+            call.writable.set()
+        if call.queue is not None:
+            call.queue.put_nowait(outcome)
+        elif not call.future.done():
+            if outcome is not None:
+                call.future.set_exception(outcome)
+            elif len(call.messages) == 1:
+                call.future.set_result(call.messages[0])
+            else:
+                call.future.set_exception(
+                    GrpcError(
+                        grpc.StatusCode.INTERNAL,
+                        f"the instance sent {len(call.messages)} messages to a unary call",
+                    )
+                )
+        self._check_drained()
+
+    def _reset(self, call: _Call, error: BaseException) -> None:
+        self._calls.pop(call.id, None)
+        self._write(h2.rst_stream(call.id, h2.CANCEL))
+        self._end(call, error)
+
+    def _check_drained(self) -> None:
+        """Close a connection that takes no new calls once its last call is over."""
+        if self.closed and not self._calls:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def _fail(self, code: int, message: str) -> None:
+        """The instance broke HTTP/2: tell it (GOAWAY), close, fail the calls."""
+        self._write(h2.goaway(0, code, message.encode()[:256]))
+        self.closed = True
+        self._close_transport()
+        self.connection_lost(None)
+
+    def usable(self) -> bool:
+        return not self.closed and self._transport is not None
+
+    def busy(self) -> bool:
+        return bool(self._calls)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _status(headers: Headers) -> GrpcError | None:
+    """The outcome of a call from its trailers (None: OK)."""
+    code = -1
+    message = ""
+    extra: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"grpc-status":
+            code = int(value) if value.isdigit() else -1
+        elif name == b"grpc-message":
+            message = unquote(value.decode("ascii", "replace"))
+        elif not name.startswith((b":", b"grpc-")) and name != b"content-type":
+            extra.append((name, value))
+    if code == 0:
+        return None
+    status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+    if code < 0:
+        message = message or "the instance sent no grpc-status"
+    return GrpcError(status, message, extra)
+
+
+class GrpcUpstream:
+    """gRPC calls to one instance, on one HTTP/2 connection (opened again when lost)."""
+
+    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.host = host
+        self.port = port
+        self.loop = loop
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and conn.usable():
+            return conn
+        task = self._connecting
+        if task is None:
+            task = self._connecting = self.loop.create_task(self._open())
+            task.add_done_callback(lambda _: setattr(self, "_connecting", None))
+        return await asyncio.shield(task)
+
+    async def _open(self) -> _Connection:
+        authority = b"%s:%d" % (self.host.encode(), self.port)
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: _Connection(authority), self.host, self.port),
+                CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self._conn = conn
+        return conn
+
+    async def unary(
+        self, path: bytes, message: bytes, metadata: Headers, deadline: Deadline
+    ) -> bytes:
+        """One unary call; its answer.
+
+        ConnectFailed when the instance could not be reached or refused the call (it
+        was not run: safe to retry elsewhere), UpstreamClosed when the connection broke
+        under it, GrpcError for the instance's own non-OK status, Expired when
+        ``deadline`` passed first (the call is then reset).
+        """
+        conn = self._conn
+        if conn is None or not conn.usable():
+            conn = await self._connection()
+        call = conn.open(path, metadata, streaming=False, message=message)
+        try:
+            answer = await deadline.wait(call.future)  # type: ignore[arg-type]
+        except BaseException:
+            conn.cancel(call)
+            raise
+        assert answer is not None
+        return answer
+
+    async def stream(
+        self, path: bytes, requests: AsyncIterator[bytes], metadata: Headers
+    ) -> AsyncIterator[bytes]:
+        """A streaming call: ``requests`` go out as they come, answers are yielded."""
+        conn = await self._connection()
+        call = conn.open(path, metadata, streaming=True)
+        assert call.queue is not None
+        call.writable = asyncio.Event()
+        call.writable.set()
+        pump = self.loop.create_task(self._pump(conn, call, requests))
+        try:
+            while (item := await call.queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            pump.cancel()
+            if not call.done:
+                conn.cancel(call)
+
+    @staticmethod
+    async def _pump(conn: _Connection, call: _Call, requests: AsyncIterator[bytes]) -> None:
+        """Send the request messages as they come, waiting while the window is full."""
+        writable = call.writable
+        assert writable is not None and call.queue is not None
+        try:
+            async for message in requests:
+                if call.done:
+                    return
+                conn.send(call, message)
+                if len(call.pending) >= STREAM_BUFFER:
+                    writable.clear()
+                    await writable.wait()
+        except Exception as exc:  # the client's side of the stream broke
+            conn.cancel(call)
+            call.queue.put_nowait(UpstreamClosed(f"the request stream failed: {exc}"))
+            return
+        conn.end(call)
+
+    def idle(self) -> bool:
+        """No call in progress."""
+        return self._conn is None or not self._conn.busy()
+
+    def close(self) -> None:
+        """Close the connection (calls in progress fail with UpstreamClosed)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
