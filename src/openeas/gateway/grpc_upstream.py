@@ -7,8 +7,10 @@ what a pass-through needs, on the running loop, with the framing helpers the ser
 side uses (:mod:`openeas.protocol.http2`): one connection per instance with calls
 multiplexed on it, request headers and message in one write, HPACK decoding of the
 answers (cached while the instance sends the same header blocks), flow control both
-ways (large messages wait for window), PING, RST_STREAM, and GOAWAY (calls the instance
-did not take are refused, so the caller may retry them elsewhere).
+ways (large messages wait for window; a stream's answers are acknowledged as they are
+read, so a slow reader holds the instance back), PING, RST_STREAM, GOAWAY (calls the
+instance did not take are refused, so the caller may retry them elsewhere), and a new
+connection when stream ids run out.
 
 Unary calls are :meth:`GrpcUpstream.unary` (bounded by the gateway's keepalive deadline;
 an expired or abandoned call is reset, which cancels it on the instance); streaming
@@ -31,7 +33,7 @@ from openeas.gateway.upstream import CONNECT_TIMEOUT_S, ConnectFailed, UpstreamC
 from openeas.protocol import http2 as h2
 from openeas.server.frontends.grpc_transport import GrpcError, Headers
 from openeas.server.frontends.http1 import set_nodelay
-from openeas.server.frontends.http2_peer import Http2Peer
+from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Peer
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,8 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
-#: A stream's request messages wait while this much of its data waits for window.
-STREAM_BUFFER = 1024 * 1024
+#: HTTP/2 stream ids are 31 bits: a connection that used them up takes no new calls.
+MAX_STREAM_ID = 2**31 - 1
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: ``:method: POST`` and ``:scheme: http`` (HPACK static entries 3 and 6), the gRPC
@@ -68,7 +70,7 @@ class _Call:
 
     __slots__ = (
         "id", "send_window", "pending", "end_pending", "writable", "recv", "messages",
-        "queue", "future", "recv_unacked", "headers_seen", "done",
+        "queue", "future", "recv_unacked", "unread", "headers_seen", "done",
     )  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int, streaming: bool) -> None:
@@ -87,6 +89,7 @@ class _Call:
         #: A unary call's outcome; a stream's end.
         self.future: asyncio.Future[bytes | None] = loop.create_future()
         self.recv_unacked = 0
+        self.unread = 0  # a stream's received bytes still in its queue (not yet acked)
         self.headers_seen = False
         self.done = False
 
@@ -224,7 +227,10 @@ class _Connection(Http2Peer):
             self._calls.pop(stream_id, None)
             self._end(call, UpstreamClosed("the instance ended the call without a status"))
             return
-        self._stream_received(call, size)
+        if call.queue is None or call.queue.empty():
+            self._stream_received(call, size)
+        else:  # answers wait to be read: acknowledged once they are (a slow reader
+            call.unread += size  # holds the instance back; a partial message never waits)
         recv = call.recv
         if not recv and len(payload) >= h2.MESSAGE_HEADER_SIZE:  # the usual: one whole message
             flag, length = h2.MESSAGE_HEADER.unpack_from(payload)
@@ -258,6 +264,8 @@ class _Connection(Http2Peer):
         (then the call is half-closed), in one write."""
         call = _Call(self._next_id, self._peer_window, streaming)
         self._next_id += 2
+        if self._next_id > MAX_STREAM_ID:
+            self.closed = True  # the next call opens a new connection; this one drains
         self._calls[call.id] = call
         block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
         for name, value in metadata:
@@ -291,6 +299,12 @@ class _Connection(Http2Peer):
         if not call.done:
             call.end_pending = True
             self._flush_stream(call)
+
+    def consumed(self, call: _Call) -> None:
+        """A stream's queued answers were read: let the instance send more."""
+        if not call.done:
+            self._stream_received(call, call.unread)
+        call.unread = 0
 
     def cancel(self, call: _Call) -> None:
         """Nobody waits for the call any more: reset it (the instance cancels it)."""
@@ -451,6 +465,8 @@ class GrpcUpstream:
             while (item := await call.queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
+                if call.unread and call.queue.empty():
+                    conn.consumed(call)
                 yield item
         finally:
             pump.cancel()

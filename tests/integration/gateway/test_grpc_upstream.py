@@ -42,6 +42,19 @@ async def _chat(requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield message
 
 
+#: How many answers ``Flood`` has produced (read by the backpressure test).
+produced: list[int] = [0]
+FLOOD = 64
+FLOOD_SIZE = 256 * 1024
+
+
+async def _flood(message: bytes) -> AsyncIterator[bytes]:
+    """FLOOD answers of FLOOD_SIZE bytes each, as fast as the transport takes them."""
+    for n in range(FLOOD):
+        produced[0] = n + 1
+        yield bytes([n]) * FLOOD_SIZE
+
+
 def _methods(waiting: asyncio.Event, cancelled: asyncio.Event) -> dict[bytes, Method]:
     async def wait_forever(message: bytes) -> bytes:
         waiting.set()
@@ -57,6 +70,7 @@ def _methods(waiting: asyncio.Event, cancelled: asyncio.Event) -> dict[bytes, Me
         b"/t/Fail": Method(Kind.UNARY, _fail, _same, _same),
         b"/t/Wait": Method(Kind.UNARY, wait_forever, _same, _same),
         b"/t/Chat": Method(Kind.BIDI_STREAM, _chat, _same, _same),
+        b"/t/Flood": Method(Kind.SERVER_STREAM, _flood, _same, _same),
     }
 
 
@@ -151,6 +165,30 @@ def test_streaming_both_ways() -> None:
 
     answers = _run(test)
     assert answers == [b"cba", b"abc", b"x" * 3_000_000, b"x" * 3_000_000, b"zyx", b"xyz"]
+
+
+def test_a_slow_reader_holds_the_sender_back() -> None:
+    """Answers are acknowledged as they are read, and a streaming handler waits while its
+    answers wait for window: a reader that stops stops the producer, with ~5 MB in
+    flight (the 4 MB stream window and the 1 MB send buffer) instead of all 16 MB."""
+
+    async def test(client: GrpcUpstream, *_: Any) -> tuple[int, int, list[bytes]]:
+        async def one() -> AsyncIterator[bytes]:
+            yield b""
+
+        produced[0] = 0
+        answers = client.stream(b"/t/Flood", one(), [])
+        first = await anext(answers)
+        for _ in range(200):  # loop turns: without backpressure it would all be sent in one
+            await asyncio.sleep(0)
+        held_back = produced[0]
+        rest = [answer async for answer in answers]
+        return held_back, produced[0], [first, *rest]
+
+    held_back, total, answers = _run(test)
+    assert held_back < FLOOD // 2, held_back
+    assert total == FLOOD
+    assert answers == [bytes([n]) * FLOOD_SIZE for n in range(FLOOD)]
 
 
 def test_a_stopped_server_refuses_then_cannot_be_reached() -> None:

@@ -38,7 +38,7 @@ from openeas.protocol import http2 as h2
 from openeas.protocol.errors import InferenceError
 from openeas.server.frontends.eager import start_eagerly
 from openeas.server.frontends.http1 import set_nodelay
-from openeas.server.frontends.http2_peer import Http2Peer
+from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Peer
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,14 @@ class _Stream:
         "done",
         "recv_unacked",
         "headers",
+        "drained",
     )
 
     def __init__(self, stream_id: int, method: Method, encoding: bytes, send_window: int):
         self.id = stream_id
         self.headers: Headers = []
+        #: A streaming handler waiting for its pending answers to be sent.
+        self.drained: asyncio.Future[None] | None = None
         self.method = method
         self.encoding = encoding
         self.recv = bytearray()
@@ -506,6 +509,9 @@ class Http2Connection(Http2Peer):
                     if stream.done:
                         break
                     self._send_message(stream, encode(response))
+                    if len(stream.pending) >= STREAM_BUFFER:  # a slow reader: wait for it
+                        stream.drained = self._loop.create_future()
+                        await stream.drained
         except Exception as exc:
             self._fail_call(stream, exc)
             return
@@ -527,6 +533,7 @@ class Http2Connection(Http2Peer):
         """The peer is gone or reset the stream: cancel its work, send nothing more."""
         stream.done = True
         self._blocked.pop(stream.id, None)
+        _wake(stream)
         if stream.timer is not None:
             stream.timer.cancel()
         if stream.task is not None:
@@ -583,6 +590,7 @@ class Http2Connection(Http2Peer):
         self._flush_stream(stream)
 
     def _drained(self, stream: _Stream) -> None:
+        _wake(stream)
         if stream.pending_trailers is not None:  # sent once the DATA before it is
             trailers, stream.pending_trailers = stream.pending_trailers, None
             self._write(trailers)
@@ -675,6 +683,13 @@ class Http2Connection(Http2Peer):
         self._streams.clear()
         self._close_transport()
         self.idle.set()
+
+
+def _wake(stream: _Stream) -> None:
+    """Let a streaming handler that waits for its answers to drain go on."""
+    if stream.drained is not None and not stream.drained.done():
+        stream.drained.set_result(None)
+    stream.drained = None
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 from openeas.protocol import http2 as h2
 
+#: A stream's sender waits while this much of its DATA waits for the peer's window.
+STREAM_BUFFER = 1024 * 1024
+
 
 class FlowStream(Protocol):
     """What flow control needs of a stream."""
