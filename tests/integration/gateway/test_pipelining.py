@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from openeas.gateway import ServiceLimits
 from openeas.testing.gateway import GatewayThread
 from tests.integration.conftest import RawResponse, pending_requests, request_bytes, wait_until
 from tests.integration.gateway.conftest import Cluster, gw_request, json_infer_body
@@ -98,3 +99,24 @@ def test_client_gone_leaves_the_requests_beside_it_alone(
     assert json.loads(response.body)["outputs"][0]["data"] == [2.0]
     # the shared connection was kept: the answer nobody waited for was dropped
     assert own_gateway.upstream_connections(cluster.upstreams[0]) == 1
+
+
+def test_expired_requests_sharing_a_connection(
+    own_gateway: GatewayThread, cluster: Cluster
+) -> None:
+    # keepalive far below the slow model's 1.5 s: both expire (408); the first leaves the
+    # connection to the second, the second, with nobody left waiting, aborts it.  What is
+    # left is the connection of the liveness probe that told 408 from 504 (kept, the
+    # shared one would stay too, idle, had it not been aborted).
+    upstream = cluster.upstreams[0]
+    own_gateway.publish(SERVICE, TOKEN, [upstream], limits=ServiceLimits(keepalive_ms=400))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(_slow, own_gateway, float(v)) for v in (1, 2)]
+        wait_until(lambda: own_gateway.in_flight("i0") == 2, what="both requests in flight")
+        assert own_gateway.upstream_connections(upstream) == 1
+        responses = [f.result(timeout=30) for f in futures]
+    assert [r.status for r in responses] == [408, 408], responses
+    assert own_gateway.upstream_connections(upstream) == 1
+    body = json_infer_body([3.0])
+    path = f"/api/predict/{SERVICE}/v2/models/identity_fp32/infer"
+    assert gw_request(own_gateway, "POST", path, body, AUTH).status == 200
