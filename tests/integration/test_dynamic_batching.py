@@ -123,7 +123,9 @@ def test_batches_form_with_two_instances(client, server, markers):
     first = _busy(client, markers, "two_instances", batch=4)
     second = _busy(client, markers, "two_instances", batch=4)  # on the other instance
     handles = [client.async_infer("two_instances", _input(float(i))) for i in range(8)]
-    wait_until(lambda: pending_requests(server, "two_instances") == 10, what="eight queued requests")
+    wait_until(
+        lambda: pending_requests(server, "two_instances") == 10, what="eight queued requests"
+    )
     results = [h.get_result() for h in handles]
     first.get_result()
     second.get_result()
@@ -188,7 +190,9 @@ def test_high_priority_overtakes_queued_requests(client, server, markers):
     busy = _busy(client, markers, "priorities")
     low = [client.async_infer("priorities", _input(float(i)), priority=2) for i in range(2)]
     default = client.async_infer("priorities", _input(5.0))  # default level: 2
-    wait_until(lambda: pending_requests(server, "priorities") == 4, what="three queued low requests")
+    wait_until(
+        lambda: pending_requests(server, "priorities") == 4, what="three queued low requests"
+    )
     high = client.async_infer("priorities", _input(9.0), priority=1)
     high_start = high.get_result().as_numpy("WINDOW").ravel()[0]
     low_starts = [h.get_result().as_numpy("WINDOW").ravel()[0] for h in [*low, default]]

@@ -74,7 +74,9 @@ def _methods(waiting: asyncio.Event, cancelled: asyncio.Event) -> dict[bytes, Me
     }
 
 
-def _run(test: Callable[[GrpcUpstream, GrpcServer, dict[str, asyncio.Event]], Awaitable[Any]]) -> Any:
+def _run(
+    test: Callable[[GrpcUpstream, GrpcServer, dict[str, asyncio.Event]], Awaitable[Any]],
+) -> Any:
     """Serve the test methods, run ``test`` with a client of them, clean up."""
 
     async def main() -> Any:
