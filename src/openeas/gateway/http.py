@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-import httptools
 import orjson
 
 from openeas.gateway.balancer import ServiceState
@@ -43,6 +42,7 @@ from openeas.gateway.upstream import (
     UpstreamConnection,
     UpstreamResponse,
 )
+from openeas.server.frontends.http1 import split_url
 
 PREFIX = b"/api/predict/"
 _PREFIX_LEN = len(PREFIX)
@@ -112,12 +112,7 @@ class HttpExchange:
     def _start(self) -> None:
         """Checks, then the fast path or the slow one (GatewayError: refused)."""
         core = self.core
-        url = self.url
-        if b"?" in url or b"#" in url or not url.startswith(b"/"):
-            parsed = httptools.parse_url(url)
-            raw_path, query = parsed.path, parsed.query or b""
-        else:
-            raw_path, query = url, b""
+        raw_path, query = split_url(self.url)
         self.raw_path = raw_path
         if not raw_path.startswith(PREFIX):
             path = raw_path.decode("ascii", "replace")

@@ -22,6 +22,7 @@ hands each request to a :class:`~openeas.gateway.http1.Handler`, in callbacks on
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import email.utils
 import logging
@@ -105,7 +106,15 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
-class Http1Connection(asyncio.Protocol):
+def split_url(url: bytes) -> tuple[bytes, bytes]:
+    """A request target's raw path and query (the common origin form without parsing)."""
+    if b"?" in url or b"#" in url or not url.startswith(b"/"):
+        parsed = httptools.parse_url(url)
+        return parsed.path, parsed.query or b""
+    return url, b""
+
+
+class Http1Connection(asyncio.Protocol, abc.ABC):
     """One client connection: parsing, rejection, idle timeout and closing.
 
     A subclass adds ``on_message_complete`` (serve the request just parsed) and
@@ -131,9 +140,9 @@ class Http1Connection(asyncio.Protocol):
         self._last_active = 0.0
         self._later: list[bytes] | None = None  # see write_soon()
 
+    @abc.abstractmethod
     def _busy(self) -> bool:
         """Whether a request is being served (the connection is not idle)."""
-        raise NotImplementedError
 
     # -- connection lifecycle ----------------------------------------------------------
 

@@ -13,6 +13,7 @@ helpers of :mod:`openeas.protocol.http2`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ class FlowStream(Protocol):
     recv_unacked: int  # received since our last WINDOW_UPDATE for it
 
 
-class Http2Peer(asyncio.Protocol):
+class Http2Peer(asyncio.Protocol, abc.ABC):
     """Writes and flow control of one HTTP/2 connection (see the module docstring).
 
     A subclass sets ``stream_window`` and ``connection_window`` (what it advertises),
@@ -58,12 +59,13 @@ class Http2Peer(asyncio.Protocol):
 
     # -- for subclasses ----------------------------------------------------------------
 
+    @abc.abstractmethod
     def _stream(self, stream_id: int) -> FlowStream | None:
         """The open stream ``stream_id``, if any."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _open_streams(self) -> Iterable[FlowStream]:
-        raise NotImplementedError
+        """Every open stream."""
 
     def _drained(self, stream: Any) -> None:
         """All of ``stream``'s pending DATA is sent (what may follow it, may go)."""

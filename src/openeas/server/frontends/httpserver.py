@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-import httptools
-
 from openeas.server.frontends.eager import start_eagerly
 from openeas.server.frontends.http1 import (
     CLOCK,
     Http1Connection,
     Http1Server,
     json_error,
+    split_url,
     status_line,
 )
 
@@ -164,12 +163,7 @@ class HttpProtocol(Http1Connection):
             return
         if self._closing:
             return
-        url = self._url
-        if b"?" in url or b"#" in url or not url.startswith(b"/"):
-            parsed = httptools.parse_url(url)
-            raw_path, query = parsed.path, parsed.query or b""
-        else:
-            raw_path, query = url, b""
+        raw_path, query = split_url(self._url)
         path = raw_path.decode("ascii", "replace")
         if "%" in path:
             path = unquote(path)
