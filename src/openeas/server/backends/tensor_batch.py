@@ -368,10 +368,10 @@ class TensorBatcher:
         first = requests[0]
         if len(requests) == 1:
             if self._reshaped_inputs:
-                inputs = {t.name: self._model_input(t) for t in first.inputs}
+                single = {t.name: self._model_input(t) for t in first.inputs}
             else:
-                inputs = {t.name: t.data for t in first.inputs}
-            return Batch(inputs, list(batch_sizes), output_names, requested)
+                single = {t.name: t.data for t in first.inputs}
+            return Batch(single, list(batch_sizes), output_names, requested)
         if not self.batching:
             raise InvalidArgument(
                 f"model '{self.model_name}' does not support batching; cannot merge "

@@ -7,7 +7,7 @@ text format parses every ``config.pbtxt`` that Triton itself accepts.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from openeas.protocol.errors import InvalidArgument
 
-ModelConfig = mc.ModelConfig
+ModelConfig: TypeAlias = mc.ModelConfig  # generated protobuf class (untyped)
 
 #: Backend name for each legacy ``platform`` value.
 PLATFORM_BACKENDS = {
