@@ -67,13 +67,6 @@ def from_numpy_dtype(dtype: np.dtype) -> str:
         raise InvalidArgument(f"unsupported numpy dtype '{dtype}'") from None
 
 
-def element_size(datatype: str) -> int:
-    """Bytes per element of a fixed-size datatype; 0 for BYTES."""
-    if datatype == "BYTES":
-        return 0
-    return to_numpy_dtype(datatype).itemsize
-
-
 def config_to_triton(config_type: str) -> str:
     """``TYPE_FP32`` -> ``FP32``; ``TYPE_STRING`` -> ``BYTES``."""
     name = config_type.removeprefix(_CONFIG_PREFIX)

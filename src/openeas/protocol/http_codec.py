@@ -25,8 +25,6 @@ from openeas.protocol import datatypes
 from openeas.protocol.errors import InvalidArgument
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
-HEADER_LENGTH = "inference-header-content-length"
-
 SHM_REGION = "shared_memory_region"
 _SHM_ORPHANS = ("shared_memory_offset", "shared_memory_byte_size")
 #: The data of an input that lives in shared memory, until the data plane reads it.

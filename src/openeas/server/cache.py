@@ -50,8 +50,6 @@ class ResponseCache:
         self.capacity = capacity
         self.used = 0
         self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,10 +72,8 @@ class ResponseCache:
     def get(self, key: bytes, request: InferRequest, version: str) -> InferResponse | None:
         entry = self._entries.get(key)
         if entry is None:
-            self.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
         return InferResponse(
             request.model_name, version, request.id, list(entry.outputs), dict(entry.parameters)
         )

@@ -17,6 +17,7 @@ next steps as they are.  Only the steps that lead to the requested outputs run.
 from __future__ import annotations
 
 import asyncio
+import graphlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -151,19 +152,13 @@ def build_plan(config: ModelConfig) -> EnsemblePlan:
                 f"{where}: ensemble output '{output.name}' is not produced by any step"
             )
 
-    # Kahn's algorithm: whatever cannot be ordered is on (or behind) a cycle.
-    remaining = {step.index: set(depends[step.index]) for step in steps}
-    while True:
-        ready = [index for index, deps in remaining.items() if not deps]
-        if not ready:
-            break
-        for index in ready:
-            del remaining[index]
-        for deps in remaining.values():
-            deps.difference_update(ready)
-    if remaining:
-        labels = ", ".join(steps[index].label for index in sorted(remaining))
-        raise InvalidArgument(f"{where}: the steps form a cycle: {labels}")
+    sorter = graphlib.TopologicalSorter({step.index: depends[step.index] for step in steps})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = exc.args[1]  # [a, b, ..., a]: each node depends on the one before it
+        labels = ", ".join(steps[index].label for index in sorted(set(cycle)))
+        raise InvalidArgument(f"{where}: the steps form a cycle: {labels}") from None
 
     return EnsemblePlan(
         name=name,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NoReturn
 
 from openeas import __version__
@@ -123,10 +122,6 @@ class ServerOptions:
     model_load_thread_count: int = 4
     #: flags accepted for compatibility that have no effect here, for the start-up log
     ignored: list[str] = field(default_factory=list)
-
-    @property
-    def repository_paths(self) -> list[Path]:
-        return [Path(p).expanduser().resolve() for p in self.model_repositories]
 
 
 # Flags accepted for compatibility; they configure GPU, tracing or cloud features this

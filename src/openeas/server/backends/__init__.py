@@ -38,8 +38,3 @@ def get_backend(name: str) -> Backend:
     backend = getattr(module, class_name)()
     _LOADED[name] = backend
     return backend
-
-
-def register_backend(name: str, module: str, class_name: str, extra: str = "") -> None:
-    """Make another backend known (used by optional framework backends)."""
-    _REGISTRY[name] = (module, class_name, extra)

@@ -41,11 +41,6 @@ def set_default_handle(handle: InferenceHandle | None) -> None:
         _default_handle = handle
 
 
-def current_runtime() -> InstanceRuntime | None:
-    """The instance whose model code is running in this context, if any."""
-    return _CURRENT.get()
-
-
 def current_handle() -> InferenceHandle | None:
     """The handle BLS requests should use from the calling context."""
     runtime = _CURRENT.get()
