@@ -21,6 +21,7 @@ def server(launch, tmp_path_factory):
     repo = tmp_path_factory.mktemp("bls_repo")
     copy_test_model(repo, "add_sub")
     copy_test_model(repo, "bls_add_sub")
+    copy_test_model(repo, "bls_via_helper")
     copy_test_model(repo, "error_response")
     return launch(repo)
 
@@ -55,11 +56,37 @@ def test_bls_error_is_returned_not_raised(server):
         client.infer("bls_add_sub", inputs)
 
 
+def test_blocking_bls_from_a_helper_module_never_hangs_the_server(server):
+    """A model that runs inline (its own file shows no BLS) and then makes a blocking BLS
+    call from a helper module: at most that one request fails, with the reason; the
+    instance moves to its own thread and later BLS calls succeed. (Before: the server's
+    event loop waited for itself and every request hung.)"""
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=20)
+    local, a, b = _bls_inputs("")
+    for _ in range(50):  # cheap executions: the scheduler starts running them inline
+        np.testing.assert_array_equal(
+            client.infer("bls_via_helper", local).as_numpy("OUTPUT0"), a + b
+        )
+    failures = []
+    for _ in range(3):
+        try:
+            result = client.infer("bls_via_helper", _bls_inputs("add_sub")[0])
+        except InferenceServerException as exc:
+            failures.append(str(exc))
+            continue
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    assert len(failures) <= 1, failures
+    assert all("event loop thread" in f and "own thread" in f for f in failures), failures
+    assert client.is_server_live()
+
+
 def test_concurrent_bls_requests(server):
     def one(_: int) -> np.ndarray:
         client = httpclient.InferenceServerClient(server.http_url)
         inputs, a, b = _bls_inputs("add_sub")
-        np.testing.assert_array_equal(client.infer("bls_add_sub", inputs).as_numpy("OUTPUT0"), a + b)
+        np.testing.assert_array_equal(
+            client.infer("bls_add_sub", inputs).as_numpy("OUTPUT0"), a + b
+        )
         return a
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -20,7 +20,7 @@ from openeas import __version__
 from openeas.protocol import datatypes
 from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
-from openeas.server.backends.base import StreamItem
+from openeas.server.backends.base import BlockingCallOnLoop, StreamItem
 from openeas.server.batching import QueueRejected
 from openeas.server.cache import ResponseCache
 from openeas.server.models import (
@@ -56,6 +56,14 @@ EXTENSIONS = [
 #: Reported in addition when client shared memory is allowed (``--allow-client-shm``).
 SHARED_MEMORY_EXTENSIONS = ["system_shared_memory"]
 
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 class DecoupledModelError(Unsupported):
     """A unary inference request for a model with the decoupled transaction policy.
@@ -294,6 +302,12 @@ class DataPlane:
 
     # InferenceHandle (BLS from Python models)
     def infer_blocking(self, request: InferRequest, timeout: float | None = None) -> InferResponse:
+        if _running_loop() is self.loop:
+            # Waiting here would block the loop that has to run the request.
+            raise BlockingCallOnLoop(
+                f"blocking inference request to model '{request.model_name}' made on the "
+                "server's event loop thread"
+            )
         future = asyncio.run_coroutine_threadsafe(self.infer(request), self.loop)
         return future.result(timeout)
 

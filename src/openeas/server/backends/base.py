@@ -20,9 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from openeas.protocol.errors import InferenceError, Unsupported
+from openeas.protocol.errors import InferenceError, InternalError, Unsupported
 from openeas.protocol.types import InferRequest, InferResponse
 from openeas.server.repository.config import ModelConfig, default_model_filename
+
+
+class BlockingCallOnLoop(InternalError):
+    """A blocking inference call was made on the server's event loop thread.
+
+    The loop would have to run the request while it waits for it, so the call fails
+    at once instead of deadlocking the server.
+    """
 
 
 class InferenceHandle(Protocol):
@@ -35,7 +43,11 @@ class InferenceHandle(Protocol):
         ...
 
     def infer_blocking(self, request: InferRequest, timeout: float | None = None) -> InferResponse:
-        """Run a request from a worker thread, waiting for its response."""
+        """Run a request from a worker thread, waiting for its response.
+
+        Raises :class:`BlockingCallOnLoop` when called on the thread of :attr:`loop`,
+        which would wait for itself.
+        """
         ...
 
     def is_model_ready(self, name: str, version: str = "") -> bool: ...

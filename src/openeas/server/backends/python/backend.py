@@ -164,7 +164,9 @@ def _inline_capable(model: Any, path: Path) -> bool:
 
     Not for ``async def execute`` (it runs on the instance's own loop) nor for models whose
     source mentions BLS (``InferenceRequest``): a blocking BLS call from the server's loop
-    thread would wait for itself.
+    thread would wait for itself. The source check can miss BLS made from a helper
+    module; then the call fails at once (``BlockingCallOnLoop``) and the instance is
+    revoked (:meth:`PythonModelInstance.revoke_inline`), so that only one request fails.
     """
     if inspect.iscoroutinefunction(model.execute):
         return False
@@ -213,6 +215,12 @@ class PythonModelInstance(ModelInstance):
                 f"{_format_exception(exc)}"
             ) from exc
 
+    def revoke_inline(self, reason: str) -> None:
+        """Never run this instance's model code on the server's event loop again."""
+        if self.inline_capable:
+            _LOG.error("model instance '%s' no longer runs inline: %s", self._instance_name, reason)
+        self.inline_capable = False
+
     @property
     def model(self) -> Any:
         """The ``TritonPythonModel`` object (None after :meth:`finalize`)."""
@@ -248,8 +256,8 @@ class PythonModelInstance(ModelInstance):
     def _call(self, function: Any, *args: Any) -> Any:
         """Call model code as the current instance; await it if it is a coroutine."""
         if self.inline_capable:
-            # No BLS and a plain ``def execute``: nothing needs the ambient instance.
-            return function(*args)
+            # No BLS seen and a plain ``def execute``: nothing needs the ambient instance.
+            return _runtime.call_inline(self, function, *args)
         with _runtime.activate(self._runtime):
             result = function(*args)
             if inspect.isawaitable(result):

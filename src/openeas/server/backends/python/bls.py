@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from openeas.protocol.errors import InternalError, Unavailable
-from openeas.server.backends.base import InferenceHandle
+from openeas.server.backends.base import BlockingCallOnLoop, InferenceHandle
 from openeas.server.backends.python import _runtime, convert
 from openeas.server.backends.python import triton_python_backend_utils as pb
 
@@ -49,6 +49,15 @@ def exec_blocking(request: pb.InferenceRequest) -> pb.InferenceResponse:
         response = handle.infer_blocking(server_request, timeout=_timeout_s(request))
     except TimeoutError:
         return _timeout_response(request)
+    except BlockingCallOnLoop as exc:
+        # The model ran on the event loop because its source showed no BLS (the call
+        # comes from a helper module): this request fails, later ones run on the
+        # instance's thread, where a blocking call is fine.
+        if _runtime.revoke_current_inline(str(exc)):
+            exc = BlockingCallOnLoop(
+                f"{exc}; the model instance runs on its own thread from now on: retry"
+            )
+        return convert.error_response(exc)
     except Exception as exc:  # the model sees every failure as an error response
         return convert.error_response(exc)
     return convert.from_bls_response(response)
