@@ -377,3 +377,39 @@ def test_preserve_ordering_releases_responses_in_arrival_order() -> None:
             await h.close()
 
     run(test)
+
+
+# -- pieces shared by the schedulers ------------------------------------------------------
+
+
+def test_in_order_holds_results_until_earlier_ones_are_released():
+    from openeas.server.batching import InOrder
+
+    order: InOrder[str] = InOrder()
+    a, b, c = order.ticket(), order.ticket(), order.ticket()
+    assert order.release(c, "c") == []
+    assert order.release(b, "b") == []
+    assert order.release(a, "a") == ["a", "b", "c"]
+    d, e = order.ticket(), order.ticket()
+    assert order.release(e, "e") == []
+    assert order.drain() == ["e"]  # d never finished: e goes anyway at unload
+    assert order.release(d, "d") == ["d"]
+
+
+async def test_in_flight_counts_and_waits_for_idle():
+    import asyncio
+
+    from openeas.server.batching import InFlight
+
+    inflight = InFlight()
+    assert await inflight.wait_idle(0.01)
+    inflight.enter()
+    inflight.enter()
+    assert inflight.count == 2
+    assert not await inflight.wait_idle(0.01)
+    waiter = asyncio.ensure_future(inflight.wait_idle(5))
+    inflight.leave()
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    inflight.leave()
+    assert await waiter

@@ -11,15 +11,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from openeas.protocol.errors import InvalidArgument, Unavailable
 from openeas.protocol.types import InferRequest
 
 if TYPE_CHECKING:
+    from openeas.protocol.types import InferResponse
+    from openeas.server.backends.base import ExecResult, ExecTiming, ModelInstance
     from openeas.server.repository.config import ModelConfig
+
+_T = TypeVar("_T")
 
 #: Triton's messages for requests the queue refuses.
 QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
@@ -181,3 +187,89 @@ def select_batch(
     if best:
         return best, True
     return count, full
+
+
+# --------------------------------------------------------------- shared by the schedulers
+
+
+class InFlight:
+    """How many requests a scheduler holds (queued or executing), and when none."""
+
+    __slots__ = ("count", "_idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no request is held; False when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class InOrder(Generic[_T]):
+    """Releases results in the order their requests arrived (``preserve_ordering``).
+
+    Each request takes a :meth:`ticket` on arrival; :meth:`release` holds a result back
+    until every earlier ticket has been released, and returns what may go now.
+    """
+
+    __slots__ = ("_issued", "_released", "_held")
+
+    def __init__(self) -> None:
+        self._issued = 0
+        self._released = 0
+        self._held: dict[int, _T] = {}
+
+    def ticket(self) -> int:
+        ticket = self._issued
+        self._issued += 1
+        return ticket
+
+    def release(self, ticket: int, value: _T) -> list[_T]:
+        """The values that may be handed out now, in arrival order."""
+        held = self._held
+        held[ticket] = value
+        ready: list[_T] = []
+        while self._released in held:
+            ready.append(held.pop(self._released))
+            self._released += 1
+        return ready
+
+    def drain(self) -> list[_T]:
+        """Everything still held, in arrival order (nothing earlier will finish)."""
+        values = [self._held[ticket] for ticket in sorted(self._held)]
+        self._held.clear()
+        return values
+
+
+def resolve(future: asyncio.Future[Any], result: InferResponse | BaseException | None) -> None:
+    """Settle a request's future (None: nobody waits for it any more)."""
+    if result is None or future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def timed_execute(
+    instance: ModelInstance, requests: list[InferRequest], timing: ExecTiming
+) -> tuple[ExecResult, int]:
+    """``instance.execute(requests)`` and how long it took, in nanoseconds."""
+    start = time.perf_counter_ns()
+    results = instance.execute(requests, timing)
+    return results, time.perf_counter_ns() - start

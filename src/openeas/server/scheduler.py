@@ -48,10 +48,14 @@ from openeas.server.backends.base import (
 from openeas.server.batching import (
     QUEUE_FULL_MESSAGE,
     TIMEOUT_MESSAGE,
+    InFlight,
+    InOrder,
     QueueConfig,
     QueuePolicy,
     QueueRejected,
+    resolve,
     select_batch,
+    timed_execute,
 )
 from openeas.server.repository.config import ModelConfig
 from openeas.server.stats import ModelStats
@@ -140,14 +144,6 @@ class _Slot:
         self.samples += 1
 
 
-def _timed_execute(
-    instance: ModelInstance, requests: list[InferRequest], timing: ExecTiming
-) -> tuple[ExecResult, int]:
-    start = time.perf_counter_ns()
-    results = instance.execute(requests, timing)
-    return results, time.perf_counter_ns() - start
-
-
 def _timed_execute_decoupled(
     instance: ModelInstance,
     requests: list[InferRequest],
@@ -193,9 +189,7 @@ class Scheduler:
         self.decoupled = any(instance.decoupled for _, instance in instances)
         #: Streams of decoupled requests that have not seen their final flag yet.
         self._streams: set[ResponseStream] = set()
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
 
         batching = config.max_batch_size > 0 and config.HasField("dynamic_batching")
         self._max_batch = config.max_batch_size if batching else 0
@@ -214,10 +208,8 @@ class Scheduler:
             and config.HasField("dynamic_batching")
             and not self.decoupled
         )
-        self._next_seq = 0
-        self._release_seq = 0
         #: Finished requests waiting for an earlier one (``preserve_ordering``).
-        self._held: dict[int, tuple[_Pending, InferResponse | BaseException | None]] = {}
+        self._in_order: InOrder[tuple[_Pending, InferResponse | BaseException | None]] = InOrder()
         #: Requests must go through the queue (no inline execution on arrival): they
         #: may have to wait for a batch, a priority, a timeout or an earlier request.
         self._queue_only = bool(self._delay_s) or not queues.trivial or self._ordering
@@ -232,7 +224,7 @@ class Scheduler:
     @property
     def pending(self) -> int:
         """Requests waiting in the queue or executing."""
-        return self._inflight
+        return self._inflight.count
 
     def infer_now(self, request: InferRequest, batch_size: int) -> InferResponse | None:
         """Execute ``request`` at once when an inline instance is idle and nothing is
@@ -264,9 +256,7 @@ class Scheduler:
                 self._leave(item)
                 if item.seq >= 0:
                     self._deliver(item, None)
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._inflight.leave()
 
     async def stream(self, request: InferRequest, batch_size: int) -> AsyncIterator[StreamItem]:
         """Queue a request for a decoupled model; yield its responses up to the final one.
@@ -296,9 +286,7 @@ class Scheduler:
             if not stream.closed:
                 stream.cancel()
             self._streams.discard(stream)
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._inflight.leave()
 
     def _enqueue(self, item: _Pending) -> _Pending:
         """Put ``item`` into its priority level's queue (raises when it is refused)."""
@@ -318,13 +306,11 @@ class Scheduler:
                 if policy.reject:
                     item.timer = self._loop.call_later(timeout_ns / 1e9, self._expire, item)
         if self._ordering:
-            item.seq = self._next_seq
-            self._next_seq += 1
+            item.seq = self._in_order.ticket()
         level.items.append(item)
         level.count += 1
         self._queued += 1
-        self._inflight += 1
-        self._idle.clear()
+        self._inflight.enter()
         self._wakeup.set()
         return item
 
@@ -354,14 +340,10 @@ class Scheduler:
         before it has been resolved.
         """
         if item.seq >= 0:
-            held = self._held
-            held[item.seq] = (item, result)
-            while self._release_seq in held:
-                item, result = held.pop(self._release_seq)
-                self._release_seq += 1
-                _resolve(item, result)
+            for ready, value in self._in_order.release(item.seq, (item, result)):
+                resolve(ready.future, value)
             return
-        _resolve(item, result)
+        resolve(item.future, result)
 
     def _ordered(self, now_ns: int, limit: int) -> list[_Pending]:
         """Queued requests in service order, until their batch sizes reach ``limit``.
@@ -424,9 +406,7 @@ class Scheduler:
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new requests, let queued ones finish, then finalize the instances."""
         self._closed = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        if not await self._inflight.wait_idle(timeout):
             log.warning("model '%s' still has requests in flight at unload", self._config.name)
             # decoupled requests whose model never sent the final flag end here
             for stream in list(self._streams):
@@ -448,9 +428,8 @@ class Scheduler:
                 else:
                     self._deliver(item, error)
         # preserve_ordering: nothing earlier will finish any more
-        for _, (item, result) in sorted(self._held.items()):
-            _resolve(item, result)
-        self._held.clear()
+        for item, result in self._in_order.drain():
+            resolve(item.future, result)
         for slot in self._slots:
             try:
                 await slot.thread.submit(slot.instance.finalize)
@@ -473,10 +452,10 @@ class Scheduler:
             slot.busy = True
             try:
                 if slot.inline:
-                    results, elapsed = _timed_execute(slot.instance, requests, timing)
+                    results, elapsed = timed_execute(slot.instance, requests, timing)
                 else:
                     results, elapsed = await slot.thread.submit(
-                        _timed_execute, slot.instance, requests, timing
+                        timed_execute, slot.instance, requests, timing
                     )
             except InferenceError as exc:
                 results, elapsed = [exc] * len(batch), 0
@@ -600,12 +579,3 @@ class Scheduler:
                     item.timer.cancel()
             self._queued -= count
             return batch
-
-
-def _resolve(item: _Pending, result: InferResponse | BaseException | None) -> None:
-    if result is None or item.future.done():
-        return
-    if isinstance(result, BaseException):
-        item.future.set_exception(result)
-    else:
-        item.future.set_result(result)

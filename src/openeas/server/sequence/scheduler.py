@@ -38,8 +38,8 @@ import numpy as np
 
 from openeas.protocol.errors import InferenceError, InternalError, InvalidArgument, Unavailable
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
-from openeas.server.backends.base import ExecResult, ExecTiming, ModelInstance
-from openeas.server.batching import select_batch
+from openeas.server.backends.base import ExecTiming, ModelInstance
+from openeas.server.batching import InFlight, InOrder, resolve, select_batch, timed_execute
 from openeas.server.repository.config import ModelConfig
 from openeas.server.sequence.config import SequenceSettings, sequence_settings
 from openeas.server.sequence.tensors import (
@@ -119,13 +119,6 @@ class _Instance:
         self.wakeup = asyncio.Event()
 
 
-def _execute(
-    model: ModelInstance, requests: list[InferRequest], timing: ExecTiming
-) -> tuple[ExecResult, int]:
-    start = time.perf_counter_ns()
-    results = model.execute(requests, timing)
-    return results, time.perf_counter_ns() - start
-
 
 class SequenceScheduler:
     """Schedules the requests of a ``sequence_batching`` model version.
@@ -169,16 +162,12 @@ class SequenceScheduler:
         #: Sequences holding a slot or waiting for one.
         self._live: set[_Sequence] = set()
         self._backlog: collections.deque[_Sequence] = collections.deque()
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
         #: close() was called: no new sequences; _stopped: no requests at all.
         self._closed = False
         self._stopped = False
         self._ordering = self.settings.strategy == "oldest" and self.settings.preserve_ordering
-        self._next_order = 0
-        self._release_order = 0
-        self._held: dict[int, tuple[_Item, InferResponse | BaseException | None]] = {}
+        self._in_order: InOrder[tuple[_Item, InferResponse | BaseException | None]] = InOrder()
         self._reaper_wakeup = asyncio.Event()
         self._tasks = [loop.create_task(self._worker(inst)) for inst in self._instances]
         self._tasks.append(loop.create_task(self._reaper()))
@@ -186,7 +175,7 @@ class SequenceScheduler:
     @property
     def pending(self) -> int:
         """Requests waiting or executing."""
-        return self._inflight
+        return self._inflight.count
 
     @property
     def active_sequences(self) -> int:
@@ -229,14 +218,12 @@ class SequenceScheduler:
             )
         item = _Item(request, sequence, start, end, self._loop.create_future())
         if self._ordering:
-            item.order = self._next_order
-            self._next_order += 1
+            item.order = self._in_order.ticket()
         sequence.queue.append(item)
         sequence.last_ns = item.enqueued_ns
         if end:
             del self._sequences[sequence_id]
-        self._inflight += 1
-        self._idle.clear()
+        self._inflight.enter()
         if sequence.slot is not None:
             self._instances[sequence.slot[0]].wakeup.set()
         try:
@@ -246,9 +233,7 @@ class SequenceScheduler:
                 item.gone = True
                 if item.order >= 0:
                     self._deliver(item, None)
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._inflight.leave()
 
     def _begin(self, sequence_id: SequenceId) -> _Sequence:
         sequence = _Sequence(sequence_id, self._initial_state())
@@ -410,7 +395,7 @@ class SequenceScheduler:
         elapsed = 0
         try:
             results, elapsed = await instance.thread.submit(
-                _execute, instance.model, requests, timing
+                timed_execute, instance.model, requests, timing
             )
         except InferenceError as exc:
             results = [exc] * len(requests)
@@ -505,14 +490,10 @@ class SequenceScheduler:
             return
         item.delivered = True
         if item.order < 0:
-            _resolve(item, result)
+            resolve(item.future, result)
             return
-        held = self._held
-        held[item.order] = (item, result)
-        while self._release_order in held:
-            item, result = held.pop(self._release_order)
-            self._release_order += 1
-            _resolve(item, result)
+        for ready, value in self._in_order.release(item.order, (item, result)):
+            resolve(ready.future, value)
 
     # -- unload -------------------------------------------------------------------------
 
@@ -522,9 +503,7 @@ class SequenceScheduler:
         Sequences under way may go on sending requests until the timeout.
         """
         self._closed = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        if not await self._inflight.wait_idle(timeout):
             log.warning("model '%s' still has requests in flight at unload", self._name)
         self._stopped = True
         for task in self._tasks:
@@ -536,21 +515,11 @@ class SequenceScheduler:
                 if not item.gone:
                     self._deliver(item, error)
             sequence.queue.clear()
-        for _, (item, result) in sorted(self._held.items()):
-            _resolve(item, result)
-        self._held.clear()
+        for item, result in self._in_order.drain():
+            resolve(item.future, result)
         for instance in self._instances:
             try:
                 await instance.thread.submit(instance.model.finalize)
             except Exception:  # a model's finalize must not stop the unload
                 log.exception("finalize of model '%s' failed", self._name)
             instance.thread.stop()
-
-
-def _resolve(item: _Item, result: InferResponse | BaseException | None) -> None:
-    if result is None or item.future.done():
-        return
-    if isinstance(result, BaseException):
-        item.future.set_exception(result)
-    else:
-        item.future.set_result(result)
