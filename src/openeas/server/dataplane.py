@@ -30,7 +30,6 @@ from openeas.server.models import (
     decode_file_parameter,
 )
 from openeas.server.repository.config import config_to_dict
-from openeas.server.scheduler import Scheduler
 from openeas.server.settings import LogSettings, TraceSettings
 from openeas.server.shared_memory import (
     REGION,
@@ -201,9 +200,7 @@ class DataPlane:
         try:
             batch_size = model.validate(request)
             scheduler = model.scheduler
-            response = None
-            if type(scheduler) is Scheduler:
-                response = scheduler.infer_now(request, batch_size)
+            response = scheduler.infer_now(request, batch_size)
             if response is None:
                 response = await scheduler.infer(request, batch_size)
             response.model_version = model.version_str

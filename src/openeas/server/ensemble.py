@@ -27,6 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from openeas.protocol import datatypes, errors
 from openeas.protocol.errors import InferenceError, InternalError, InvalidArgument, Unavailable
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from openeas.server.batching import InFlight
 from openeas.server.repository.config import ModelConfig
 from openeas.server.stats import ModelStats
 
@@ -263,26 +264,25 @@ class EnsembleExecutor:
         self._stats = stats
         self._all_steps = plan.needed_steps(plan.outputs)
         self._closed = False
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._inflight = InFlight()
 
     @property
     def pending(self) -> int:
         """Requests in flight through the ensemble."""
-        return self._inflight
+        return self._inflight.count
+
+    def infer_now(self, request: InferRequest, batch_size: int) -> None:
+        """Never: an ensemble's steps always go through their own schedulers."""
+        return None
 
     async def infer(self, request: InferRequest, batch_size: int) -> InferResponse:
         if self._closed:
             raise Unavailable(f"model '{self._plan.name}' is unloading")
-        self._inflight += 1
-        self._idle.clear()
+        self._inflight.enter()
         try:
             response = await self._run(request)
         finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
+            self._inflight.leave()
         self._stats.inference_count += batch_size
         self._stats.execution_count += 1
         return response
@@ -290,9 +290,7 @@ class EnsembleExecutor:
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new requests and wait for the ones in flight."""
         self._closed = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        if not await self._inflight.wait_idle(timeout):
             log.warning("ensemble '%s' still has requests in flight at unload", self._plan.name)
 
     async def _run(self, request: InferRequest) -> InferResponse:

@@ -177,6 +177,10 @@ class SequenceScheduler:
         """Requests waiting or executing."""
         return self._inflight.count
 
+    def infer_now(self, request: InferRequest, batch_size: int) -> None:
+        """Never: a sequence's request waits for its slot's batch."""
+        return None
+
     @property
     def active_sequences(self) -> int:
         """Sequences holding a slot or waiting in the backlog."""
