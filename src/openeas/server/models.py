@@ -211,8 +211,22 @@ class ModelManager:
         return True
 
     def all_ready(self) -> bool:
-        """Every model that was asked to load has a ready version (strict readiness)."""
-        return all(record.loaded for record in self._records.values())
+        """Strict readiness, Triton's rule: every version that got as far as loading is
+        ready (or still served while it reloads) or was unloaded.
+
+        A load that failed before any version was tried (a name that is not in the
+        repository, a config that does not parse or complete) leaves no version state, so
+        it does not count: one bad repository-API request must not make the server (and,
+        on the platform, the instance) not ready.  A version that failed to load does
+        count, as in Triton.
+        """
+        for record in self._records.values():
+            for version, (state, reason) in record.states.items():
+                if state == ModelState.READY or reason == "unloaded":
+                    continue
+                if version not in record.loaded:
+                    return False
+        return True
 
     def loaded_versions(self) -> Iterable[LoadedVersion]:
         for record in list(self._records.values()):
@@ -222,12 +236,14 @@ class ModelManager:
         """The repository index: every model in the roots plus any loaded elsewhere."""
         entries: list[dict[str, str]] = []
         try:
-            on_disk = list(list_models(self.options.roots))
+            on_disk = set(list_models(self.options.roots))
         except InferenceError:
-            on_disk = []
+            on_disk = set()
         names = sorted(set(on_disk) | set(self._records))
         for name in names:
             record = self._records.get(name)
+            if record is not None and not record.states and name not in on_disk:
+                continue  # a name that failed to load from nowhere: not a model (Triton)
             if record is None or (not record.states and not record.error):
                 if not ready_only:
                     entries.append({"name": name})
@@ -320,20 +336,17 @@ class ModelManager:
             message = str(exc)
             if not message.startswith(("failed to load", "load failed")):
                 message = f"failed to load '{name}': {message}"
+            # As Triton's poll stage: the version states (what was loaded, unloaded or
+            # failed before) stay as they were; the index shows the error of a model
+            # that has none.
             record.error = message
-            record.states = {
-                v: (ModelState.UNAVAILABLE, message) for v in record.states if v not in record.loaded
-            } | {v: (ModelState.READY, "") for v in record.loaded}
             raise type(exc)(message) from None
 
         record.error = ""
         for version in versions:
             record.states[version] = (ModelState.LOADING, "")
         results = await asyncio.gather(
-            *(
-                self._load_version(name, version, config, model_dir, plan)
-                for version in versions
-            ),
+            *(self._load_version(name, version, config, model_dir, plan) for version in versions),
             return_exceptions=True,
         )
         new: dict[int, LoadedVersion] = {}
@@ -343,8 +356,10 @@ class ModelManager:
                 new[version] = result
                 record.states[version] = (ModelState.READY, "")
             else:
-                reason = str(result) if isinstance(result, InferenceError) else (
-                    f"{type(result).__name__}: {result}"
+                reason = (
+                    str(result)
+                    if isinstance(result, InferenceError)
+                    else (f"{type(result).__name__}: {result}")
                 )
                 record.states[version] = (ModelState.UNAVAILABLE, reason)
                 failures.append(f"version {version} is at UNAVAILABLE state: {reason};")
@@ -358,10 +373,12 @@ class ModelManager:
                     record.states[version] = (ModelState.READY, "")
                 elif version in new:
                     record.states[version] = (
-                        ModelState.UNAVAILABLE, "not served: another version failed to load"
+                        ModelState.UNAVAILABLE,
+                        "not served: another version failed to load",
                     )
             raise Unavailable(
-                f"load failed for model '{name}': " + " ".join(failures)
+                f"load failed for model '{name}': "
+                + " ".join(failures)
                 + " the previously loaded version(s) keep serving"
             )
         record.loaded = new
