@@ -616,22 +616,48 @@ def test_disabled_by_default_grpc(disabled_server: ServerProcess, create_region:
         client.close()
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_cuda_shared_memory_unsupported(server: ServerProcess, protocol: str) -> None:
-    c = Client(protocol, server)
-    try:
-        with pytest.raises(InferenceServerException) as exc:
-            c.get_cuda_shared_memory_status()
-        assert "CUDA shared memory is not supported" in _error(exc)
-        if protocol == "grpc":
-            assert _status(exc) == "StatusCode.UNIMPLEMENTED"
-            with pytest.raises(InferenceServerException) as exc:
-                c.register_cuda_shared_memory("region", b"", 0, 16)
-            assert _status(exc) == "StatusCode.UNIMPLEMENTED"
-    finally:
-        c.close()
-    response = raw_request(server, "GET", "/v2/cudasharedmemory/status")
-    assert response.status == 501
+def test_cuda_shared_memory_without_gpu(client: Client, create_region: Create) -> None:
+    """Triton built without GPU: status is empty, unregister succeeds, register fails."""
+    bad_request = "400" if client.protocol == "http" else "StatusCode.INVALID_ARGUMENT"
+    not_found = "404" if client.protocol == "http" else "StatusCode.NOT_FOUND"
+    status = client.get_cuda_shared_memory_status()
+    assert (status if client.protocol == "http" else list(status.regions)) == []
+    client.unregister_cuda_shared_memory()  # the examples' clean-up
+    client.unregister_cuda_shared_memory("never_registered")
+
+    with pytest.raises(InferenceServerException) as exc:
+        client.register_cuda_shared_memory("gpu_region", b"\0" * 64, 0, 16)
+    assert _error(exc) == (
+        "failed to register CUDA shared memory region: 'gpu_region', GPUs not supported"
+    )
+    assert _status(exc) == bad_request
+    with pytest.raises(InferenceServerException) as exc:
+        client.get_cuda_shared_memory_status("gpu_region")
+    assert _error(exc) == "Unable to find cuda shared memory region: 'gpu_region'"
+    assert _status(exc) == not_found
+
+    # a system region is not a CUDA one: CUDA unregister leaves it alone
+    _, key = create_region("sys_region", TENSOR_BYTES)
+    client.register_system_shared_memory("sys_region", key, TENSOR_BYTES)
+    with pytest.raises(InferenceServerException) as exc:
+        client.get_cuda_shared_memory_status("sys_region")
+    assert "registered as system shared memory, not CUDA shared memory" in _error(exc)
+    client.unregister_cuda_shared_memory("sys_region")
+    client.unregister_cuda_shared_memory()
+    assert [r["name"] for r in client.status()] == ["sys_region"]
+
+
+def test_cuda_shared_memory_http_details(
+    server: ServerProcess, disabled_server: ServerProcess
+) -> None:
+    response = raw_request(server, "POST", "/v2/cudasharedmemory/register", b"{}")
+    assert response.status == 400
+    assert response.error() == "'region name' is necessary to register cuda shared memory region"
+    response = raw_request(server, "GET", "/v2/cudasharedmemory/region/r/unregister")
+    assert response.status == 405
+    # as the system shared memory API, refused where client shared memory is off
+    response = raw_request(disabled_server, "POST", "/v2/cudasharedmemory/unregister")
+    assert response.status == 403 and "--allow-client-shm=true" in response.error()
 
 
 # -- codecs and the registry, in process --------------------------------------------------

@@ -322,6 +322,18 @@ class DataPlane:
         """Unregister region ``name`` (unknown names are no error), or every region."""
         self._shared_memory().unregister(name)
 
+    def cuda_shm_status(self, name: str = "") -> list[dict[str, Any]]:
+        """Always empty (no GPU); a name is not found."""
+        return self._shared_memory().cuda_status(name)
+
+    def cuda_shm_register(self, name: str) -> None:
+        """Fails with Triton's message for a server without GPU support."""
+        self._shared_memory().cuda_register(name)
+
+    def cuda_shm_unregister(self, name: str = "") -> None:
+        """Nothing to unregister (no CUDA region can exist); succeeds, as in Triton."""
+        self._shared_memory()
+
     # -- statistics --------------------------------------------------------------------
 
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:

@@ -52,7 +52,6 @@ KEYS = (REGION, BYTE_SIZE, OFFSET)
 SHM_DIR = "/dev/shm"
 
 
-
 class SharedMemoryDisabled(Unavailable):
     """Shared memory used while ``--allow-client-shm`` is off.
 
@@ -128,13 +127,11 @@ def tensor_parameters(params: dict[str, Any], tensor: str) -> tuple[str, int, in
     region = params.get(REGION)
     if not isinstance(region, str):
         raise InvalidArgument(
-            f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected "
-            "a string"
+            f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected a string"
         )
     if BYTE_SIZE not in params:
         raise InvalidArgument(
-            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor "
-            f"'{tensor}'"
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'"
         )
     byte_size = params[BYTE_SIZE]
     if not isinstance(byte_size, int) or isinstance(byte_size, bool) or byte_size < 0:
@@ -246,6 +243,27 @@ class SharedMemoryRegistry:
         if region is None:
             raise NotFound(f"Unable to find system shared memory region: '{name}'")
         return [region.status()]
+
+    # -- CUDA shared memory: this server has no GPU -------------------------------------
+    # Triton built without GPU support answers the CUDA API this way: status and
+    # unregister work (there is never a CUDA region), register fails.  Clients call
+    # unregister_cuda_shared_memory() in their clean-up, so it must succeed.
+
+    def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
+        if not name:
+            return []
+        if name in self._regions:
+            raise NotFound(
+                f"The region named '{name}' is registered as system shared memory, "
+                "not CUDA shared memory"
+            )
+        raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+
+    @staticmethod
+    def cuda_register(name: str) -> None:
+        raise InvalidArgument(
+            f"failed to register CUDA shared memory region: '{name}', GPUs not supported"
+        )
 
     # -- inference ---------------------------------------------------------------------
 
