@@ -8,7 +8,9 @@ in a tensor's parameters instead of sending the data:
   ``shared_memory_offset``) takes its data from the region: a zero-copy, read-only numpy
   view of the mapping (BYTES inputs are decoded from their length-prefixed elements);
 * a requested output with those parameters is written into the region after inference;
-  the response then names the region (and the bytes written) instead of carrying data.
+  the response then carries only its name, datatype and shape (as Triton's: no data, no
+  parameters; its data is the shared :data:`SHM_PLACEHOLDER` array, which tells the
+  codecs to write none).
 
 The codecs only record those parameters (and put an empty placeholder where the data
 would be); :class:`SharedMemoryRegistry` resolves them for the data plane, so both front
@@ -339,11 +341,8 @@ def write_outputs(response: InferResponse, targets: list[OutputTarget]) -> None:
                 "results"
             )
         target.view[:size] = data
-        params: dict[str, Any] = dict(tensor.parameters) if tensor.parameters else {}
-        params[REGION] = target.region
-        params[BYTE_SIZE] = size
-        if target.offset is not None:
-            params[OFFSET] = target.offset
+        # As Triton's answer (HTTP and gRPC): the output's name, datatype and shape only,
+        # no parameters; the client knows where it asked the data to go.
         response.outputs[index] = Tensor(
-            tensor.name, tensor.datatype, list(tensor.shape), SHM_PLACEHOLDER, params
+            tensor.name, tensor.datatype, list(tensor.shape), SHM_PLACEHOLDER
         )
