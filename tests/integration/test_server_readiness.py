@@ -1,7 +1,8 @@
 """Strict server readiness (``/v2/health/ready``, gRPC ``ServerReady``) follows Triton's
-rule: every model version that got as far as loading is ready or was unloaded.  A load that
-fails before that (a name not in the repository, a config that does not parse) leaves the
-server ready; a version that fails to load makes it not ready until it is unloaded.
+rule: every model that got as far as loading is ready or was unloaded.  A load that fails
+before that (a name not in the repository, a config that does not parse) leaves the server
+ready; a model that fails later (no version, a version that does not load) makes it not
+ready until it is unloaded.
 
 The tests run in file order and share one explicit-mode server.
 """
@@ -31,6 +32,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model_config(root / "broken", ADD_SUB_CONFIG.replace('"simple"', '"broken"'))
     (root / "broken" / "1").mkdir(parents=True)
     (root / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    # the config is fine, but there is no version directory: fails after the config
+    write_model_config(root / "noversion", ADD_SUB_CONFIG.replace('"simple"', '"noversion"'))
     return root
 
 
@@ -78,4 +81,12 @@ def test_a_version_that_failed_to_load_counts_until_unloaded(server, client) -> 
     assert _ready_on_both(server, client) == (False, False)
     assert raw_request(server, "GET", "/v2/health/ready").status == 400
     client.unload_model("broken")
+    assert _ready_on_both(server, client) == (True, True)
+
+
+def test_a_model_that_fails_after_its_config_counts_until_unloaded(server, client) -> None:
+    with pytest.raises(InferenceServerException, match="no version is available"):
+        client.load_model("noversion")
+    assert _ready_on_both(server, client) == (False, False)
+    client.unload_model("noversion")
     assert _ready_on_both(server, client) == (True, True)

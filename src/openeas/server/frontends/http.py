@@ -193,8 +193,9 @@ class HttpFrontend:
             return await send_json(send, self.dataplane.model_metadata(name, version))
         if action == "ready":
             _allow(method, "GET")
-            ok = self.dataplane.model_ready(name, version)
-            return await send_response(send, 200 if ok else 400)
+            if not self.dataplane.model_ready(name, version):
+                raise InvalidArgument("Model version not ready")  # Triton's 400 and text
+            return await send_response(send, 200)
         if action == "config":
             _allow(method, "GET")
             return await send_json(send, self.dataplane.model_config(name, version))
