@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from openeas.protocol import datatypes, grpc_codec
-from openeas.protocol.errors import NotFound
+from openeas.protocol.errors import InvalidArgument, NotFound
 from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from openeas.server.frontends.grpc import GrpcFrontend
 from openeas.server.options import ServerOptions
@@ -340,7 +340,7 @@ def test_shared_memory_is_disabled_by_default(client: grpcclient.InferenceServer
     assert "--allow-client-shm=true" in exc.value.message()
     with pytest.raises(InferenceServerException) as exc:
         client.register_cuda_shared_memory("region", b"", 0, 16)
-    assert _status(exc) == "StatusCode.UNIMPLEMENTED"
+    assert _status(exc) == "StatusCode.UNAVAILABLE"
 
 
 def test_statistics_after_infers(client: grpcclient.InferenceServerClient) -> None:
@@ -662,6 +662,9 @@ class _BrokenDataPlane:
     def model_metadata(self, name: str, version: str = "") -> dict[str, object]:
         raise NotFound(f"Request for unknown model: '{name}' is not found")
 
+    def cuda_shm_register(self, name: str) -> None:
+        raise InvalidArgument(f"no GPU for '{name}'")
+
 
 def test_errors_map_to_status_codes() -> None:
     """InferenceErrors become their status, anything else INTERNAL, over a real call."""
@@ -682,10 +685,10 @@ def test_errors_map_to_status_codes() -> None:
                 assert info.value.code() == grpc.StatusCode.NOT_FOUND
                 assert info.value.details() == "Request for unknown model: 'x' is not found"
                 with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await stub.CudaSharedMemoryStatus(
-                        service_pb2.CudaSharedMemoryStatusRequest()
+                    await stub.CudaSharedMemoryRegister(
+                        service_pb2.CudaSharedMemoryRegisterRequest(name="r")
                     )
-                assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             await frontend.stop(0)
 

@@ -28,7 +28,7 @@ def server(launch, tmp_path_factory):
     (repo / "add_sub_onnx" / "config.pbtxt").write_text(
         'platform: "onnxruntime_onnx"\nmax_batch_size: 8\ndynamic_batching { }\n'
     )
-    return launch(repo)
+    return launch(repo, "--allow-client-shm=true")
 
 
 @pytest.mark.parametrize("model", ["identity", "add_sub_onnx"])
@@ -50,5 +50,27 @@ def test_perf_analyzer_streaming(server, model):
     point, output = run_perf_analyzer(
         model, server.grpc_url, protocol="grpc", concurrency=2, measurement_ms=500,
         stability=100, extra=["--streaming"],
+    )  # fmt: skip
+    assert point.throughput > 0
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_system_shared_memory(server, protocol):
+    """Inputs and outputs in system shared memory: perf_analyzer checks every answer (it
+    fails, exit 99, on an output that carries a `parameters` block without
+    `binary_data_size`, which Triton never sends for shared-memory outputs)."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    point, output = run_perf_analyzer(
+        "add_sub_onnx", url, protocol=protocol, concurrency=2, measurement_ms=500,
+        stability=100, extra=["--shared-memory=system"],
+    )  # fmt: skip
+    assert point.throughput > 0
+    assert int(output.split("Inference count:")[1].split()[0]) > 0
+
+
+def test_perf_analyzer_streaming_with_shared_memory(server):
+    point, _ = run_perf_analyzer(
+        "add_sub_onnx", server.grpc_url, protocol="grpc", concurrency=2, measurement_ms=500,
+        stability=100, extra=["--streaming", "--shared-memory=system"],
     )  # fmt: skip
     assert point.throughput > 0

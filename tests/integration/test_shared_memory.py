@@ -297,19 +297,18 @@ def test_infer_inputs_and_outputs_in_shm(client: Client, create_region: Create) 
     )
     for name, offset, expected in (("OUTPUT0", 0, a + b), ("OUTPUT1", TENSOR_BYTES, a - b)):
         assert client.output_shape(result, name) == [1, 16]
-        params = client.output_params(result, name)
-        assert params["shared_memory_region"] == "output_data"
-        assert params["shared_memory_byte_size"] == TENSOR_BYTES
-        if offset:
-            assert params["shared_memory_offset"] == offset
-        assert "binary_data_size" not in params
+        # as Triton's answer: no parameters at all on an output in shared memory (NVIDIA's
+        # C++ client reads `binary_data_size` from any `parameters` it finds)
+        assert client.output_params(result, name) == {}
         data = shm.get_contents_as_numpy(out_handle, np.float32, [1, 16], offset=offset)
         np.testing.assert_array_equal(data, expected)
 
     response = result.get_response()
     if client.protocol == "http":
-        # no data, and no binary buffers after the JSON
-        assert all("data" not in output for output in response["outputs"])
+        # name, datatype and shape only: no data, no parameters, no binary buffers
+        assert response["outputs"] == [
+            {"name": name, "datatype": "FP32", "shape": [1, 16]} for name in ("OUTPUT0", "OUTPUT1")
+        ]
     else:
         # one (empty) raw entry per output keeps the entries aligned, as in Triton
         assert list(response.raw_output_contents) == [b"", b""]
@@ -336,7 +335,7 @@ def test_infer_offsets_and_page_aligned_registration(client: Client, create_regi
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(handle, np.float32, [1, 16], offset=4100 + 16), a - b
     )
-    assert client.output_params(result, "OUTPUT1")["shared_memory_offset"] == 16
+    assert client.output_params(result, "OUTPUT1") == {}
 
 
 def test_infer_mixed_shm_and_regular_tensors(client: Client, create_region: Create) -> None:
@@ -358,7 +357,7 @@ def test_infer_mixed_shm_and_regular_tensors(client: Client, create_region: Crea
 
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [1, 16]), a + b)
-    assert client.output_params(result, "OUTPUT0")["shared_memory_region"] == "out0"
+    assert client.output_params(result, "OUTPUT0") == {}
 
     # shm input, every output returned normally
     result = client.infer("simple", [in0, in1])
@@ -412,8 +411,7 @@ def test_infer_bytes_in_shm(client: Client, create_region: Create) -> None:
     output.set_shared_memory("bytes_out", size + 16)
     result = client.infer("identity_bytes", [tensor], outputs=[output])
 
-    params = client.output_params(result, "OUTPUT0")
-    assert params["shared_memory_byte_size"] == size  # what was written, not the region
+    assert client.output_params(result, "OUTPUT0") == {}
     data = shm.get_contents_as_numpy(out_handle, np.object_, [len(values)])
     assert data.tolist() == values.tolist()
 
@@ -616,22 +614,48 @@ def test_disabled_by_default_grpc(disabled_server: ServerProcess, create_region:
         client.close()
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_cuda_shared_memory_unsupported(server: ServerProcess, protocol: str) -> None:
-    c = Client(protocol, server)
-    try:
-        with pytest.raises(InferenceServerException) as exc:
-            c.get_cuda_shared_memory_status()
-        assert "CUDA shared memory is not supported" in _error(exc)
-        if protocol == "grpc":
-            assert _status(exc) == "StatusCode.UNIMPLEMENTED"
-            with pytest.raises(InferenceServerException) as exc:
-                c.register_cuda_shared_memory("region", b"", 0, 16)
-            assert _status(exc) == "StatusCode.UNIMPLEMENTED"
-    finally:
-        c.close()
-    response = raw_request(server, "GET", "/v2/cudasharedmemory/status")
-    assert response.status == 501
+def test_cuda_shared_memory_without_gpu(client: Client, create_region: Create) -> None:
+    """Triton built without GPU: status is empty, unregister succeeds, register fails."""
+    bad_request = "400" if client.protocol == "http" else "StatusCode.INVALID_ARGUMENT"
+    not_found = "404" if client.protocol == "http" else "StatusCode.NOT_FOUND"
+    status = client.get_cuda_shared_memory_status()
+    assert (status if client.protocol == "http" else list(status.regions)) == []
+    client.unregister_cuda_shared_memory()  # the examples' clean-up
+    client.unregister_cuda_shared_memory("never_registered")
+
+    with pytest.raises(InferenceServerException) as exc:
+        client.register_cuda_shared_memory("gpu_region", b"\0" * 64, 0, 16)
+    assert _error(exc) == (
+        "failed to register CUDA shared memory region: 'gpu_region', GPUs not supported"
+    )
+    assert _status(exc) == bad_request
+    with pytest.raises(InferenceServerException) as exc:
+        client.get_cuda_shared_memory_status("gpu_region")
+    assert _error(exc) == "Unable to find cuda shared memory region: 'gpu_region'"
+    assert _status(exc) == not_found
+
+    # a system region is not a CUDA one: CUDA unregister leaves it alone
+    _, key = create_region("sys_region", TENSOR_BYTES)
+    client.register_system_shared_memory("sys_region", key, TENSOR_BYTES)
+    with pytest.raises(InferenceServerException) as exc:
+        client.get_cuda_shared_memory_status("sys_region")
+    assert "registered as system shared memory, not CUDA shared memory" in _error(exc)
+    client.unregister_cuda_shared_memory("sys_region")
+    client.unregister_cuda_shared_memory()
+    assert [r["name"] for r in client.status()] == ["sys_region"]
+
+
+def test_cuda_shared_memory_http_details(
+    server: ServerProcess, disabled_server: ServerProcess
+) -> None:
+    response = raw_request(server, "POST", "/v2/cudasharedmemory/register", b"{}")
+    assert response.status == 400
+    assert response.error() == "'region name' is necessary to register cuda shared memory region"
+    response = raw_request(server, "GET", "/v2/cudasharedmemory/region/r/unregister")
+    assert response.status == 405
+    # as the system shared memory API, refused where client shared memory is off
+    response = raw_request(disabled_server, "POST", "/v2/cudasharedmemory/unregister")
+    assert response.status == 403 and "--allow-client-shm=true" in response.error()
 
 
 # -- codecs and the registry, in process --------------------------------------------------

@@ -23,8 +23,12 @@ PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 def cp(src: str, dst: str, recursive: bool, jobs: int) -> None:
     """Copy SRC to DST: a local path to oss://bucket/key (or s3://), or back.
 
+    A directory keeps its name below a DST ending in "/" (a prefix or a bucket root, as
+    cp -r does); DIR/ copies its contents (what ossutil cp -r always does).
+
     \b
-    openeas cp -r ./models oss://triton-model-repo/models/
+    openeas cp -r ./models oss://triton-model-repo/models/   # -> models/models/...
+    openeas cp -r ./models/ oss://triton-model-repo/models/  # -> models/...
     openeas cp oss://triton-model-repo/models/m/config.pbtxt ./
     """
     bar: Any = None

@@ -237,7 +237,7 @@ def _decode_output(spec: pb.ModelInferRequest.InferRequestedOutputTensor) -> Req
 
 
 def _raw_bytes(tensor: Tensor) -> bytes:
-    if tensor.parameters and SHM_REGION in tensor.parameters:
+    if tensor.data is SHM_PLACEHOLDER:
         return b""  # in shared memory: an empty entry keeps the others aligned
     if tensor.datatype == "BYTES":
         return datatypes.serialize_bytes(tensor.data)

@@ -27,7 +27,8 @@ from openeas.protocol.types import InferRequest, InferResponse, RequestedOutput,
 
 SHM_REGION = "shared_memory_region"
 _SHM_ORPHANS = ("shared_memory_offset", "shared_memory_byte_size")
-#: The data of an input that lives in shared memory, until the data plane reads it.
+#: The data of an input that lives in shared memory, until the data plane reads it, and of
+#: an output the data plane wrote into shared memory (the codecs encode no data for it).
 SHM_PLACEHOLDER = np.empty(0, dtype=np.uint8)
 SHM_PLACEHOLDER.flags.writeable = False
 
@@ -419,7 +420,7 @@ def encode_response(
             "shape": list(tensor.shape),
         }
         params = dict(tensor.parameters) if tensor.parameters else {}
-        if params and SHM_REGION in params:
+        if tensor.data is SHM_PLACEHOLDER:
             pass  # the data plane wrote the data into shared memory
         elif binary:
             buffer = _binary_view(tensor)

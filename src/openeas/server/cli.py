@@ -91,10 +91,16 @@ async def serve(options: ServerOptions) -> int:
 
     try:
         servers = _front_ends(options, dataplane)
+        hosts = {
+            "GRPCInferenceService": options.grpc_address,
+            "HTTPService": options.http_address,
+            "Metrics Service": options.metrics_address,
+        }
         for name, server in servers:
             await server.start()
             where = getattr(server, "where", None)
-            address = f"unix:{where}" if where else f"0.0.0.0:{server.port}"
+            # Triton's line: the address it was told to bind, ':', the port
+            address = f"unix:{where}" if where else f"{hosts[name]}:{server.port}"
             log.info("Started %s at %s", name, address)
             print(f"Started {name} at {address}", file=sys.stderr, flush=True)
     except OSError as exc:

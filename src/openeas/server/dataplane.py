@@ -39,9 +39,12 @@ from openeas.server.shared_memory import (
     write_outputs,
 )
 
-#: Protocol extensions this server implements (reported by ``GET /v2``).
+#: Protocol extensions this server implements (``GET /v2``, gRPC ServerMetadata), in
+#: Triton 2.51's order.  Triton also lists cuda_shared_memory (even built without GPU) and
+#: trace; this server has neither.
 EXTENSIONS = [
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
     "schedule_policy",
@@ -52,8 +55,16 @@ EXTENSIONS = [
     "logging",
 ]
 
-#: Reported in addition when client shared memory is allowed (``--allow-client-shm``).
-SHARED_MEMORY_EXTENSIONS = ["system_shared_memory"]
+#: Listed (after model_configuration, as Triton does) when client shared memory is allowed
+#: (``--allow-client-shm``).
+SHARED_MEMORY_EXTENSION = "system_shared_memory"
+
+
+def server_extensions(allow_client_shm: bool) -> list[str]:
+    if not allow_client_shm:
+        return list(EXTENSIONS)
+    at = EXTENSIONS.index("model_configuration") + 1
+    return [*EXTENSIONS[:at], SHARED_MEMORY_EXTENSION, *EXTENSIONS[at:]]
 
 
 
@@ -95,7 +106,7 @@ class DataPlane:
         self.allow_client_shm = allow_client_shm
         #: Registered system shared memory regions (empty unless allow_client_shm).
         self.shared_memory = SharedMemoryRegistry()
-        self.extensions = EXTENSIONS + SHARED_MEMORY_EXTENSIONS if allow_client_shm else EXTENSIONS
+        self.extensions = server_extensions(allow_client_shm)
         self.strict_readiness = strict_readiness
         #: the response cache, when --cache-config gave it a size
         self.cache = ResponseCache(cache_size) if cache_size else None
@@ -332,6 +343,18 @@ class DataPlane:
     def system_shm_unregister(self, name: str = "") -> None:
         """Unregister region ``name`` (unknown names are no error), or every region."""
         self._shared_memory().unregister(name)
+
+    def cuda_shm_status(self, name: str = "") -> list[dict[str, Any]]:
+        """Always empty (no GPU); a name is not found."""
+        return self._shared_memory().cuda_status(name)
+
+    def cuda_shm_register(self, name: str) -> None:
+        """Fails with Triton's message for a server without GPU support."""
+        self._shared_memory().cuda_register(name)
+
+    def cuda_shm_unregister(self, name: str = "") -> None:
+        """Nothing to unregister (no CUDA region can exist); succeeds, as in Triton."""
+        self._shared_memory()
 
     # -- statistics --------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import enum
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -109,6 +110,9 @@ class _Record:
     states: dict[int, tuple[ModelState, str]] = field(default_factory=dict)
     #: a model-level failure (bad config...) when no version could even be tried
     error: str = ""
+    #: that failure came after the config was read (auto-complete, validation, no
+    #: version): Triton's model lifecycle has the model, so strict readiness counts it
+    load_failed: bool = False
     signature: dict[str, str] = field(default_factory=dict)
     temp_dir: Path | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -183,17 +187,15 @@ class ModelManager:
 
     def get(self, name: str, version: str = "") -> LoadedVersion:
         """The ready version that serves a request (latest ready when none is given)."""
+        number = parse_version(version)
         record = self._records.get(name)
-        if record is None:
+        if record is None or not (record.states or record.loaded or record.load_failed):
+            # never loaded, or failed before any version was tried: Triton knows no model
             raise NotFound(f"Request for unknown model: '{name}' is not found")
-        if not version or version == "-1":
+        if number < 0:
             if not record.loaded:
                 raise NotFound(f"Request for unknown model: '{name}' has no available versions")
             return record.loaded[max(record.loaded)]
-        try:
-            number = int(version)
-        except ValueError:
-            raise InvalidArgument(f"invalid model version '{version}'") from None
         found = record.loaded.get(number)
         if found is None:
             if number in record.states:
@@ -204,6 +206,8 @@ class ModelManager:
         return found
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Whether the version (latest when none) is ready; a malformed version raises."""
+        parse_version(version)
         try:
             self.get(name, version)
         except InferenceError:
@@ -211,8 +215,25 @@ class ModelManager:
         return True
 
     def all_ready(self) -> bool:
-        """Every model that was asked to load has a ready version (strict readiness)."""
-        return all(record.loaded for record in self._records.values())
+        """Strict readiness, Triton's rule: every version that got as far as loading is
+        ready (or still served while it reloads) or was unloaded.
+
+        A load that fails at Triton's poll stage (a name that is not in the repository, a
+        config that does not parse, an ensemble whose steps cannot be resolved) does not
+        count: one bad repository-API request must not make the server (and, on the
+        platform, the instance) not ready.  A model that failed later (auto-complete,
+        validation, no version, a version that did not load) does count until it loads
+        or is unloaded.
+        """
+        for record in self._records.values():
+            if record.load_failed and not record.loaded:
+                return False
+            for version, (state, reason) in record.states.items():
+                if state == ModelState.READY or reason == "unloaded":
+                    continue
+                if version not in record.loaded:
+                    return False
+        return True
 
     def loaded_versions(self) -> Iterable[LoadedVersion]:
         for record in list(self._records.values()):
@@ -222,12 +243,14 @@ class ModelManager:
         """The repository index: every model in the roots plus any loaded elsewhere."""
         entries: list[dict[str, str]] = []
         try:
-            on_disk = list(list_models(self.options.roots))
+            on_disk = set(list_models(self.options.roots))
         except InferenceError:
-            on_disk = []
+            on_disk = set()
         names = sorted(set(on_disk) | set(self._records))
         for name in names:
             record = self._records.get(name)
+            if record is not None and not record.states and name not in on_disk:
+                continue  # a name that failed to load from nowhere: not a model (Triton)
             if record is None or (not record.states and not record.error):
                 if not ready_only:
                     entries.append({"name": name})
@@ -278,6 +301,9 @@ class ModelManager:
     ) -> None:
         name = record.name
         temp_dir: Path | None = None
+        #: past Triton's poll stage (found, config parsed): a failure from here on is a
+        #: failed load that strict readiness counts
+        polled = False
         try:
             if files:
                 if config_json is None:
@@ -294,6 +320,7 @@ class ModelManager:
                 if config_json is not None
                 else read_config(model_dir)
             )
+            polled = True
             config = await asyncio.get_running_loop().run_in_executor(
                 self._pool,
                 lambda: complete_config(
@@ -309,6 +336,7 @@ class ModelManager:
                 raise InvalidArgument(
                     f"failed to load '{name}': no version is available under {model_dir}"
                 )
+            polled = False  # an ensemble that cannot be built never loads (Triton)
             plan = (
                 await self._prepare_ensemble(name, config)
                 if config.platform == "ensemble"
@@ -320,20 +348,18 @@ class ModelManager:
             message = str(exc)
             if not message.startswith(("failed to load", "load failed")):
                 message = f"failed to load '{name}': {message}"
+            # The version states (what was loaded, unloaded or failed before) stay as
+            # they were; the index shows the error of a model that has none.
             record.error = message
-            record.states = {
-                v: (ModelState.UNAVAILABLE, message) for v in record.states if v not in record.loaded
-            } | {v: (ModelState.READY, "") for v in record.loaded}
+            record.load_failed = polled
             raise type(exc)(message) from None
 
         record.error = ""
+        record.load_failed = False
         for version in versions:
             record.states[version] = (ModelState.LOADING, "")
         results = await asyncio.gather(
-            *(
-                self._load_version(name, version, config, model_dir, plan)
-                for version in versions
-            ),
+            *(self._load_version(name, version, config, model_dir, plan) for version in versions),
             return_exceptions=True,
         )
         new: dict[int, LoadedVersion] = {}
@@ -343,8 +369,10 @@ class ModelManager:
                 new[version] = result
                 record.states[version] = (ModelState.READY, "")
             else:
-                reason = str(result) if isinstance(result, InferenceError) else (
-                    f"{type(result).__name__}: {result}"
+                reason = (
+                    str(result)
+                    if isinstance(result, InferenceError)
+                    else (f"{type(result).__name__}: {result}")
                 )
                 record.states[version] = (ModelState.UNAVAILABLE, reason)
                 failures.append(f"version {version} is at UNAVAILABLE state: {reason};")
@@ -358,10 +386,12 @@ class ModelManager:
                     record.states[version] = (ModelState.READY, "")
                 elif version in new:
                     record.states[version] = (
-                        ModelState.UNAVAILABLE, "not served: another version failed to load"
+                        ModelState.UNAVAILABLE,
+                        "not served: another version failed to load",
                     )
             raise Unavailable(
-                f"load failed for model '{name}': " + " ".join(failures)
+                f"load failed for model '{name}': "
+                + " ".join(failures)
                 + " the previously loaded version(s) keep serving"
             )
         record.loaded = new
@@ -543,6 +573,7 @@ class ModelManager:
                 record.states[version] = (ModelState.UNAVAILABLE, "unloaded")
             record.signature = {}
             record.composing = set()
+            record.load_failed = False
 
     async def _retire(self, versions: list[LoadedVersion], temp_dir: Path | None) -> None:
         await asyncio.gather(
@@ -592,6 +623,32 @@ class ModelManager:
                 await self.poll_once()
             except Exception:
                 log.exception("repository poll failed")
+
+
+_VERSION_PREFIX = re.compile(r"\s*([+-]?\d+)")
+_INT64_MAX = 2**63 - 1
+
+
+def parse_version(version: str) -> int:
+    """A requested model version, read as Triton reads it (``std::stol``: leading blanks,
+    a sign and digits; what follows is ignored); -1 (the latest) when empty.
+
+    Clients match on Triton's messages, so the errors are Triton's, word for word.
+    """
+    if not version:
+        return -1
+    match = _VERSION_PREFIX.match(version)
+    number = int(match.group(1)) if match else None
+    if number is None or not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+        raise InvalidArgument(
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0"
+        )
+    if number < 0:
+        raise InvalidArgument(
+            f"invalid model version specified '{version}' , version should be an integral value > 0"
+        )
+    return number
 
 
 def _select_versions(config: ModelConfig, available: list[int]) -> list[int]:

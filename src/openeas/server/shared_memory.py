@@ -8,7 +8,9 @@ in a tensor's parameters instead of sending the data:
   ``shared_memory_offset``) takes its data from the region: a zero-copy, read-only numpy
   view of the mapping (BYTES inputs are decoded from their length-prefixed elements);
 * a requested output with those parameters is written into the region after inference;
-  the response then names the region (and the bytes written) instead of carrying data.
+  the response then carries only its name, datatype and shape (as Triton's: no data, no
+  parameters; its data is the shared :data:`SHM_PLACEHOLDER` array, which tells the
+  codecs to write none).
 
 The codecs only record those parameters (and put an empty placeholder where the data
 would be); :class:`SharedMemoryRegistry` resolves them for the data plane, so both front
@@ -50,7 +52,6 @@ KEYS = (REGION, BYTE_SIZE, OFFSET)
 
 #: Where Linux keeps POSIX shared memory objects (what ``shm_open`` opens).
 SHM_DIR = "/dev/shm"
-
 
 
 class SharedMemoryDisabled(Unavailable):
@@ -128,13 +129,11 @@ def tensor_parameters(params: dict[str, Any], tensor: str) -> tuple[str, int, in
     region = params.get(REGION)
     if not isinstance(region, str):
         raise InvalidArgument(
-            f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected "
-            "a string"
+            f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected a string"
         )
     if BYTE_SIZE not in params:
         raise InvalidArgument(
-            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor "
-            f"'{tensor}'"
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'"
         )
     byte_size = params[BYTE_SIZE]
     if not isinstance(byte_size, int) or isinstance(byte_size, bool) or byte_size < 0:
@@ -247,6 +246,27 @@ class SharedMemoryRegistry:
             raise NotFound(f"Unable to find system shared memory region: '{name}'")
         return [region.status()]
 
+    # -- CUDA shared memory: this server has no GPU -------------------------------------
+    # Triton built without GPU support answers the CUDA API this way: status and
+    # unregister work (there is never a CUDA region), register fails.  Clients call
+    # unregister_cuda_shared_memory() in their clean-up, so it must succeed.
+
+    def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
+        if not name:
+            return []
+        if name in self._regions:
+            raise NotFound(
+                f"The region named '{name}' is registered as system shared memory, "
+                "not CUDA shared memory"
+            )
+        raise NotFound(f"Unable to find cuda shared memory region: '{name}'")
+
+    @staticmethod
+    def cuda_register(name: str) -> None:
+        raise InvalidArgument(
+            f"failed to register CUDA shared memory region: '{name}', GPUs not supported"
+        )
+
     # -- inference ---------------------------------------------------------------------
 
     def view(self, name: str, offset: int, byte_size: int) -> memoryview:
@@ -321,11 +341,8 @@ def write_outputs(response: InferResponse, targets: list[OutputTarget]) -> None:
                 "results"
             )
         target.view[:size] = data
-        params: dict[str, Any] = dict(tensor.parameters) if tensor.parameters else {}
-        params[REGION] = target.region
-        params[BYTE_SIZE] = size
-        if target.offset is not None:
-            params[OFFSET] = target.offset
+        # As Triton's answer (HTTP and gRPC): the output's name, datatype and shape only,
+        # no parameters; the client knows where it asked the data to go.
         response.outputs[index] = Tensor(
-            tensor.name, tensor.datatype, list(tensor.shape), SHM_PLACEHOLDER, params
+            tensor.name, tensor.datatype, list(tensor.shape), SHM_PLACEHOLDER
         )

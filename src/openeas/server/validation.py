@@ -24,6 +24,58 @@ class _InputSpec:
     fixed: bool  # no -1 in dims: the shape check is a tuple comparison
 
 
+#: Triton's note after a shape mismatch for a model with batching (max_batch_size > 0).
+_BATCH_NOTE = (
+    "NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension "
+    "to be prepended to each input shape. If you want to specify the full shape including "
+    "the batch dim in your input dims config, try setting max_batch_size to zero. See the "
+    "model configuration docs for more info on max_batch_size."
+)
+
+
+def _dims_text(dims: list[int] | tuple[int, ...]) -> str:
+    """A shape as Triton prints it: ``[-1,16]``."""
+    return "[" + ",".join(str(int(d)) for d in dims) + "]"
+
+
+def _names_text(names: list[str]) -> str:
+    """Input names as Triton prints them: ``['A','B']``."""
+    return "[" + ",".join(f"'{name}'" for name in names) + "]"
+
+
+def shape_error(
+    name: str, model: str, dims: tuple[int, ...], shape: list[int], batched: bool
+) -> InvalidArgument:
+    """Triton's error for an input whose shape does not match its config ``dims``."""
+    expected = ([-1] if batched else []) + list(dims)
+    return InvalidArgument(
+        f"unexpected shape for input '{name}' for model '{model}'. Expected "
+        f"{_dims_text(expected)}, got {_dims_text(shape)}. {_BATCH_NOTE if batched else ''}"
+    )
+
+
+def no_batch_dimension_error(name: str, model: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"input '{name}' has no shape but model requires batch dimension for '{model}'"
+    )
+
+
+def missing_inputs_error(
+    model: str, given: list[str], missing: list[str], required: int, total: int
+) -> InvalidArgument:
+    """Triton's error for a request without all of the model's required inputs."""
+    count = (
+        f"expected {total} inputs"
+        if required == total
+        else f"expected number of inputs between {required} and {total}"
+    )
+    return InvalidArgument(
+        f"{count} but got {len(given)} inputs for model '{model}'. Got input(s) "
+        f"{_names_text(given)}, but missing required input(s) {_names_text(missing)}. "
+        "Please provide all required input(s)."
+    )
+
+
 def _dims_match(expected: tuple[int, ...], shape: tuple[int, ...] | list[int]) -> bool:
     if len(expected) != len(shape):
         return False
@@ -70,10 +122,7 @@ class RequestValidator:
             shape = tensor.shape
             if batched:
                 if not shape:
-                    raise InvalidArgument(
-                        f"inference input '{tensor.name}' for model '{model}' has no batch "
-                        "dimension"
-                    )
+                    raise no_batch_dimension_error(tensor.name, model)
                 this_batch = shape[0]
                 if seen_batch is not None and this_batch != seen_batch:
                     raise InvalidArgument(
@@ -83,19 +132,14 @@ class RequestValidator:
                 seen_batch = this_batch
                 if this_batch < 1 or this_batch > self._max_batch:
                     raise InvalidArgument(
-                        f"inference request batch-size must be <= {self._max_batch} for "
-                        f"'{model}'"
+                        f"inference request batch-size must be <= {self._max_batch} for '{model}'"
                     )
                 check = tuple(shape[1:])
             else:
                 check = tuple(shape)
             ok = check == spec.dims if spec.fixed else _dims_match(spec.dims, check)
             if not ok and not (spec.reshape is not None and _dims_match(spec.reshape, check)):
-                expected = ([-1] if batched else []) + list(spec.dims)
-                raise InvalidArgument(
-                    f"unexpected shape for input '{tensor.name}' for model '{model}'. "
-                    f"Expected {expected}, got {list(shape)}"
-                )
+                raise shape_error(tensor.name, model, spec.dims, list(shape), batched)
             if spec.reshape is not None:
                 target = ([shape[0]] if batched else []) + list(spec.reshape)
                 tensor.data = tensor.data.reshape(target)
@@ -107,10 +151,8 @@ class RequestValidator:
             given = {tensor.name for tensor in request.inputs}
             missing = [name for name in self._required if name not in given]
             if missing:
-                raise InvalidArgument(
-                    f"expected {len(self._required)} inputs but got {len(given)} inputs for "
-                    f"model '{model}'. Got input(s) {sorted(given)}, but missing required "
-                    f"input(s) {missing}. Please provide all required input(s)."
+                raise missing_inputs_error(
+                    model, sorted(given), missing, len(self._required), len(self._inputs)
                 )
         if request.outputs:
             for output in request.outputs:
@@ -119,4 +161,3 @@ class RequestValidator:
                         f"unexpected inference output '{output.name}' for model '{model}'"
                     )
         return seen_batch if seen_batch is not None else 1
-

@@ -1,11 +1,13 @@
 """Copy files between the local file system and an object store (``openeas cp``).
 
-Destinations follow ``ossutil cp``: a destination ending in ``/`` (or an existing local
-directory, or a bare bucket) receives the source's base name.  For a local directory
-uploaded with ``recursive`` that means, as with ``cp -r`` and ``rsync``: ``./models/m``
-into ``oss://b/models/`` becomes ``oss://b/models/m/...``, while a source written with a
-trailing slash (``./models/m/``), a destination without one (``oss://b/models``) or a
-bare bucket (``oss://b``, ``oss://b/``) receives the directory's *contents*.  Downloads copy the contents of a prefix into the
+A destination ending in ``/`` (or an existing local directory) receives the source's base
+name.  A local directory uploaded with ``recursive`` follows ``cp -r`` and ``rsync``, one
+rule for every destination: ``./models/m`` into ``oss://b/models/`` or into the bucket
+root ``oss://b/`` becomes ``.../m/...``; a source written with a trailing slash
+(``./models/m/``, or ``.``) or a destination without one (``oss://b/models``, ``oss://b``)
+receives the directory's *contents*.  ``ossutil cp -r`` differs: it always copies the
+contents (never the directory itself), so ``ossutil cp -r DIR oss://b/p/`` is
+``openeas cp -r DIR/ oss://b/p/``.  Downloads copy the contents of a prefix into the
 destination directory.
 """
 
@@ -82,10 +84,7 @@ def _upload(
         if not recursive:
             raise StorageError(str(src), "is a directory (use -r to copy it recursively)")
         files = sorted(p for p in src.rglob("*") if p.is_file())
-        keep_name = (
-            bool(dest.key) and dst_text.endswith("/") and not src_text.endswith(("/", os.sep))
-        )
-        prefix = f"{src.resolve().name}/" if keep_name else ""
+        prefix = f"{src.resolve().name}/" if _keeps_name(src_text, dst_text) else ""
         jobs = [(p, prefix + p.relative_to(src).as_posix()) for p in files]
     elif src.is_file():
         into_dir = not dest.key or dst_text.endswith("/")
@@ -101,6 +100,15 @@ def _upload(
     finally:
         store.close()
     return TransferSummary("upload", len(jobs), sum(sizes))
+
+
+def _keeps_name(src_text: str, dst_text: str) -> bool:
+    """Whether an uploaded directory lands under its own name (``cp -r DIR dest/``):
+    the destination ends with ``/`` (a prefix or a bucket root alike) and the source is
+    named without a trailing slash (``DIR/``, ``.`` and ``..`` mean its contents)."""
+    if not dst_text.endswith("/") or src_text.endswith(("/", os.sep)):
+        return False
+    return Path(src_text).name not in ("", ".", "..")
 
 
 def _download(

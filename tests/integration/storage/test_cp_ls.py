@@ -82,6 +82,35 @@ def test_directory_name_kept_unless_source_ends_with_slash(
     assert tree(bucket_dir / "exact") == tree(src / "m")
 
 
+@pytest.mark.parametrize("scheme", ["s3", "oss"])
+def test_bucket_root_follows_the_same_rule(
+    tmp_path: Path, use_endpoint: SeaweedFS, bucket: str, scheme: str
+) -> None:
+    """``cp -r DIR s3://b/`` puts DIR under ``DIR/`` as any ``prefix/`` does; ``DIR/``,
+    ``.`` and a bare ``s3://b`` copy the contents (``ossutil cp -r`` always does)."""
+    src = sample_tree(tmp_path / "src")
+
+    def keys() -> set[str]:
+        return {info.key for info in open_store(f"{scheme}://{bucket}").list()}
+
+    assert openeas("cp", "-r", str(src / "m"), f"{scheme}://{bucket}/").returncode == 0
+    assert keys() == {"m/config.pbtxt", "m/1/model.onnx", "m/1/empty.txt"}
+    assert openeas("cp", "-r", f"{src / 'other'}/", f"{scheme}://{bucket}/").returncode == 0
+    assert "a/b/weights.bin" in keys()
+    assert openeas("cp", "-r", str(src / "other" / "a"), f"{scheme}://{bucket}").returncode == 0
+    assert "b/weights.bin" in keys()
+    here = subprocess.run(
+        [sys.executable, "-m", "openeas.cli.main", "cp", "-r", ".", f"{scheme}://{bucket}/dot/"],
+        cwd=src / "m",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert here.returncode == 0, here.stderr
+    assert {"dot/config.pbtxt", "dot/1/model.onnx"} <= keys()
+
+
 def test_single_files_both_ways(tmp_path: Path, use_endpoint: SeaweedFS, bucket: str) -> None:
     src = sample_tree(tmp_path / "src")
     model = src / "m" / "1" / "model.onnx"

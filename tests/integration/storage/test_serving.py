@@ -13,7 +13,7 @@ from openeas.testing.server import ServerProcess
 from tests.integration.storage.conftest import infer_add, launch_server, write_model
 
 
-def upload(local: Path, uri: str) -> None:
+def upload(local: Path | str, uri: str) -> None:
     """``openeas cp -r`` (the user's way to publish a repository)."""
     done = subprocess.run(
         [sys.executable, "-m", "openeas.cli.main", "cp", "-r", str(local), uri],
@@ -52,7 +52,7 @@ def test_oss_whole_bucket_through_endpoint(
 ) -> None:
     repo = tmp_path / "repo"
     write_model(repo, "whole", 3.0)
-    upload(repo, f"oss://{bucket}/")
+    upload(f"{repo}/", f"oss://{bucket}/")  # DIR/: its contents at the bucket root
     for uri in (f"oss://{bucket}", f"oss://{bucket}/"):
         server = launch_server(servers, tmp_path / "logs", uri)
         assert infer_add(server.http_url, "whole") == 3.0

@@ -37,6 +37,7 @@ from openeas.protocol.errors import InferenceError, InternalError, InvalidArgume
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
 from openeas.server.backends.base import ExecResult, ExecTiming
 from openeas.server.repository.config import ModelConfig
+from openeas.server.validation import missing_inputs_error, no_batch_dimension_error, shape_error
 
 #: ``run(inputs, output_names)`` returns one array per name, in the order of the names.
 RunFn = Callable[[dict[str, np.ndarray], list[str]], Sequence[np.ndarray]]
@@ -270,10 +271,8 @@ class TensorBatcher:
         missing = [n for n in self.required_inputs if n not in names]
         if missing:
             got = [t.name for t in request.inputs]
-            raise InvalidArgument(
-                f"expected {len(self.required_inputs)} inputs but got {len(got)} inputs for "
-                f"model '{self.model_name}'. Got input(s) {got}, but missing required "
-                f"input(s) {missing}. Please provide all required input(s)."
+            raise missing_inputs_error(
+                self.model_name, got, missing, len(self.required_inputs), len(self.inputs)
             )
         batch_size = -1
         for tensor in request.inputs:
@@ -292,10 +291,7 @@ class TensorBatcher:
                 )
             if self.batching:
                 if len(shape) == 0:
-                    raise InvalidArgument(
-                        f"inference input '{tensor.name}' of model '{self.model_name}' has "
-                        f"no batch dimension"
-                    )
+                    raise no_batch_dimension_error(tensor.name, self.model_name)
                 if batch_size < 0:
                     batch_size = int(shape[0])
                 elif shape[0] != batch_size:
@@ -312,10 +308,8 @@ class TensorBatcher:
                     and not _dims_match(spec.dims, body)
                     and not (spec.reshape is not None and _dims_match(spec.reshape, body))
                 ):
-                    expected = ([-1] if self.batching else []) + list(spec.dims)
-                    raise InvalidArgument(
-                        f"unexpected shape for input '{tensor.name}' for model "
-                        f"'{self.model_name}'. Expected {expected}, got {list(shape)}"
+                    raise shape_error(
+                        tensor.name, self.model_name, spec.dims, list(shape), self.batching
                     )
         if not self.batching:
             return 1

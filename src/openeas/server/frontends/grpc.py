@@ -268,14 +268,23 @@ class GrpcInferenceServicer:
         self.dataplane.system_shm_unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    async def CudaSharedMemoryStatus(self, request: Any) -> Any:
-        raise _cuda_shm()
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        self.dataplane.cuda_shm_status(request.name)  # no GPU: empty, or not found
+        return pb.CudaSharedMemoryStatusResponse()
 
-    async def CudaSharedMemoryRegister(self, request: Any) -> Any:
-        raise _cuda_shm()
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        self.dataplane.cuda_shm_register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
 
-    async def CudaSharedMemoryUnregister(self, request: Any) -> Any:
-        raise _cuda_shm()
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        self.dataplane.cuda_shm_unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # -- settings ----------------------------------------------------------------------
 
@@ -343,10 +352,6 @@ def _bool_parameter(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
-
-
-def _cuda_shm() -> Unsupported:
-    return Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
 
 
 class GrpcFrontend:

@@ -163,10 +163,8 @@ class HttpFrontend:
             return await self._logging(receive, send, method)
         if section == "trace" and n == 3 and parts[2] == "setting":
             return await self._trace(receive, send, method, None)
-        if section == "systemsharedmemory":
-            return await self._system_shared_memory(receive, send, method, parts)
-        if section == "cudasharedmemory":
-            raise Unsupported("CUDA shared memory is not supported: this server runs without CUDA")
+        if section in ("systemsharedmemory", "cudasharedmemory"):
+            return await self._shared_memory(receive, send, method, parts)
         raise NotFound("Not Found")
 
     async def _models(
@@ -195,8 +193,9 @@ class HttpFrontend:
             return await send_json(send, self.dataplane.model_metadata(name, version))
         if action == "ready":
             _allow(method, "GET")
-            ok = self.dataplane.model_ready(name, version)
-            return await send_response(send, 200 if ok else 400)
+            if not self.dataplane.model_ready(name, version):
+                raise InvalidArgument("Model version not ready")  # Triton's 400 and text
+            return await send_response(send, 200)
         if action == "config":
             _allow(method, "GET")
             return await send_json(send, self.dataplane.model_config(name, version))
@@ -276,10 +275,11 @@ class HttpFrontend:
         body = await self._json_body(receive)
         return await send_json(send, self.dataplane.trace_settings.update(body, model))
 
-    async def _system_shared_memory(
+    async def _shared_memory(
         self, receive: Receive, send: Send, method: str, parts: list[str]
     ) -> None:
-        """``/v2/systemsharedmemory[/region/<name>]/(status|register|unregister)``."""
+        """``/v2/(system|cuda)sharedmemory[/region/<name>]/(status|register|unregister)``."""
+        cuda = parts[1] == "cudasharedmemory"
         n = len(parts)
         if n == 3:
             name, action = "", parts[2]
@@ -292,9 +292,13 @@ class HttpFrontend:
         self.dataplane.check_shared_memory_allowed()
         if action == "status":
             _allow(method, "GET")
+            if cuda:
+                return await send_json(send, self.dataplane.cuda_shm_status(name))
             return await send_json(send, self.dataplane.system_shm_status(name))
         _allow(method, "POST")
-        if action == "register":
+        if cuda:
+            self._cuda_shared_memory(name, action)
+        elif action == "register":
             body = await self._json_body(receive)
             self.dataplane.system_shm_register(
                 name, body.get("key"), body.get("offset"), body.get("byte_size")
@@ -302,6 +306,17 @@ class HttpFrontend:
         else:
             self.dataplane.system_shm_unregister(name)
         return await send_response(send, 200, b"", JSON_HEADERS)
+
+    def _cuda_shared_memory(self, name: str, action: str) -> None:
+        """CUDA register / unregister (this server has no GPU; Triton's answers)."""
+        if action == "unregister":
+            self.dataplane.cuda_shm_unregister(name)
+        elif not name:
+            raise InvalidArgument(
+                "'region name' is necessary to register cuda shared memory region"
+            )
+        else:
+            self.dataplane.cuda_shm_register(name)
 
     async def _json_body(self, receive: Receive) -> dict[str, Any]:
         body = await read_body(receive, self.max_input_size)
