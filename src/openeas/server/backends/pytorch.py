@@ -8,6 +8,9 @@ It follows Triton's PyTorch (LibTorch) backend:
 * Inputs reach ``forward`` by position.  Names of the form ``<name>__<index>``
   (``INPUT__0``) give the position; otherwise names equal to ``forward``'s argument names
   map onto those arguments; otherwise the config order is the position.
+* Sequence control inputs (``sequence_batching.control_input``) must be named
+  ``<name>__<index>`` (``START__1``), as in Triton; the index is their ``forward``
+  position, next to the config's inputs.
 * Outputs: ``forward`` may return a tensor, a tuple/list of tensors or a dict of tensors.
   Names ``<name>__<index>`` (``OUTPUT__0``) pick that element; a dict is read by name;
   otherwise the config order is the position.  A returned dtype other than the
@@ -53,6 +56,7 @@ from openeas.server.backends.framework import (
 )
 from openeas.server.backends.tensor_batch import TensorBatcher, config_datatype
 from openeas.server.repository.config import ModelConfig, default_model_filename
+from openeas.server.sequence.config import control_specs
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,43 @@ def positions(names: Sequence[str], forward_args: Sequence[str] | None) -> list[
     if forward_args is not None and set(names) <= set(forward_args):
         return [forward_args.index(n) for n in names]
     return list(range(len(names)))
+
+
+def control_positions(config: ModelConfig) -> dict[str, int]:
+    """The ``forward`` position of each sequence control input, from its name.
+
+    As in Triton, a control input must be named ``<name>__<index>`` (``START__1``); the
+    index is its position among ``forward``'s arguments.
+    """
+    found: dict[str, int] = {}
+    for spec in control_specs(config):
+        match = _INDEXED.match(spec.name)
+        if not match:
+            raise InvalidArgument(
+                f"input '{spec.name}' does not follow <name>__<index> naming convention."
+            )
+        if spec.datatype not in TRITON_TO_TORCH:
+            raise InvalidArgument(
+                f"input '{spec.name}' type '{datatypes.triton_to_config(spec.datatype)}' is "
+                f"not supported by PyTorch."
+            )
+        found[spec.name] = int(match.group(2))
+    return found
+
+
+def input_order(config: ModelConfig, forward_args: Sequence[str] | None) -> list[str]:
+    """Config inputs and control inputs in ``forward``'s argument order."""
+    names = [io.name for io in config.input]
+    placed = dict(zip(names, positions(names, forward_args), strict=True))
+    controls = control_positions(config)
+    placed.update(controls)
+    taken = sorted(placed.values())
+    if taken != list(range(len(placed))):
+        raise InvalidArgument(
+            f"the inputs {list(names)} and control inputs {list(controls)} take forward "
+            f"positions {taken}; they must be 0..{len(placed) - 1}, each once"
+        )
+    return sorted(placed, key=placed.__getitem__)
 
 
 def _forward_args(module: Any) -> list[str] | None:
@@ -279,19 +320,17 @@ class PyTorchBackend(Backend):
             ) from None
         module.eval()
 
-        input_names = [io.name for io in config.input]
         forward_args = _forward_args(module)
         try:
-            order = positions(input_names, forward_args)
+            order = input_order(config, forward_args)
         except InvalidArgument as exc:
             raise InvalidArgument(f"unable to load model '{name}': {exc}") from None
         required = _required_args(module)
-        if forward_args is not None and not (required <= len(input_names) <= len(forward_args)):
+        if forward_args is not None and not (required <= len(order) <= len(forward_args)):
             raise InvalidArgument(
-                f"unable to load model '{name}': configuration expects {len(input_names)} "
+                f"unable to load model '{name}': configuration expects {len(order)} "
                 f"inputs, the model's forward takes {len(forward_args)} ({forward_args})"
             )
-        input_order = [n for _, n in sorted(zip(order, input_names, strict=True))]
 
         output_names = [io.name for io in config.output]
         output_index: dict[str, int | str] = {}
@@ -318,7 +357,7 @@ class PyTorchBackend(Backend):
             instance_name,
             module,
             TensorBatcher(config, context.version),
-            input_order,
+            order,
             output_index,
             output_dtypes,
             optimized=optimized,
