@@ -273,6 +273,28 @@ def write_tf_graphdef_identity(
     return _write_graphdef(repo, name, graph, config or None)
 
 
+def write_tf_savedmodel_sequence(repo: Path, name: str, *, config: str | None = None) -> Path:
+    """A TF2 SavedModel whose ``serving_default`` signature takes ``INPUT``, ``START`` and
+    ``READY`` (INT32 [-1, 1]) and returns ``OUTPUT = READY * (INPUT + START)``.  Without
+    ``config`` no ``config.pbtxt`` is written.  Returns the model directory."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None, 1], tf.int32, name=n) for n in ("INPUT", "START", "READY")]
+
+    class Sequence(tf.Module):
+        @tf.function(input_signature=spec)
+        def serve(self, INPUT: tf.Tensor, START: tf.Tensor, READY: tf.Tensor) -> dict:  # noqa: N803
+            return {"OUTPUT": READY * (INPUT + START)}
+
+    module = Sequence()
+    model_dir = repo / name
+    _write_config(model_dir, config)
+    path = model_dir / "1" / "model.savedmodel"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return model_dir
+
+
 def write_tf_example_repository(repo: Path) -> Path:
     """``simple``, ``simple_int8``, ``simple_string``, ``simple_identity``,
     ``simple_sequence`` and ``simple_dyna_sequence``: TensorFlow GraphDef models laid out like Triton's example

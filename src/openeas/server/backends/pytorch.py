@@ -93,13 +93,8 @@ def positions(names: Sequence[str], forward_args: Sequence[str] | None) -> list[
     """The ``forward`` position of each configured input (see the module docstring)."""
     indexed = [_INDEXED.match(n) for n in names]
     if names and all(indexed):
-        result = [int(m.group(2)) for m in indexed if m]
-        if sorted(result) != list(range(len(result))):
-            raise InvalidArgument(
-                f"input names {list(names)} use the <name>__<index> convention but their "
-                f"indices are not 0..{len(result) - 1}"
-            )
-        return result
+        # Checked with the control inputs' indices by input_order.
+        return [int(m.group(2)) for m in indexed if m]
     if forward_args is not None and set(names) <= set(forward_args):
         return [forward_args.index(n) for n in names]
     return list(range(len(names)))
@@ -130,16 +125,14 @@ def control_positions(config: ModelConfig) -> dict[str, int]:
 def input_order(config: ModelConfig, forward_args: Sequence[str] | None) -> list[str]:
     """Config inputs and control inputs in ``forward``'s argument order."""
     names = [io.name for io in config.input]
-    placed = dict(zip(names, positions(names, forward_args), strict=True))
-    controls = control_positions(config)
-    placed.update(controls)
-    taken = sorted(placed.values())
-    if taken != list(range(len(placed))):
+    pairs = [*zip(names, positions(names, forward_args), strict=True)]
+    pairs += control_positions(config).items()
+    if sorted(p for _, p in pairs) != list(range(len(pairs))):
         raise InvalidArgument(
-            f"the inputs {list(names)} and control inputs {list(controls)} take forward "
-            f"positions {taken}; they must be 0..{len(placed) - 1}, each once"
+            f"inputs {[n for n, _ in pairs]} (control inputs included) take forward "
+            f"positions {[p for _, p in pairs]}; they must be 0..{len(pairs) - 1}, each once"
         )
-    return sorted(placed, key=placed.__getitem__)
+    return [name for name, _ in sorted(pairs, key=lambda pair: pair[1])]
 
 
 def _forward_args(module: Any) -> list[str] | None:
