@@ -289,6 +289,44 @@ def test_system_shared_memory_int_and_string(client, grpc_client, protocol):
     assert [int(x) for x in diff[0]] == list((A - B)[0])
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_reuse_infer_objects_between_shm_and_regular(client, grpc_client, protocol):
+    """reuse_infer_objects_client: the same InferInput/InferRequestedOutput objects switch
+    between system shared memory and data in the request, and back."""
+    c, module = (client, httpclient) if protocol == "http" else (grpc_client, grpcclient)
+    key = f"reuse_{protocol}"
+    inputs = [module.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+    outputs = [module.InferRequestedOutput(n) for n in ("OUTPUT0", "OUTPUT1")]
+    handles = {
+        n: shm.create_shared_memory_region(f"{key}_{n}", f"/{key}_{n}", A.nbytes)
+        for n in ("in0", "in1", "out0", "out1")
+    }
+    try:
+        shm.set_shared_memory_region(handles["in0"], [A])
+        shm.set_shared_memory_region(handles["in1"], [B])
+        for n in handles:
+            c.register_system_shared_memory(f"{key}_{n}", f"/{key}_{n}", A.nbytes)
+        for round_ in range(2):
+            for inp, n in zip(inputs, ("in0", "in1"), strict=True):
+                inp.set_shared_memory(f"{key}_{n}", A.nbytes)
+            for out, n in zip(outputs, ("out0", "out1"), strict=True):
+                out.set_shared_memory(f"{key}_{n}", A.nbytes)
+            c.infer("simple", inputs, outputs=outputs)
+            total = shm.get_contents_as_numpy(handles["out0"], np.int32, [1, 16])
+            np.testing.assert_array_equal(np.array(total, copy=True), A + B)
+
+            inputs[0].set_data_from_numpy(A)
+            inputs[1].set_data_from_numpy(B * (round_ + 2))
+            for out in outputs:
+                out.unset_shared_memory()
+            result = c.infer("simple", inputs, outputs=outputs)
+            _check_add_sub(result, A, B * (round_ + 2))
+    finally:
+        c.unregister_system_shared_memory()
+        for handle in handles.values():
+            shm.destroy_shared_memory_region(handle)
+
+
 # -- simple_{http,grpc}_sequence_sync_infer_client, *_sequence_stream_infer_client --------
 
 
@@ -424,6 +462,8 @@ def test_model_control_with_config_override(control_server, protocol):
         assert config["max_batch_size"] == 16
         assert config["platform"] == "tensorflow_graphdef"
         assert not config.get("input") and not config.get("output")
+        with pytest.raises(InferenceServerException, match="unexpected inference input 'INPUT0'"):
+            client.infer("simple", _inputs(module, {"INPUT0": A, "INPUT1": B}))
 
         client.load_model("simple")
         config = client.get_model_config("simple")

@@ -324,3 +324,21 @@ def write_torchscript_sequence(repo: Path, name: str, *, config: str | None = No
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     _script(Sequence()).save(str(model_dir / "1" / "model.pt"))
     return model_dir
+
+
+def write_tf_graphdef_color_classifier(
+    repo: Path, name: str, *, size: int = 8, config: str | None = None
+) -> Path:
+    """A frozen GraphDef image "classifier": ``input`` FP32 [-1, size, size, 3] (NHWC,
+    values in [0, 1]) -> ``probabilities`` FP32 [-1, 3], the softmax of 10 x the mean of
+    each channel, so a red image scores class 0, green 1, blue 2.  ``config`` is written
+    when given.  Returns the model directory."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        pixels = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="input")
+        means = tf.reduce_mean(pixels, axis=[1, 2])
+        tf.nn.softmax(means * 10.0, name="probabilities")
+    return _write_graphdef(repo, name, graph, config)
