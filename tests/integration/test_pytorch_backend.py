@@ -81,6 +81,22 @@ output [ {{ name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
 """
 
 
+# Implicit state: ACC_IN__1 is fed the ACC_OUT__1 of the sequence's previous request.
+ACCUMULATOR_CONFIG = """
+name: "torch_accumulator"
+backend: "pytorch"
+max_batch_size: 4
+sequence_batching {
+  control_input [
+    { name: "START__2" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }
+  ]
+  state [ { input_name: "ACC_IN__1" output_name: "ACC_OUT__1" data_type: TYPE_INT32 dims: [ 1 ] } ]
+}
+input [ { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("torch-repo")
@@ -122,6 +138,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "torch_sequence",
         config=SEQUENCE_CONFIG.format(name="torch_sequence", start="START__1"),
     )
+    fm.write_torchscript_accumulator(root, "torch_accumulator", config=ACCUMULATOR_CONFIG)
     # A control input without an index: Triton's PyTorch backend refuses it.
     fm.write_torchscript_sequence(
         root,
@@ -301,3 +318,21 @@ def test_unindexed_control_input_fails_to_load(client):
         "input 'START' does not follow <name>__<index> naming convention."
         in index["torch_seq_unindexed"]["reason"]
     )
+
+
+def test_implicit_state_accumulates_per_sequence(client):
+    """Two sequences interleaved: each one's state output comes back as its state input."""
+    sequences = {21: [5, 3, 4], 22: [100, -1, -2]}
+    answers: dict[int, list[int]] = {21: [], 22: []}
+    for index in range(3):
+        for sequence_id, values in sequences.items():
+            result = client.infer(
+                "torch_accumulator",
+                _inputs(httpclient, {"INPUT__0": np.array([[values[index]]], np.int32)}, "INT32"),
+                sequence_id=sequence_id,
+                sequence_start=index == 0,
+                sequence_end=index == 2,
+            )
+            assert result.as_numpy("ACC_OUT__1") is None  # the state stays on the server
+            answers[sequence_id].append(int(result.as_numpy("OUTPUT__0")[0][0]))
+    assert answers == {21: [5, 8, 12], 22: [100, 99, 97]}

@@ -138,3 +138,24 @@ def test_tensorflow_session_threads_from_backend_config(tmp_path: Path):
     )
     with pytest.raises(InvalidArgument, match="no model.graphdef or model.savedmodel"):
         tf_backend.model_format(_config('name: "m" backend: "tensorflow"'), tmp_path / "2")
+
+
+def test_pytorch_implicit_state_positions_and_outputs():
+    torch_backend = pytest.importorskip(
+        "openeas.server.backends.pytorch", reason="torch is not installed"
+    )
+    text = """
+    name: "m" max_batch_size: 4
+    input { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }
+    output { name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }
+    sequence_batching { state { input_name: "acc" output_name: "%s" data_type: TYPE_FP32 dims: [ 1 ] } }
+    """
+    config = _config(text % "ACC_OUT__1")
+    assert torch_backend.input_order(config, ["x", "acc"]) == ["INPUT__0", "acc"]
+    with pytest.raises(InvalidArgument, match="state input 'acc' must follow"):
+        torch_backend.input_order(config, ["x", "y"])
+    index, dtypes = torch_backend.output_map(config)
+    assert index == {"OUTPUT__0": 0, "ACC_OUT__1": 1}
+    assert str(dtypes["ACC_OUT__1"]) == "torch.float32"
+    with pytest.raises(InvalidArgument, match="state output 'ACC_OUT' does not follow"):
+        torch_backend.output_map(_config(text % "ACC_OUT"))

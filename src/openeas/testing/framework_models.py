@@ -342,3 +342,24 @@ def write_tf_graphdef_color_classifier(
         means = tf.reduce_mean(pixels, axis=[1, 2])
         tf.nn.softmax(means * 10.0, name="probabilities")
     return _write_graphdef(repo, name, graph, config)
+
+
+def write_torchscript_accumulator(repo: Path, name: str, *, config: str | None = None) -> Path:
+    """A scripted sequence accumulator over Triton's implicit state:
+    ``forward(INPUT__0, ACC_IN__1, START__2) -> (total, total)`` (INT32) where ``total``
+    is ``INPUT`` at sequence start, else ``ACC_IN + INPUT``: the first element is the
+    output, the second the next state (``ACC_OUT__1``)."""
+    import torch
+
+    class Accumulator(torch.nn.Module):
+        def forward(
+            self, INPUT__0: torch.Tensor, ACC_IN__1: torch.Tensor, START__2: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            total = torch.where(START__2 == 1, INPUT__0, ACC_IN__1 + INPUT__0)
+            return total, total
+
+    model_dir = repo / name
+    _write_config(model_dir, config)
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    _script(Accumulator()).save(str(model_dir / "1" / "model.pt"))
+    return model_dir
