@@ -83,6 +83,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     fm.write_tf_graphdef_strings(root, "tf_strings", config=STRINGS_CONFIG)
+    # Three inputs for a graph with two placeholders: Triton's count check.
+    fm.write_tf_graphdef_add_sub(
+        root,
+        "tf_too_many_inputs",
+        config=GRAPHDEF_CONFIG.format(name="tf_too_many_inputs", extra="").replace(
+            "input [", 'input [ { name: "INPUT2" data_type: TYPE_FP32 dims: [ 16 ] },', 1
+        ),
+    )
     # No config.pbtxt: auto-completed from the SavedModel's serving_default signature.
     fm.write_tf_savedmodel_scale(root, "tf_saved")
     fm.write_tf_savedmodel_scale(
@@ -298,3 +306,10 @@ def test_bad_sequence_controls_fail_to_load_with_the_reason(client):
         "sequence control 'START': the model expects TYPE_INT32 but the model configuration "
         "specifies data-type TYPE_FP32" in wrong["reason"]
     )
+
+
+def test_graphdef_with_more_inputs_than_placeholders_fails_to_load(client):
+    index = {m["name"]: m for m in client.get_model_repository_index()}
+    model = index["tf_too_many_inputs"]
+    assert model["state"] == "UNAVAILABLE"
+    assert "configuration expects 3 inputs, model provides at most 2" in model["reason"]
