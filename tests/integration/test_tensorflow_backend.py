@@ -118,6 +118,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ]",
         ),
     )
+    # Implicit state is not something the tensorflow backend takes: a load error.
+    stateful = seq("tf_seq_state").replace(
+        "sequence_batching {",
+        'sequence_batching {\n  state [ { input_name: "ACC_IN" output_name: "ACC_OUT" '
+        "data_type: TYPE_INT32 dims: [ 1 ] } ]",
+    )
+    fm.write_tf_graphdef_sequence(root, "tf_seq_state", config=stateful)
     return root
 
 
@@ -300,6 +307,9 @@ def test_bad_sequence_controls_fail_to_load_with_the_reason(client):
         "configuration specified sequence control 'BEGIN', but model does not provide that "
         "input" in missing["reason"]
     )
+    stateful = index["tf_seq_state"]
+    assert stateful["state"] == "UNAVAILABLE"
+    assert "does not support implicit state" in stateful["reason"]
     wrong = index["tf_seq_control_type"]
     assert wrong["state"] == "UNAVAILABLE"
     assert (

@@ -455,6 +455,11 @@ class TensorFlowBackend(Backend):
     ) -> TensorFlowInstance:
         """Open a session on the model and check the config's inputs and outputs."""
         config = named_config(context.config, context.name)
+        if config.HasField("sequence_batching") and config.sequence_batching.state:
+            raise InvalidArgument(
+                f"unable to load model '{config.name}': the tensorflow backend does not "
+                f"support implicit state (sequence_batching.state)"
+            )
         platform = model_format(config, context.version_dir)
         path = model_path(config, context.version_dir, platform)
         proto = session_config(config, context.backend_config)
