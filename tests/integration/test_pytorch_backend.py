@@ -65,6 +65,38 @@ output [
 """
 
 
+# Control inputs follow <name>__<index>: their index is their forward position.
+SEQUENCE_CONFIG = """
+name: "{name}"
+backend: "pytorch"
+max_batch_size: 4
+sequence_batching {{
+  control_input [
+    {{ name: "{start}" control [ {{ kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] }} ] }},
+    {{ name: "READY__2" control [ {{ kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] }} ] }}
+  ]
+}}
+input [ {{ name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+output [ {{ name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+"""
+
+
+# Implicit state: ACC_IN__1 is fed the ACC_OUT__1 of the sequence's previous request.
+ACCUMULATOR_CONFIG = """
+name: "torch_accumulator"
+backend: "pytorch"
+max_batch_size: 4
+sequence_batching {
+  control_input [
+    { name: "START__2" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] }
+  ]
+  state [ { input_name: "ACC_IN__1" output_name: "ACC_OUT__1" data_type: TYPE_INT32 dims: [ 1 ] } ]
+}
+input [ { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("torch-repo")
@@ -101,6 +133,18 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, "torch_broken", config=DICT_CONFIG.replace("torch_dict", "torch_broken")
     )
     (broken / "1" / "model.pt").write_bytes(b"not a torchscript archive")
+    fm.write_torchscript_sequence(
+        root,
+        "torch_sequence",
+        config=SEQUENCE_CONFIG.format(name="torch_sequence", start="START__1"),
+    )
+    fm.write_torchscript_accumulator(root, "torch_accumulator", config=ACCUMULATOR_CONFIG)
+    # A control input without an index: Triton's PyTorch backend refuses it.
+    fm.write_torchscript_sequence(
+        root,
+        "torch_seq_unindexed",
+        config=SEQUENCE_CONFIG.format(name="torch_seq_unindexed", start="START"),
+    )
     return root
 
 
@@ -247,3 +291,48 @@ def test_without_torch_the_model_names_the_extra(tmp_path: Path, repo: Path):
         client.close()
     finally:
         server.stop()
+
+
+def test_sequence_control_inputs_reach_forward_by_index(client, grpc_client):
+    for protocol, (c, module) in {
+        "http": (client, httpclient),
+        "grpc": (grpc_client, grpcclient),
+    }.items():
+        answers = []
+        for index, value in enumerate([5, 3, 4]):
+            result = c.infer(
+                "torch_sequence",
+                _inputs(module, {"INPUT__0": np.array([[value]], np.int32)}, "INT32"),
+                sequence_id=11 if protocol == "http" else 12,
+                sequence_start=index == 0,
+                sequence_end=index == 2,
+            )
+            answers.append(int(result.as_numpy("OUTPUT__0")[0][0]))
+        assert answers == [6, 3, 4], protocol  # READY * (INPUT + START)
+
+
+def test_unindexed_control_input_fails_to_load(client):
+    index = {m["name"]: m for m in client.get_model_repository_index()}
+    assert index["torch_seq_unindexed"]["state"] == "UNAVAILABLE"
+    assert (
+        "input 'START' does not follow <name>__<index> naming convention."
+        in index["torch_seq_unindexed"]["reason"]
+    )
+
+
+def test_implicit_state_accumulates_per_sequence(client):
+    """Two sequences interleaved: each one's state output comes back as its state input."""
+    sequences = {21: [5, 3, 4], 22: [100, -1, -2]}
+    answers: dict[int, list[int]] = {21: [], 22: []}
+    for index in range(3):
+        for sequence_id, values in sequences.items():
+            result = client.infer(
+                "torch_accumulator",
+                _inputs(httpclient, {"INPUT__0": np.array([[values[index]]], np.int32)}, "INT32"),
+                sequence_id=sequence_id,
+                sequence_start=index == 0,
+                sequence_end=index == 2,
+            )
+            assert result.as_numpy("ACC_OUT__1") is None  # the state stays on the server
+            answers[sequence_id].append(int(result.as_numpy("OUTPUT__0")[0][0]))
+    assert answers == {21: [5, 8, 12], 22: [100, 99, 97]}

@@ -46,6 +46,19 @@ output [
 """
 
 
+# Only the sequence batcher: inputs and outputs come from the signature, where the
+# control inputs START and READY are signature inputs too but must not become inputs.
+SAVED_SEQUENCE_CONFIG = """
+platform: "tensorflow_savedmodel"
+sequence_batching {
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] }
+  ]
+}
+"""
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tf-repo")
@@ -70,6 +83,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     fm.write_tf_graphdef_strings(root, "tf_strings", config=STRINGS_CONFIG)
+    # Three inputs for a graph with two placeholders: Triton's count check.
+    fm.write_tf_graphdef_add_sub(
+        root,
+        "tf_too_many_inputs",
+        config=GRAPHDEF_CONFIG.format(name="tf_too_many_inputs", extra="").replace(
+            "input [", 'input [ { name: "INPUT2" data_type: TYPE_FP32 dims: [ 16 ] },', 1
+        ),
+    )
     # No config.pbtxt: auto-completed from the SavedModel's serving_default signature.
     fm.write_tf_savedmodel_scale(root, "tf_saved")
     fm.write_tf_savedmodel_scale(
@@ -78,6 +99,32 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config='platform: "tensorflow_savedmodel"\n'
         'parameters { key: "TF_SIGNATURE_DEF" value { string_value: "triple" } }\n',
     )
+    # Sequence models: the control inputs are graph placeholders / signature inputs.
+    fm.write_tf_savedmodel_sequence(root, "tf_saved_sequence", config=SAVED_SEQUENCE_CONFIG)
+
+    def seq(name: str) -> str:
+        return fm.SEQUENCE_CONFIG.format(name=name, dyna="")
+
+    fm.write_tf_graphdef_sequence(
+        root,
+        "tf_seq_missing_control",
+        config=seq("tf_seq_missing_control").replace('"READY"', '"BEGIN"'),
+    )
+    fm.write_tf_graphdef_sequence(
+        root,
+        "tf_seq_control_type",
+        config=seq("tf_seq_control_type").replace(
+            "CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ]",
+            "CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ]",
+        ),
+    )
+    # Implicit state is not something the tensorflow backend takes: a load error.
+    stateful = seq("tf_seq_state").replace(
+        "sequence_batching {",
+        'sequence_batching {\n  state [ { input_name: "ACC_IN" output_name: "ACC_OUT" '
+        "data_type: TYPE_INT32 dims: [ 1 ] } ]",
+    )
+    fm.write_tf_graphdef_sequence(root, "tf_seq_state", config=stateful)
     return root
 
 
@@ -231,3 +278,48 @@ def test_bytes_tensors(client, grpc_client):
     ginp.set_data_from_numpy(np.array([[b"grpc"]], dtype=np.object_))
     result = grpc_client.infer("tf_strings", [ginp])
     assert result.as_numpy("UPPER").tolist() == [[b"GRPC"]]
+
+
+def test_savedmodel_sequence_controls_are_fed_not_auto_completed(client, grpc_client):
+    config = client.get_model_config("tf_saved_sequence")
+    assert [i["name"] for i in config["input"]] == ["INPUT"]
+    assert [o["name"] for o in config["output"]] == ["OUTPUT"]
+    answers = []
+    for index, value in enumerate([5, 3, 4]):
+        inp = grpcclient.InferInput("INPUT", [1, 1], "INT32")
+        inp.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+        result = grpc_client.infer(
+            "tf_saved_sequence",
+            [inp],
+            sequence_id=7,
+            sequence_start=index == 0,
+            sequence_end=index == 2,
+        )
+        answers.append(int(result.as_numpy("OUTPUT")[0][0]))
+    assert answers == [6, 3, 4]  # READY * (INPUT + START)
+
+
+def test_bad_sequence_controls_fail_to_load_with_the_reason(client):
+    index = {m["name"]: m for m in client.get_model_repository_index()}
+    missing = index["tf_seq_missing_control"]
+    assert missing["state"] == "UNAVAILABLE"
+    assert (
+        "configuration specified sequence control 'BEGIN', but model does not provide that "
+        "input" in missing["reason"]
+    )
+    stateful = index["tf_seq_state"]
+    assert stateful["state"] == "UNAVAILABLE"
+    assert "does not support implicit state" in stateful["reason"]
+    wrong = index["tf_seq_control_type"]
+    assert wrong["state"] == "UNAVAILABLE"
+    assert (
+        "sequence control 'START': the model expects TYPE_INT32 but the model configuration "
+        "specifies data-type TYPE_FP32" in wrong["reason"]
+    )
+
+
+def test_graphdef_with_more_inputs_than_placeholders_fails_to_load(client):
+    index = {m["name"]: m for m in client.get_model_repository_index()}
+    model = index["tf_too_many_inputs"]
+    assert model["state"] == "UNAVAILABLE"
+    assert "configuration expects 3 inputs, model provides at most 2" in model["reason"]

@@ -10,6 +10,7 @@ from openeas.protocol.errors import InvalidArgument
 from openeas.server.backends.framework import (
     ModelTensor,
     auto_complete,
+    check_control,
     check_io,
     int_setting,
 )
@@ -75,8 +76,47 @@ def test_pytorch_input_positions():
     assert positions(["INPUT__1", "INPUT__0"], ["a", "b"]) == [1, 0]
     assert positions(["b", "a"], ["a", "b"]) == [1, 0]
     assert positions(["x", "y"], ["a", "b"]) == [0, 1]  # neither convention: config order
-    with pytest.raises(InvalidArgument, match="indices are not 0..1"):
-        positions(["INPUT__0", "INPUT__2"], None)
+    plain = _config('name: "m" input { name: "INPUT__0" } input { name: "INPUT__2" }')
+    with pytest.raises(InvalidArgument, match=r"positions \[0, 2\]; they must be 0..1"):
+        torch_backend.input_order(plain, None)
+
+
+_SEQUENCE = """
+name: "m" max_batch_size: 4
+input {{ name: "{input}" data_type: TYPE_INT32 dims: [ 1 ] }}
+sequence_batching {{ control_input [
+  {{ name: "{start}" control [ {{ kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] }} ] }},
+  {{ name: "CORRID__1" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: {corrid} }} ] }}
+] }}
+"""
+
+
+def test_check_control_datatype_and_shape():
+    config = _config(_SEQUENCE.format(input="INPUT", start="START", corrid="TYPE_UINT64"))
+    check_control(config, "START", "INT32", ModelTensor("START", "INT32", (-1, 1)))
+    check_control(config, "START", "INT32", ModelTensor("START", "INT32", None))
+    with pytest.raises(InvalidArgument, match="expects TYPE_BOOL but the model configuration"):
+        check_control(config, "START", "INT32", ModelTensor("START", "BOOL", (-1, 1)))
+    with pytest.raises(InvalidArgument, match=r"model expects shape \[-1\] but control"):
+        check_control(config, "START", "INT32", ModelTensor("START", "INT32", (-1,)))
+
+
+def test_pytorch_control_inputs_take_their_index():
+    torch_backend = pytest.importorskip(
+        "openeas.server.backends.pytorch", reason="torch is not installed"
+    )
+    config = _config(_SEQUENCE.format(input="INPUT", start="START__2", corrid="TYPE_INT64"))
+    assert torch_backend.input_order(config, ["x", "c", "s"]) == ["INPUT", "CORRID__1", "START__2"]
+    with pytest.raises(InvalidArgument, match="does not follow <name>__<index>"):
+        torch_backend.input_order(
+            _config(_SEQUENCE.format(input="INPUT", start="START", corrid="TYPE_INT64")), None
+        )
+    unsigned = _config(_SEQUENCE.format(input="INPUT", start="START__2", corrid="TYPE_UINT64"))
+    with pytest.raises(InvalidArgument, match="type 'TYPE_UINT64' is not supported by PyTorch"):
+        torch_backend.input_order(unsigned, None)
+    clash = _config(_SEQUENCE.format(input="INPUT__1", start="START__2", corrid="TYPE_INT64"))
+    with pytest.raises(InvalidArgument, match=r"positions \[1, 2, 1\]; they must be 0..2"):
+        torch_backend.input_order(clash, None)
 
 
 def test_tensorflow_session_threads_from_backend_config(tmp_path: Path):
@@ -98,3 +138,24 @@ def test_tensorflow_session_threads_from_backend_config(tmp_path: Path):
     )
     with pytest.raises(InvalidArgument, match="no model.graphdef or model.savedmodel"):
         tf_backend.model_format(_config('name: "m" backend: "tensorflow"'), tmp_path / "2")
+
+
+def test_pytorch_implicit_state_positions_and_outputs():
+    torch_backend = pytest.importorskip(
+        "openeas.server.backends.pytorch", reason="torch is not installed"
+    )
+    text = """
+    name: "m" max_batch_size: 4
+    input { name: "INPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }
+    output { name: "OUTPUT__0" data_type: TYPE_INT32 dims: [ 1 ] }
+    sequence_batching { state { input_name: "acc" output_name: "%s" data_type: TYPE_FP32 dims: [ 1 ] } }
+    """
+    config = _config(text % "ACC_OUT__1")
+    assert torch_backend.input_order(config, ["x", "acc"]) == ["INPUT__0", "acc"]
+    with pytest.raises(InvalidArgument, match="state input 'acc' must follow"):
+        torch_backend.input_order(config, ["x", "y"])
+    index, dtypes = torch_backend.output_map(config)
+    assert index == {"OUTPUT__0": 0, "ACC_OUT__1": 1}
+    assert str(dtypes["ACC_OUT__1"]) == "torch.float32"
+    with pytest.raises(InvalidArgument, match="state output 'ACC_OUT' does not follow"):
+        torch_backend.output_map(_config(text % "ACC_OUT"))

@@ -156,6 +156,31 @@ def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> No
         )
 
 
+def check_control(config: ModelConfig, name: str, datatype: str, tensor: ModelTensor) -> None:
+    """Check a sequence control input the model declares against what the server feeds.
+
+    The sequence batcher feeds each control as ``datatype`` with dims ``[1]`` (behind the
+    batch dimension when ``max_batch_size > 0``), as Triton does; -1 in the model's
+    shape matches any size.
+    """
+    prefix = f"unable to load model '{config.name}', sequence control '{name}'"
+    if tensor.datatype is not None and tensor.datatype != datatype:
+        model_type = datatypes.triton_to_config(tensor.datatype)
+        raise InvalidArgument(
+            f"{prefix}: the model expects {model_type} but the model configuration "
+            f"specifies data-type {datatypes.triton_to_config(datatype)}"
+        )
+    if tensor.dims is None:
+        return
+    full = [-1, 1] if config.max_batch_size > 0 else [1]
+    model = list(tensor.dims)
+    if len(model) != len(full) or any(m not in (c, -1) for m, c in zip(model, full, strict=True)):
+        raise InvalidArgument(
+            f"{prefix}: the model expects shape {_shape(model)} but control inputs have "
+            f"shape {_shape(full)}"
+        )
+
+
 def named_config(config: ModelConfig, name: str) -> ModelConfig:
     """``config`` carrying the served model ``name`` (a copy only when they differ)."""
     if not name or config.name == name:

@@ -8,6 +8,11 @@ It follows Triton's PyTorch (LibTorch) backend:
 * Inputs reach ``forward`` by position.  Names of the form ``<name>__<index>``
   (``INPUT__0``) give the position; otherwise names equal to ``forward``'s argument names
   map onto those arguments; otherwise the config order is the position.
+* Sequence control inputs (``sequence_batching.control_input``) must be named
+  ``<name>__<index>`` (``START__1``), as in Triton; the index is their ``forward``
+  position, next to the config's inputs.  Implicit state inputs take the position of
+  their ``__<index>`` or of the ``forward`` argument of their name; state outputs are
+  picked by their ``__<index>``.
 * Outputs: ``forward`` may return a tensor, a tuple/list of tensors or a dict of tensors.
   Names ``<name>__<index>`` (``OUTPUT__0``) pick that element; a dict is read by name;
   otherwise the config order is the position.  A returned dtype other than the
@@ -53,6 +58,7 @@ from openeas.server.backends.framework import (
 )
 from openeas.server.backends.tensor_batch import TensorBatcher, config_datatype
 from openeas.server.repository.config import ModelConfig, default_model_filename
+from openeas.server.sequence.config import control_specs
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +95,105 @@ def positions(names: Sequence[str], forward_args: Sequence[str] | None) -> list[
     """The ``forward`` position of each configured input (see the module docstring)."""
     indexed = [_INDEXED.match(n) for n in names]
     if names and all(indexed):
-        result = [int(m.group(2)) for m in indexed if m]
-        if sorted(result) != list(range(len(result))):
-            raise InvalidArgument(
-                f"input names {list(names)} use the <name>__<index> convention but their "
-                f"indices are not 0..{len(result) - 1}"
-            )
-        return result
+        # Checked with the control inputs' indices by input_order.
+        return [int(m.group(2)) for m in indexed if m]
     if forward_args is not None and set(names) <= set(forward_args):
         return [forward_args.index(n) for n in names]
     return list(range(len(names)))
+
+
+def control_positions(config: ModelConfig) -> dict[str, int]:
+    """The ``forward`` position of each sequence control input, from its name.
+
+    As in Triton, a control input must be named ``<name>__<index>`` (``START__1``); the
+    index is its position among ``forward``'s arguments.
+    """
+    found: dict[str, int] = {}
+    for spec in control_specs(config):
+        match = _INDEXED.match(spec.name)
+        if not match:
+            raise InvalidArgument(
+                f"input '{spec.name}' does not follow <name>__<index> naming convention."
+            )
+        if spec.datatype not in TRITON_TO_TORCH:
+            raise InvalidArgument(
+                f"input '{spec.name}' type '{datatypes.triton_to_config(spec.datatype)}' is "
+                f"not supported by PyTorch."
+            )
+        found[spec.name] = int(match.group(2))
+    return found
+
+
+def _states(config: ModelConfig) -> list[Any]:
+    if not config.HasField("sequence_batching"):
+        return []
+    for state in config.sequence_batching.state:
+        datatype = config_datatype(state.data_type)
+        if datatype not in TRITON_TO_TORCH:
+            raise InvalidArgument(
+                f"unsupported datatype {datatypes.triton_to_config(datatype)} for state "
+                f"'{state.input_name}'"
+            )
+    return list(config.sequence_batching.state)
+
+
+def state_positions(config: ModelConfig, forward_args: Sequence[str] | None) -> dict[str, int]:
+    """The ``forward`` position of each implicit state input: its ``__<index>`` or, as
+    in Triton, the position of the ``forward`` argument of that name."""
+    found: dict[str, int] = {}
+    for state in _states(config):
+        name = state.input_name
+        match = _INDEXED.match(name)
+        if match:
+            found[name] = int(match.group(2))
+        elif forward_args is not None and name in forward_args:
+            found[name] = list(forward_args).index(name)
+        else:
+            raise InvalidArgument(
+                f"state input '{name}' must follow the <name>__<index> naming convention "
+                f"or be named after an argument of forward"
+            )
+    return found
+
+
+def input_order(config: ModelConfig, forward_args: Sequence[str] | None) -> list[str]:
+    """Config inputs, control inputs and state inputs in ``forward``'s argument order."""
+    names = [io.name for io in config.input]
+    pairs = [*zip(names, positions(names, forward_args), strict=True)]
+    pairs += control_positions(config).items()
+    pairs += state_positions(config, forward_args).items()
+    if sorted(p for _, p in pairs) != list(range(len(pairs))):
+        raise InvalidArgument(
+            f"inputs {[n for n, _ in pairs]} (control and state inputs included) take "
+            f"forward positions {[p for _, p in pairs]}; they must be 0..{len(pairs) - 1}, "
+            f"each once"
+        )
+    return [name for name, _ in sorted(pairs, key=lambda pair: pair[1])]
+
+
+def output_map(config: ModelConfig) -> tuple[dict[str, int | str], dict[str, torch.dtype]]:
+    """Each output's element of what ``forward`` returns, and its dtype.
+
+    Config outputs by ``__<index>`` (all of them) or config order; implicit state
+    outputs always by ``__<index>`` (Triton's rule).
+    """
+    names = [io.name for io in config.output]
+    indexed = [_INDEXED.match(n) for n in names]
+    index: dict[str, int | str] = {
+        name: int(match.group(2)) if all(indexed) and match else position
+        for position, (name, match) in enumerate(zip(names, indexed, strict=True))
+    }
+    dtypes = {io.name: TRITON_TO_TORCH[config_datatype(io.data_type)] for io in config.output}
+    for state in _states(config):
+        match = _INDEXED.match(state.output_name)
+        if not match:
+            raise InvalidArgument(
+                f"state output '{state.output_name}' does not follow <name>__<index> naming "
+                f"convention."
+            )
+        index[state.output_name] = int(match.group(2))
+        dtypes[state.output_name] = TRITON_TO_TORCH[config_datatype(state.data_type)]
+    return index, dtypes
 
 
 def _forward_args(module: Any) -> list[str] | None:
@@ -279,28 +374,19 @@ class PyTorchBackend(Backend):
             ) from None
         module.eval()
 
-        input_names = [io.name for io in config.input]
         forward_args = _forward_args(module)
         try:
-            order = positions(input_names, forward_args)
+            order = input_order(config, forward_args)
+            output_index, output_dtypes = output_map(config)
         except InvalidArgument as exc:
             raise InvalidArgument(f"unable to load model '{name}': {exc}") from None
         required = _required_args(module)
-        if forward_args is not None and not (required <= len(input_names) <= len(forward_args)):
+        if forward_args is not None and not (required <= len(order) <= len(forward_args)):
             raise InvalidArgument(
-                f"unable to load model '{name}': configuration expects {len(input_names)} "
+                f"unable to load model '{name}': configuration expects {len(order)} "
                 f"inputs, the model's forward takes {len(forward_args)} ({forward_args})"
             )
-        input_order = [n for _, n in sorted(zip(order, input_names, strict=True))]
 
-        output_names = [io.name for io in config.output]
-        output_index: dict[str, int | str] = {}
-        indexed = [_INDEXED.match(n) for n in output_names]
-        for position, (out, match) in enumerate(zip(output_names, indexed, strict=True)):
-            output_index[out] = int(match.group(2)) if all(indexed) and match else position
-        output_dtypes = {
-            io.name: TRITON_TO_TORCH[config_datatype(io.data_type)] for io in config.output
-        }
         optimized = not bool_setting(
             config, context.backend_config, ("DISABLE_OPTIMIZED_EXECUTION",), False
         )
@@ -318,7 +404,7 @@ class PyTorchBackend(Backend):
             instance_name,
             module,
             TensorBatcher(config, context.version),
-            input_order,
+            order,
             output_index,
             output_dtypes,
             optimized=optimized,

@@ -5,13 +5,18 @@ It follows Triton's tensorflow backend:
 * ``platform: "tensorflow_graphdef"``: ``<version>/model.graphdef``, a frozen GraphDef.
   Config input/output names are graph tensor names as given (``input``,
   ``InceptionV3/Predictions/Softmax``); a name without ``:N`` means output 0 of that op.
-  A GraphDef carries no usable signature, so its config must list inputs and outputs.
+  A GraphDef carries no usable signature, so it is not auto-completed (as in Triton): only
+  the tensors its config lists are served, and a config listing none (a load with a config
+  override of just ``max_batch_size``) loads a model that serves none.
 * ``platform: "tensorflow_savedmodel"``: ``<version>/model.savedmodel/``.  The signature is
   parameter ``TF_SIGNATURE_DEF`` (default ``serving_default``) of the MetaGraph tagged
   ``TF_GRAPH_TAG`` (default ``serve``); config names are the signature's input/output keys.
   When the server is not strict, missing inputs/outputs, ``max_batch_size`` and
   ``dynamic_batching`` are auto-completed from the signature.
 * ``backend: "tensorflow"`` without a platform picks the format from the file present.
+* ``sequence_batching.control_input`` tensors (START, END, READY, CORRID) are graph
+  placeholders / signature inputs fed next to the config's inputs, with the control's
+  datatype and dims ``[1]`` (behind the batch dimension); they are checked at load.
 * Each instance runs its own ``tf.compat.v1.Session``.  Its thread pools come from the
   parameters ``TF_NUM_INTRA_THREADS`` / ``TF_NUM_INTER_THREADS`` (0 = TensorFlow's choice)
   and ``TF_USE_PER_SESSION_THREADS``; ``--backend-config=tensorflow,<key>=<value>`` gives
@@ -49,14 +54,15 @@ from openeas.server.backends.framework import (
     ModelTensor,
     auto_complete,
     bool_setting,
+    check_control,
     check_io,
     int_setting,
     named_config,
-    require_io,
     setting,
 )
 from openeas.server.backends.tensor_batch import TensorBatcher
 from openeas.server.repository.config import ModelConfig
+from openeas.server.sequence.config import control_specs
 
 # TensorFlow's C++ logging goes to stderr at import; keep only errors unless asked.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -244,17 +250,67 @@ def _init_ops(config: ModelConfig, context: ModelContext) -> list[str]:
     )
 
 
+def _placeholders(graph: Any) -> list[str]:
+    return [op.name for op in graph.get_operations() if op.type == "Placeholder"]
+
+
 def _graph_tensor(graph: Any, model: str, kind: str, name: str) -> Any:
     """The graph tensor a config name refers to (``name`` or ``name:0``)."""
     tensor_name = name if ":" in name else f"{name}:0"
     try:
         return graph.get_tensor_by_name(tensor_name)
     except (KeyError, ValueError):
-        placeholders = [op.name for op in graph.get_operations() if op.type == "Placeholder"]
-        hint = f"; the graph's placeholders are {placeholders}" if kind == "input" else ""
+        hint = f"; the graph's placeholders are {_placeholders(graph)}" if kind == "input" else ""
         raise InvalidArgument(
             f"unable to load model '{model}': {kind} '{name}' is not a tensor of the graph{hint}"
         ) from None
+
+
+def _missing_control(name: str) -> InvalidArgument:
+    # Triton's message for a control input the model does not take.
+    return InvalidArgument(
+        f"configuration specified sequence control '{name}', but model does not provide that input"
+    )
+
+
+def _graphdef_io(
+    config: ModelConfig, graph: Any
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, ModelTensor]]:
+    """The feeds (config inputs and sequence controls), fetches and their declarations.
+
+    As in Triton, a GraphDef is not auto-completed: the config may list no inputs or
+    outputs (e.g. a load with a config override of just ``max_batch_size``); the model
+    then loads but serves no tensors, which is logged.
+    """
+    placeholders = _placeholders(graph)
+    if len(config.input) > len(placeholders):
+        raise InvalidArgument(
+            f"unable to load model '{config.name}', configuration expects "
+            f"{len(config.input)} inputs, model provides at most {len(placeholders)}"
+        )
+    if not config.input or not config.output:
+        logger.warning(
+            "model '%s' (tensorflow_graphdef) lists %d inputs and %d outputs in its "
+            "configuration; a GraphDef is not auto-completed, so only the listed tensors "
+            "are served",
+            config.name,
+            len(config.input),
+            len(config.output),
+        )
+    feeds = {io.name: _graph_tensor(graph, config.name, "input", io.name) for io in config.input}
+    fetches = {
+        io.name: _graph_tensor(graph, config.name, "output", io.name) for io in config.output
+    }
+    for spec in control_specs(config):
+        try:
+            feeds[spec.name] = graph.get_tensor_by_name(f"{spec.name}:0")
+        except (KeyError, ValueError):
+            raise _missing_control(spec.name) from None
+    declared = {
+        n: _model_tensor(n, t.dtype, _dims_of(t.shape))
+        for n, t in (*feeds.items(), *fetches.items())
+    }
+    return feeds, fetches, declared
 
 
 def _load_graphdef(path: Path, config: ModelConfig) -> Any:
@@ -293,6 +349,10 @@ def _open_savedmodel(
     signature = _signature(config, meta, _signature_key(config, context.backend_config))
     inputs, outputs, names = signature_tensors(signature)
     feeds: dict[str, Any] = {}
+    for spec in control_specs(config):
+        if spec.name not in inputs:
+            raise _missing_control(spec.name)
+        feeds[spec.name] = graph.get_tensor_by_name(names[spec.name])
     fetches: dict[str, Any] = {}
     for kind, ios, known, target in (
         ("input", config.input, inputs, feeds),
@@ -308,7 +368,7 @@ def _open_savedmodel(
     missing = sorted(set(inputs) - set(feeds))
     if missing:
         raise InvalidArgument(
-            f"unable to load model '{config.name}': configuration expects {len(config.input)} "
+            f"unable to load model '{config.name}': configuration expects {len(feeds)} "
             f"inputs, the signature has {len(inputs)} (missing {missing})"
         )
     return feeds, fetches, {**inputs, **outputs}
@@ -385,30 +445,27 @@ class TensorFlowBackend(Backend):
         meta = _meta_graph(config, path, _graph_tag(config, backend_config))
         signature = _signature(config, meta, _signature_key(config, backend_config))
         inputs, outputs, _ = signature_tensors(signature)
-        auto_complete(config, list(inputs.values()), list(outputs.values()), backend_config)
+        # Control inputs are fed by the sequence batcher, never listed as inputs (Triton).
+        controls = {spec.name for spec in control_specs(config)}
+        model_inputs = [t for name, t in inputs.items() if name not in controls]
+        auto_complete(config, model_inputs, list(outputs.values()), backend_config)
 
     def create_instance(
         self, context: ModelContext, instance_name: str, device_id: int
     ) -> TensorFlowInstance:
         """Open a session on the model and check the config's inputs and outputs."""
         config = named_config(context.config, context.name)
+        if config.HasField("sequence_batching") and config.sequence_batching.state:
+            raise InvalidArgument(
+                f"unable to load model '{config.name}': the tensorflow backend does not "
+                f"support implicit state (sequence_batching.state)"
+            )
         platform = model_format(config, context.version_dir)
         path = model_path(config, context.version_dir, platform)
-        require_io(config, "tensorflow")
         proto = session_config(config, context.backend_config)
         if platform == GRAPHDEF:
             graph = _load_graphdef(path, config)
-            feeds = {
-                io.name: _graph_tensor(graph, config.name, "input", io.name) for io in config.input
-            }
-            fetches = {
-                io.name: _graph_tensor(graph, config.name, "output", io.name)
-                for io in config.output
-            }
-            declared = {
-                n: _model_tensor(n, t.dtype, _dims_of(t.shape))
-                for n, t in (*feeds.items(), *fetches.items())
-            }
+            feeds, fetches, declared = _graphdef_io(config, graph)
             session = tf.compat.v1.Session(graph=graph, config=proto)
         else:
             graph = tf.Graph()
@@ -422,6 +479,8 @@ class TensorFlowBackend(Backend):
             for kind, ios in (("input", config.input), ("output", config.output)):
                 for io in ios:
                     check_io(config, kind, io, declared[io.name])
+            for spec in control_specs(config):
+                check_control(config, spec.name, spec.datatype, declared[spec.name])
             ops = _init_ops(config, context)
             if ops:
                 session.run(ops)

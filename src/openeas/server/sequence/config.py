@@ -165,6 +165,12 @@ def _controls(config: ModelConfig) -> tuple[ControlSpec, ...]:
     return tuple(controls)
 
 
+def control_specs(config: ModelConfig) -> tuple[ControlSpec, ...]:
+    """The model's control inputs (none without ``sequence_batching``); for backends,
+    which feed them to the framework next to the config's inputs."""
+    return _controls(config) if config.HasField("sequence_batching") else ()
+
+
 def _initial_state(
     model: str, state: mc.ModelSequenceBatching.State, datatype: str, model_dir: Path | None
 ) -> np.ndarray:
