@@ -338,11 +338,15 @@ def test_cpu_strategy() -> None:
 
 
 def test_the_largest_strategy_wins() -> None:
-    decision = Driver(spec(1, 8, qps=10, cpu=50), current=2).tick(0.0, qps=16.0, cpu=90.0)
-    assert [s.replicas for s in decision.strategies] == [4, 4]
-    decision = Driver(spec(1, 8, qps=10, cpu=50), current=2).tick(0.0, qps=31.0, cpu=90.0)
+    both = spec(1, 8, qps=10, cpu=50)
+    decision = Driver(both, current=2).tick(0.0, qps=31.0, cpu=90.0)
     assert [s.replicas for s in decision.strategies] == [7, 4]
     assert (decision.recommendation, decision.desired) == (7, 7)
+    decision = Driver(both, current=2).tick(0.0, qps=16.0, cpu=130.0 / 2)
+    assert [s.replicas for s in decision.strategies] == [4, 3]
+    decision = Driver(both, current=2).tick(0.0, qps=12.0, cpu=95.0)
+    assert [s.replicas for s in decision.strategies] == [3, 4]
+    assert (decision.recommendation, decision.desired) == (4, 4)
 
 
 def test_scale_up_waits_out_its_window() -> None:
