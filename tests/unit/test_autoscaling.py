@@ -451,6 +451,21 @@ def test_cron_target_is_a_floor_for_the_autoscaler() -> None:
     assert driver.tick(2.0, qps=1.0).desired == 1
 
 
+def test_lowering_the_cron_floor_scales_down_within_the_down_window() -> None:
+    quiet = Driver(spec(1, 8, qps=10, down=300), current=1)
+    quiet.cron = 4
+    assert [quiet.tick(float(t), qps=1.0).desired for t in (0, 400)] == [4, 4]
+    quiet.cron = 1
+    assert quiet.tick(401.0, qps=1.0).desired == 1  # quiet all window long: at once
+    busy = Driver(spec(1, 8, qps=10, down=300), current=1)
+    busy.cron = 4
+    busy.tick(0.0, qps=1.0)
+    busy.tick(350.0, qps=12.0)  # busier than 4 can take: recommends 5
+    busy.cron = 1
+    assert busy.tick(400.0, qps=1.0).desired == 5
+    assert busy.tick(651.0, qps=1.0).desired == 1
+
+
 def test_a_cron_floor_prevents_scale_to_zero() -> None:
     driver = Driver(spec(0, 4, qps=10, grace=0), current=2)
     driver.cron = 2
