@@ -97,6 +97,11 @@ def test_bad_documents() -> None:
     }
 
 
+def test_an_exclusion_of_every_date_is_refused() -> None:
+    problems = errors_of({**DOC, "ExcludeDates": ["0 0 0 * * *"]})
+    assert "excludes every date" in problems["cronscaler.ExcludeDates[0]"]
+
+
 # -- evaluation ---------------------------------------------------------------------------
 
 
@@ -216,3 +221,14 @@ def test_cron_target_is_the_autoscalers_floor() -> None:
     assert (decision.desired, decision.floor, decision.ceiling) == (4, 4, 8)
     busy = Metrics((Sample(0.0, qps=30.0),), 0.0, 0.0)
     assert decide(autoscaler, 4, busy, Recommendations(), 0.0, target).desired == 8
+
+
+def test_a_firing_in_a_daylight_saving_gap_happens_when_the_clock_jumps() -> None:
+    new_york = ZoneInfo("America/New_York")
+    spec = CronScalerSpec((ScaleJob("j", "0 30 2 * * *", 3, "America/New_York"),))
+    set_at = datetime(2026, 3, 1, tzinfo=UTC)
+    # 2026-03-08: 02:00 EST jumps to 03:00 EDT; 02:30 does not exist that day.
+    assert evaluate(spec, set_at, datetime(2026, 3, 8, 1, 59, tzinfo=new_york)).last.time.day == 7  # type: ignore[union-attr]
+    state = evaluate(spec, set_at, datetime(2026, 3, 8, 3, 0, tzinfo=new_york))
+    assert state.target == 3
+    assert state.last is not None and state.last.time.day == 8

@@ -27,7 +27,6 @@ the service's instance count.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -40,9 +39,10 @@ from openeas.platform.elastic.fields import FieldReader, json_type, object_at
 from openeas.platform.errors import FieldError, SpecError
 
 DEFAULT_TIME_ZONE = "UTC"
-#: Excluded days skipped at most when looking for a job's latest or next firing (a job
-#: whose every day is excluded would otherwise be searched back to when it was set).
-MAX_SKIPPED_DAYS = 1000
+#: Excluded firing days skipped at most when looking for a job's latest or next firing:
+#: a job excluded on every day it fires for longer than this counts as not firing (the
+#: search would otherwise go back to when the jobs were set).
+MAX_SKIPPED_DAYS = 366
 #: EAS's cron syntax: digits, names (JAN-DEC, SUN-SAT), ``*``, ``/``, ``,`` and ``-``.
 _FIELD = re.compile(r"^[0-9A-Za-z*/,-]+$")
 _CRON_FIELDS = "second minute hour day-of-month month day-of-week"
@@ -173,6 +173,8 @@ def _read_excludes(reader: FieldReader) -> tuple[str, ...]:
             reader.errors.append(FieldError(key, f"must be a string, got {json_type(expr)}"))
             continue
         problem = cron_problem(expr)
+        if not problem and expr.split()[3:] == ["*", "*", "*"]:
+            problem = "excludes every date (day-of-month, month and day-of-week are all *)"
         if problem:
             reader.errors.append(FieldError(key, problem))
         found.append(" ".join(expr.split()))
@@ -208,7 +210,9 @@ def evaluate(
     """The scheduled target at ``now`` for jobs set at ``set_at`` (see the module rules).
 
     ``last_evaluated`` is when the caller last asked: ``fired`` says whether the active
-    firing happened since then, so the caller records one event per firing.
+    firing happened since then, so the caller records one event per firing.  The result
+    changes only at ``next.time`` (or with a new spec): a caller may keep it until then
+    rather than evaluating on every tick (each call steps croniter: milliseconds).
     """
     for moment in (set_at, now, last_evaluated):
         if moment is not None and moment.tzinfo is None:
@@ -246,61 +250,54 @@ def next_firing(spec: CronScalerSpec, now: datetime) -> Firing | None:
 def _job_latest(
     job: ScaleJob, excludes: tuple[str, ...], after: datetime, now: datetime
 ) -> datetime | None:
-    zone = job.zone
     # croniter's get_prev is strictly before its start: start one second past now.
-    cursor = now.astimezone(zone).replace(microsecond=0) + timedelta(seconds=1)
-
-    def step(start: datetime) -> datetime:
-        return croniter(job.schedule, start, second_at_beginning=True).get_prev(datetime)
-
-    def day_before(t: datetime) -> datetime:
-        return datetime.combine(t.date(), time(), zone)
-
-    return _search(step, day_before, cursor, excludes, zone, lambda t: t <= after)
+    cursor = now.astimezone(job.zone).replace(microsecond=0) + timedelta(seconds=1)
+    return _search(job, excludes, cursor, backwards=True, stop=after)
 
 
 def _job_next(job: ScaleJob, excludes: tuple[str, ...], now: datetime) -> datetime | None:
-    zone = job.zone
-    cursor = now.astimezone(zone).replace(microsecond=0)
-
-    def step(start: datetime) -> datetime:
-        return croniter(job.schedule, start, second_at_beginning=True).get_next(datetime)
-
-    def day_after(t: datetime) -> datetime:
-        return datetime.combine(t.date() + timedelta(days=1), time(), zone) - timedelta(seconds=1)
-
-    return _search(step, day_after, cursor, excludes, zone, lambda t: False)
+    cursor = now.astimezone(job.zone).replace(microsecond=0)
+    return _search(job, excludes, cursor, backwards=False, stop=None)
 
 
 def _search(
-    step: Callable[[datetime], datetime],
-    skip_day: Callable[[datetime], datetime],
-    cursor: datetime,
+    job: ScaleJob,
     excludes: tuple[str, ...],
-    zone: ZoneInfo,
-    too_far: Callable[[datetime], bool],
+    cursor: datetime,
+    *,
+    backwards: bool,
+    stop: datetime | None,
 ) -> datetime | None:
-    """Step through a job's firings from ``cursor`` until one is on a day not excluded;
-    an excluded firing moves the cursor past its whole day."""
+    """Step through ``job``'s firings from ``cursor`` to the first one on a day not
+    excluded (``None`` past ``stop``); an excluded firing skips the rest of its day.
+
+    The iterators are built once and moved with ``set_current``: parsing an expression
+    costs far more than stepping it.
+    """
+    zone = job.zone
+    firings = croniter(job.schedule, cursor, second_at_beginning=True)
+    days = [croniter(expr, cursor, second_at_beginning=True) for expr in excludes]
     for _ in range(MAX_SKIPPED_DAYS):
         try:
-            fired = step(cursor)
+            fired = firings.get_prev(datetime) if backwards else firings.get_next(datetime)
         except CroniterBadDateError:
             return None
-        if too_far(fired):
+        if stop is not None and fired <= stop:
             return None
-        if not _excluded(excludes, fired.date(), zone):
+        if not _excluded(days, fired.date(), zone):
             return fired
-        cursor = skip_day(fired)
+        day = fired.date() if backwards else fired.date() + timedelta(days=1)
+        edge = datetime.combine(day, time(), zone)
+        firings.set_current(edge if backwards else edge - timedelta(seconds=1), force=True)
     return None
 
 
-def _excluded(excludes: tuple[str, ...], day: date, zone: ZoneInfo) -> bool:
-    """Whether any ``ExcludeDates`` expression fires at some second of ``day``."""
+def _excluded(days: list[croniter], day: date, zone: ZoneInfo) -> bool:
+    """Whether any ``ExcludeDates`` iterator fires at some second of ``day``."""
     start = datetime.combine(day, time(), zone)
     end = datetime.combine(day + timedelta(days=1), time(), zone)
-    for expr in excludes:
-        first = croniter(expr, start - timedelta(seconds=1), second_at_beginning=True)
-        if first.get_next(datetime) < end:
+    for it in days:
+        it.set_current(start - timedelta(seconds=1), force=True)
+        if it.get_next(datetime) < end:
             return True
     return False
