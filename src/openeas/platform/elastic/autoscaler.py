@@ -102,7 +102,8 @@ class AutoscalerSpec:
             "min": self.min,
             "max": self.max,
             "scaleStrategies": [
-                {"metricName": str(s.metric), "threshold": s.threshold} for s in self.strategies
+                {"metricName": s.metric.value, "threshold": _json_number(s.threshold)}
+                for s in self.strategies
             ],
             "behavior": {
                 "scaleUp": {_WINDOW: b.scale_up_window},
@@ -110,6 +111,11 @@ class AutoscalerSpec:
                 "onZero": {_GRACE: b.scale_down_grace, _ACTIVATION: b.activation_replicas},
             },
         }
+
+
+def _json_number(value: float) -> int | float:
+    """``100`` rather than ``100.0`` in what users read back."""
+    return int(value) if value.is_integer() else value
 
 
 def metric_problem(name: Any) -> str | None:

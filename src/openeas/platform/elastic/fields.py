@@ -127,7 +127,7 @@ def positive_number(reader: FieldReader, key: str | int, value: Any, *, hi: floa
         reader.fail(key, f"must be a number, got {json_type(value)}")
         return None
     if not 0 < value <= hi:
-        reader.fail(key, f"must be greater than 0 and at most {hi:g}, got {value:g}")
+        reader.fail(key, f"must be greater than 0 and at most {hi:.15g}, got {value:.15g}")
         return None
     return float(value)
 

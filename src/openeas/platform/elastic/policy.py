@@ -4,7 +4,8 @@
 ``calculate_desired_num_replicas``: no clock, no I/O, no state of its own.  The caller
 (the reconciler) keeps a :class:`MetricsHistory` per service and the
 :class:`Recommendations` the previous decision returned, and passes ``now`` on one clock
-(``time.monotonic()``) used for the samples too.
+(``time.monotonic()``) used for the samples too.  A new or changed autoscaler starts
+again from an empty ``Recommendations()``.
 
 The rules, in the order :func:`decide` applies them:
 
