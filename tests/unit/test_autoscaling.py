@@ -77,7 +77,7 @@ def test_the_issues_document_parses_and_round_trips() -> None:
     assert parsed == spec(1, 8, qps=100, cpu=80, up=0, down=300, grace=600)
     assert parse_autoscaler(parsed.to_json()) == parsed
     assert parsed.to_json() == DOC
-    assert parsed.to_json()["scaleStrategies"][0]["threshold"] == 100  # not 100.0
+    assert type(parsed.to_json()["scaleStrategies"][0]["threshold"]) is int  # 100, not 100.0
 
 
 def test_behavior_defaults_are_eas_defaults() -> None:
