@@ -596,3 +596,51 @@ def test_a_second_message_on_a_unary_call_is_refused_at_once() -> None:
         assert not peer.conn._streams
 
     run(body)
+
+
+# -- a client that gives no window ------------------------------------------------------------
+
+
+def test_a_zero_window_stalls_a_streaming_handler_at_a_bounded_buffer() -> None:
+    from openeas.server.frontends.http2_peer import STREAM_BUFFER
+
+    async def endless(request: bytes) -> Any:
+        while True:
+            yield b"\0" * 100_000
+
+    async def body() -> None:
+        peer = Peer(_server(Flood=Method(Kind.SERVER_STREAM, endless, bytes, bytes)))
+        peer.send(h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 0}))
+        peer.send(peer.headers(1, b"/t.S/Flood"), h2.frame(h2.DATA, h2.END_STREAM, 1, message()))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        stream = peer.conn._streams[1]
+        assert 0 < len(stream.pending) <= STREAM_BUFFER + 100_005
+        assert peer.conn._blocked_bytes == len(stream.pending)
+        peer.send(h2.rst_stream(1, h2.CANCEL))
+        await peer.frames()
+        assert peer.conn._blocked_bytes == 0
+
+    run(body)
+
+
+def test_new_calls_are_refused_while_answers_wait_for_window() -> None:
+    async def body() -> None:
+        peer = Peer(_server(Http2Limits(max_stalled_bytes=1_000_000)))
+        peer.send(h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 0}))
+        big = message(b"\0" * 300_000)
+        for sid in (1, 3, 5, 7):
+            peer.send(peer.headers(sid), h2.frame(h2.DATA, h2.END_STREAM, sid, big))
+        await peer.frames()
+        assert peer.conn._blocked_bytes > 1_000_000
+        peer.send(peer.headers(9), h2.frame(h2.DATA, h2.END_STREAM, 9, message()))
+        assert (await peer.resets())[9] == h2.REFUSED_STREAM
+        # the client reads: windows open, the answers go, calls are taken again
+        peer.send(h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 1_000_000}))
+        peer.send(h2.window_update(0, 2_000_000))
+        await peer.frames()
+        assert peer.conn._blocked_bytes == 0
+        peer.send(peer.headers(11), h2.frame(h2.DATA, h2.END_STREAM, 11, message(b"ok")))
+        assert peer.trailers(await peer.frames(), 11)["grpc-status"] == "0"
+
+    run(body)

@@ -324,7 +324,7 @@ class _Connection(Http2Peer):
         if self._calls.pop(call.id, None) is not None:
             self._write(h2.rst_stream(call.id, h2.CANCEL))
         call.done = True
-        self._blocked.pop(call.id, None)
+        self._unblock(call.id)
         self._check_drained()
 
     def _drained(self, call: _Call) -> None:
@@ -337,7 +337,7 @@ class _Connection(Http2Peer):
     def _end(self, call: _Call, outcome: BaseException | None) -> None:
         """Deliver a finished call's outcome (None: OK)."""
         call.done = True
-        self._blocked.pop(call.id, None)
+        self._unblock(call.id)
         if call.writable is not None:
             call.writable.set()
         if call.queue is not None:

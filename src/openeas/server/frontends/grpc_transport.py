@@ -403,7 +403,10 @@ class Http2Connection(Http2Peer):
         if self._draining:
             self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
             return
-        if len(self._streams) >= self.limits.max_concurrent_streams:
+        if (
+            len(self._streams) >= self.limits.max_concurrent_streams
+            or self._blocked_bytes > self.limits.max_stalled_bytes
+        ):
             self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
             return
         self._open_stream(stream_id, headers, bool(flags & h2.END_STREAM))
@@ -678,7 +681,7 @@ class Http2Connection(Http2Peer):
     def _abandon(self, stream: _Stream) -> None:
         """The peer is gone or reset the stream: cancel its work, send nothing more."""
         stream.done = True
-        self._blocked.pop(stream.id, None)
+        self._unblock(stream.id)
         _wake(stream)
         if stream.timer is not None:
             stream.timer.cancel()

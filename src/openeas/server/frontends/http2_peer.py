@@ -50,6 +50,9 @@ class Http2Limits:
     max_owed_acks: int = 1000
     #: Entries in one SETTINGS frame (nghttp2's max_settings).
     max_settings: int = 32
+    #: Answers waiting for a peer's flow-control window beyond this: new streams are
+    #: refused (REFUSED_STREAM) until it reads some (a zero-window stall).
+    max_stalled_bytes: int = 16 * 1024 * 1024
 
 
 class FlowStream(Protocol):
@@ -89,7 +92,9 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
         self._send_window = h2.DEFAULT_WINDOW  # connection-level send window
         self._recv_window = self.connection_window  # what the peer may still send
         self._recv_unacked = 0  # consumed since our last WINDOW_UPDATE
-        self._blocked: dict[int, Any] = {}  # streams with DATA waiting for window
+        #: streams with DATA waiting for window, with how much waits
+        self._blocked: dict[int, tuple[Any, int]] = {}
+        self._blocked_bytes = 0  # all of it
         self._writing_paused = False
         self._owed_acks = 0  # control frames answered since the peer last kept up
 
@@ -168,14 +173,21 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
             self._send_window -= size
         if out:
             self._write(b"".join(out))
+        self._unblock(stream.id)
         if pending:
-            self._blocked[stream.id] = stream
+            self._blocked[stream.id] = (stream, len(pending))
+            self._blocked_bytes += len(pending)
             return
-        self._blocked.pop(stream.id, None)
         self._drained(stream)
 
+    def _unblock(self, stream_id: int) -> None:
+        """``stream_id`` waits for window no more (sent, or gone)."""
+        entry = self._blocked.pop(stream_id, None)
+        if entry is not None:
+            self._blocked_bytes -= entry[1]
+
     def _flush_blocked(self) -> None:
-        for stream in list(self._blocked.values()):
+        for stream, _ in list(self._blocked.values()):
             if self._send_window <= 0:
                 return
             self._flush_stream(stream)
