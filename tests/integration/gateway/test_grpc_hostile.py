@@ -106,3 +106,16 @@ def test_streams_beyond_the_limit_are_refused(
     finally:
         client.close()
     assert peak_rss(pid) - base < FLOOD_RSS_LIMIT
+
+
+def test_header_block_of_table_size_updates_is_refused_at_once(gateway: GatewayThread) -> None:
+    """~1 MB of HPACK size updates, unauthenticated: refused before decoding (the loop
+    stalled ~7 s before)."""
+    client = RawClient(gateway.grpc_port)
+    try:
+        started = time.monotonic()
+        client.send(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, b"\x3f\xe1\x1f" * 300_000))
+        assert client.goaway() == h2.COMPRESSION_ERROR
+        assert time.monotonic() - started < 2
+    finally:
+        client.close()

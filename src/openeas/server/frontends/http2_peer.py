@@ -291,11 +291,17 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
     def _received(self, size: int, hold: bool = False) -> None:
         """Count a DATA frame against our connection window (whatever its stream); it is
         consumed at once unless ``hold`` (then :meth:`_consumed` later)."""
-        self._recv_window -= size
-        if self._recv_window < 0:
+        window = self._recv_window - size
+        if window < 0:
             raise h2.ProtocolError("DATA beyond the connection window", h2.FLOW_CONTROL_ERROR)
-        if not hold:
-            self._consumed(size)
+        self._recv_window = window
+        if not hold:  # :meth:`_consumed`, inline: this runs for every DATA frame
+            unacked = self._recv_unacked + size
+            if unacked >= self.connection_window // 2:
+                self._write(h2.window_update(0, unacked))
+                self._recv_window = window + unacked
+                unacked = 0
+            self._recv_unacked = unacked
 
     def _consumed(self, size: int) -> None:
         """``size`` received bytes are consumed: let the peer send more once half of the
