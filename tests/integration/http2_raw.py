@@ -101,12 +101,14 @@ class RawClient:
     def flood(self, frame: bytes, total_bytes: int, timeout: float = 3.0) -> int:
         """Send ``frame`` over and over, never reading, until ``total_bytes`` went out,
         the server stops reading (a send blocks ``timeout`` s) or it closes; bytes sent."""
-        batch = frame * max(1, 65536 // len(frame))
-        sent = 0
+        batch = memoryview(frame * max(1, 65536 // len(frame)))
+        sent = pos = 0
         self.sock.settimeout(timeout)
         try:
             while sent < total_bytes:
-                sent += self.sock.send(batch)
+                count = self.sock.send(batch[pos:])  # may be partial: frames stay whole
+                sent += count
+                pos = (pos + count) % len(batch)
         except (TimeoutError, OSError):
             pass
         finally:

@@ -207,6 +207,6 @@ def test_gateway_front(gateway: GatewayThread) -> None:
         )
         refused = client.call(INFER, _infer_request(values), authorization="nope")
         assert refused["headers"]["grpc-status"] == "16"  # UNAUTHENTICATED, trailers-only
-        assert client.conn.remote_settings.max_concurrent_streams == 1024
+        assert client.conn.remote_settings.max_concurrent_streams == 256
     finally:
         client.close()

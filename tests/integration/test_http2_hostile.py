@@ -238,3 +238,37 @@ def test_oversized_metadata_is_resource_exhausted(server: ServerProcess) -> None
         assert _live(client, 3)["grpc-status"] == "0"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("window", ["closed", "open"])
+def test_answers_to_a_client_that_never_reads_stay_bounded(
+    server: ServerProcess, window: str
+) -> None:
+    """1,500 calls with 64 KB answers, none read (+279 MB for pipelined HTTP before).
+    With the client's windows shut the answers wait for window and the calls beyond the
+    stream limit are refused; with them wide open they fill the socket until the server
+    stops reading the client.  Each call in flight holds a few copies of its 64 KB
+    (frames, message, tensors, answer): the limit is the stream limit's worth."""
+    pid = server.process.pid
+    settings = {h2.SETTINGS_INITIAL_WINDOW_SIZE: h2.MAX_WINDOW} if window == "open" else {}
+    base = reset_peak_rss(pid)
+    client = RawClient(server.grpc_port, settings)
+    try:
+        if window == "open":
+            client.send(h2.window_update(0, h2.MAX_WINDOW - h2.DEFAULT_WINDOW))
+        request = service_pb2.ModelInferRequest(model_name="identity_fp32")
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16384])
+        request.raw_input_contents.append(bytes(4 * 16384))
+        body = message(request.SerializeToString())
+        first = client.headers_block(INFER)
+        indexed = client.headers_block(INFER)
+        burst = b"".join(
+            h2.frame(h2.HEADERS, h2.END_HEADERS, sid, first if sid == 1 else indexed)
+            + h2.frame(h2.DATA, h2.END_STREAM, sid, body)
+            for sid in range(1, 3001, 2)
+        )
+        client.flood(burst, len(burst), timeout=5)
+    finally:
+        client.close()
+    _infer_ok(server)
+    assert peak_rss(pid) - base < 256 * 400 * 1024  # 256 streams of 64 KB calls

@@ -114,7 +114,7 @@ class ServerOptions:
     http_max_input_size: int = 64 * 1024 * 1024
     grpc_max_message_size: int = 2**31 - 1
     #: HTTP/2 limits of the gRPC port (docs/architecture.md, "HTTP/2 and gRPC rules")
-    grpc_max_concurrent_streams: int = 1024
+    grpc_max_concurrent_streams: int = 256
     grpc_max_header_list_size: int = 64 * 1024
     grpc_http2_max_ping_strikes: int = 2
     grpc_http2_min_recv_ping_interval_without_data: int = 300_000  # ms
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--grpc-max-concurrent-streams",
         type=_positive_int,
-        default=1024,
+        default=256,
         help="HTTP/2 streams (calls) one gRPC connection may have open; more are refused "
         "with REFUSED_STREAM (not a tritonserver flag)",
     )

@@ -33,7 +33,7 @@ class Http2Limits:
     """What one connection may cost us; docs/architecture.md lists each with its flag."""
 
     #: SETTINGS_MAX_CONCURRENT_STREAMS: streams beyond it are refused (REFUSED_STREAM).
-    max_concurrent_streams: int = 1024
+    max_concurrent_streams: int = 256
     #: SETTINGS_MAX_HEADER_LIST_SIZE: longer header blocks are refused before decoding.
     max_header_list_size: int = 64 * 1024
     #: PINGs closer together than ``min_ping_interval_s`` while we send no data or
