@@ -235,4 +235,3 @@ def test_calls_beyond_the_instance_stream_limit_wait_for_a_slot() -> None:
         assert answers == [b"%d" % n for n in range(20)]
 
     _run(test, Http2Limits(max_concurrent_streams=3))
-
