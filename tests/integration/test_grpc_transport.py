@@ -25,6 +25,8 @@ from openeas.server.frontends.grpc import GrpcFrontend
 from openeas.server.options import ServerOptions
 from openeas.testing.onnx_models import write_identity_model, write_model_config
 from openeas.testing.server import ServerProcess, start_server
+from tests.integration.http2_raw import RawClient
+from tests.integration.http2_raw import message as _message
 
 LIVE = "/inference.GRPCInferenceService/ServerLive"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -250,76 +252,6 @@ def test_response_over_the_send_limit_is_resource_exhausted() -> None:
 
 
 # -- raw HTTP/2 frames -------------------------------------------------------------------
-
-
-class RawClient:
-    """A blocking HTTP/2 client that speaks frames, for what real clients rarely send."""
-
-    def __init__(self, port: int, settings: dict[int, int] | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.encoder = hpack.Encoder()
-        self.decoder = hpack.Decoder()
-        self.buffer = b""
-        self.sock.sendall(h2.PREFACE + h2.settings_frame(settings or {}))
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def headers_block(self, path: str, **extra: str) -> bytes:
-        headers = [
-            (":method", extra.pop("method", "POST")),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "localhost"),
-            ("content-type", extra.pop("content_type", "application/grpc")),
-            ("te", "trailers"),
-            *extra.items(),
-        ]
-        return self.encoder.encode(headers)
-
-    def read_frame(self) -> tuple[int, int, int, bytes]:
-        while True:
-            if len(self.buffer) >= 9:
-                high, low, kind, flags, stream_id = h2.FRAME_HEADER.unpack_from(self.buffer)
-                size = (high << 8) | low
-                if len(self.buffer) >= 9 + size:
-                    payload = self.buffer[9 : 9 + size]
-                    self.buffer = self.buffer[9 + size :]
-                    return kind, flags, stream_id, payload
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buffer += chunk
-
-    def response(self, stream_id: int) -> tuple[dict[str, str], bytes]:
-        """Headers (incl. trailers) and DATA of ``stream_id`` up to END_STREAM.
-
-        Answers the server's SETTINGS and skips frames of other streams.
-        """
-        headers: dict[str, str] = {}
-        data = b""
-        while True:
-            kind, flags, sid, payload = self.read_frame()
-            if kind == h2.SETTINGS and not flags & h2.ACK:
-                self.send(h2.frame(h2.SETTINGS, h2.ACK, 0))
-            if sid != stream_id:
-                continue
-            if kind == h2.HEADERS:
-                headers.update((n, v) for n, v in self.decoder.decode(payload))
-            elif kind == h2.DATA:
-                data += payload
-            elif kind == h2.RST_STREAM:
-                headers["rst"] = str(h2.read_u32(payload))
-                return headers, data
-            if flags & h2.END_STREAM:
-                return headers, data
-
-
-def _message(payload: bytes) -> bytes:
-    return h2.MESSAGE_HEADER.pack(0, len(payload)) + payload
 
 
 @pytest.fixture()

@@ -48,3 +48,24 @@ def test_bad_flags_exit_2_with_one_line(args, named):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert named in lines[0]
+
+
+def test_grpc_http2_limits():
+    from openeas.server.frontends.grpc import http2_limits
+    from openeas.server.frontends.http2_peer import Http2Limits
+
+    defaults = http2_limits(parse_args(["--model-repository=/m"]))
+    assert defaults == Http2Limits()
+    assert (defaults.max_ping_strikes, defaults.min_ping_interval_s) == (2, 300.0)  # Triton's
+    options = parse_args([
+        "--model-repository=/m", "--grpc-max-concurrent-streams=10",
+        "--grpc-max-header-list-size", "4096", "--grpc-http2-max-ping-strikes=0",
+        "--grpc-http2-min-recv-ping-interval-without-data=1500",
+        "--grpc-keepalive-permit-without-calls=true",
+    ])  # fmt: skip
+    limits = http2_limits(options)
+    assert limits.max_concurrent_streams == 10 and limits.max_header_list_size == 4096
+    assert limits.max_ping_strikes == 0 and limits.min_ping_interval_s == 1.5
+    assert limits.ping_without_calls and not options.ignored
+    with pytest.raises(SystemExit):
+        parse_args(["--model-repository=/m", "--grpc-max-concurrent-streams=0"])

@@ -6,7 +6,9 @@ messages are never deserialised: the handler gets the message bytes and the call
 metadata, and forwards both, as they came, to the chosen instance with the gateway's
 own client (:mod:`openeas.gateway.grpc_upstream`).  The service is named
 by the ``x-eas-service`` metadata, or found from the ``authorization`` token when exactly
-one service has it.  Unary calls are bounded by ``rpc.keepalive``; a stream
+one service has it; the token is checked on the call's headers, before its message is
+read (:attr:`~openeas.server.frontends.grpc_transport.Method.admit`), so a call without
+a valid token costs no buffering.  Unary calls are bounded by ``rpc.keepalive``; a stream
 (``ModelStreamInfer``) stays on the instance chosen when it opened, for as long as the
 client keeps it.  An instance's error is passed on with its code, message and trailing
 metadata.
@@ -19,6 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -58,6 +61,15 @@ def _split_metadata(headers: Headers) -> tuple[bytes | None, str | None, Headers
     return token, service, forward
 
 
+@dataclass(slots=True)
+class Admitted:
+    """A call whose headers passed the token check and the rate limit."""
+
+    state: ServiceState
+    forward: Headers  # the metadata to pass on to the instance
+    when: float  # loop time of its ``rpc.keepalive`` deadline
+
+
 class GatewayGrpcFront:
     """Forwards ``inference.GRPCInferenceService`` calls to the services' instances."""
 
@@ -74,23 +86,32 @@ class GatewayGrpcFront:
                 kind, handler = Kind.UNARY, functools.partial(self.unary, path)
             else:
                 kind, handler = Kind.BIDI_STREAM, functools.partial(self.stream, path)
-            table[path.encode()] = Method(kind, handler, _identity, _identity, metadata=True)
+            admit = functools.partial(self._admit, path)
+            table[path.encode()] = Method(
+                kind, handler, _identity, _identity, metadata=True, admit=admit
+            )
         return table
 
-    def _admit(self, headers: Headers) -> tuple[ServiceState, Headers, float]:
-        token, service, forward = _split_metadata(headers)
-        name = service or self.core.service_for_token(token)
-        state = self.core.state(name)
-        route = state.route()
-        check_token(route, token)
-        loop = self.core.loop
-        assert loop is not None
-        state.limiter.admit(route.limits.rate_limit, time.perf_counter())
-        return state, forward, loop.time() + route.limits.keepalive_ms / 1000.0
+    def _admit(self, method: str, headers: Headers) -> Admitted:
+        """Check a call's headers as they arrive: the service, its token, its rate."""
+        started = time.perf_counter()
+        try:
+            token, service, forward = _split_metadata(headers)
+            name = service or self.core.service_for_token(token)
+            state = self.core.state(name)
+            route = state.route()
+            check_token(route, token)
+            loop = self.core.loop
+            assert loop is not None
+            state.limiter.admit(route.limits.rate_limit, time.perf_counter())
+        except GatewayError as exc:
+            self._log("-", method, exc.grpc_code, started, "-", 0, 0)
+            raise
+        return Admitted(state, forward, loop.time() + route.limits.keepalive_ms / 1000.0)
 
     # -- unary -------------------------------------------------------------------------
 
-    async def unary(self, method: str, request: bytes, headers: Headers) -> bytes:
+    async def unary(self, method: str, request: bytes, admitted: Admitted) -> bytes:
         loop = self.core.loop
         assert loop is not None
         started = time.perf_counter()
@@ -98,10 +119,10 @@ class GatewayGrpcFront:
         code = grpc.StatusCode.OK
         size_out = 0
         try:
-            state, forward, when = self._admit(headers)
+            state, forward = admitted.state, admitted.forward
             service = state.name
             state.in_flight += 1
-            deadline = Deadline(loop, when)
+            deadline = Deadline(loop, admitted.when)
             try:
                 instance, response = await self._call(state, method, request, forward, deadline)
             finally:
@@ -149,7 +170,7 @@ class GatewayGrpcFront:
     # -- streaming ---------------------------------------------------------------------
 
     async def stream(
-        self, method: str, requests: AsyncIterator[bytes], headers: Headers
+        self, method: str, requests: AsyncIterator[bytes], admitted: Admitted
     ) -> AsyncIterator[bytes]:
         loop = self.core.loop
         assert loop is not None
@@ -159,10 +180,10 @@ class GatewayGrpcFront:
         target: Upstream | None = None
         state: ServiceState | None = None
         try:
-            state, forward, when = self._admit(headers)
+            state, forward = admitted.state, admitted.forward
             service = state.name
             state.in_flight += 1
-            deadline = Deadline(loop, when)  # bounds the wait for an instance only
+            deadline = Deadline(loop, admitted.when)  # bounds the wait for an instance only
             try:
                 target = await state.choose(deadline)
             except Expired:

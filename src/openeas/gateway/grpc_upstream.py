@@ -33,7 +33,7 @@ from openeas.gateway.upstream import CONNECT_TIMEOUT_S, ConnectFailed, UpstreamC
 from openeas.protocol import http2 as h2
 from openeas.server.frontends.grpc_transport import GrpcError, Headers
 from openeas.server.frontends.http1 import set_nodelay
-from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Peer
+from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ CONNECTION_WINDOW = 64 * 1024 * 1024
 MAX_FRAME_SIZE = 1024 * 1024
 #: HTTP/2 stream ids are 31 bits: a connection that used them up takes no new calls.
 MAX_STREAM_ID = 2**31 - 1
+#: What an instance's connection may cost the gateway (the instance is trusted more than
+#: a client, but still bounded).
+_LIMITS = Http2Limits()
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 #: ``:method: POST`` and ``:scheme: http`` (HPACK static entries 3 and 6), the gRPC
@@ -70,7 +73,7 @@ class _Call:
 
     __slots__ = (
         "id", "send_window", "pending", "end_pending", "writable", "recv", "messages",
-        "queue", "future", "recv_unacked", "unread", "headers_seen", "done",
+        "queue", "future", "recv_window", "recv_unacked", "unread", "headers_seen", "done",
     )  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int, streaming: bool) -> None:
@@ -88,6 +91,7 @@ class _Call:
         )
         #: A unary call's outcome; a stream's end.
         self.future: asyncio.Future[bytes | None] = loop.create_future()
+        self.recv_window = STREAM_WINDOW
         self.recv_unacked = 0
         self.unread = 0  # a stream's received bytes still in its queue (not yet acked)
         self.headers_seen = False
@@ -101,12 +105,14 @@ class _Connection(Http2Peer):
     connection_window = CONNECTION_WINDOW
 
     def __init__(self, authority: bytes) -> None:
-        super().__init__(64 * 1024)
+        super().__init__(_LIMITS)
         self._authority = h2.encode_header(b":authority", authority)
         self._calls: dict[int, _Call] = {}
         self._next_id = 1
         #: No new calls (GOAWAY received, or the connection is gone).
         self.closed = False
+        #: Callers waiting for a stream below the instance's MAX_CONCURRENT_STREAMS.
+        self._room_waiters: list[asyncio.Future[None]] = []
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -120,6 +126,7 @@ class _Connection(Http2Peer):
                     h2.SETTINGS_ENABLE_PUSH: 0,
                     h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                     h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: _LIMITS.max_header_list_size,
                 }
             )
             + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
@@ -131,6 +138,7 @@ class _Connection(Http2Peer):
         for call in list(self._calls.values()):
             self._end(call, UpstreamClosed("the instance closed the connection"))
         self._calls.clear()
+        self._wake_room()
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -150,20 +158,8 @@ class _Connection(Http2Peer):
             raise h2.ProtocolError("expected a CONTINUATION frame")
         if kind == h2.DATA:
             self._on_data(flags, stream_id, payload)
-        elif kind == h2.HEADERS:
-            payload = h2.header_fragment(flags, payload)
-            if flags & h2.END_HEADERS:
-                self._on_headers(stream_id, flags, payload)
-            else:
-                self._continuation = (stream_id, flags, bytearray(payload))
-        elif kind == h2.CONTINUATION:
-            if self._continuation is None or self._continuation[0] != stream_id:
-                raise h2.ProtocolError("unexpected CONTINUATION frame")
-            self._continuation[2].extend(payload)
-            if flags & h2.END_HEADERS:
-                _, first_flags, block = self._continuation
-                self._continuation = None
-                self._on_headers(stream_id, first_flags, bytes(block))
+        elif kind == h2.HEADERS or kind == h2.CONTINUATION:
+            self._on_header_frame(kind, flags, stream_id, payload)
         elif kind == h2.WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == h2.SETTINGS:
@@ -189,6 +185,14 @@ class _Connection(Http2Peer):
     def _open_streams(self) -> Iterable[_Call]:
         return self._calls.values()
 
+    def _is_idle(self, stream_id: int) -> bool:
+        return stream_id >= self._next_id or not stream_id & 1
+
+    def _stream_error(self, call: _Call, code: int) -> None:
+        self._calls.pop(call.id, None)
+        self._write(h2.rst_stream(call.id, code))
+        self._end(call, UpstreamClosed(f"the instance broke the call (HTTP/2 error {code})"))
+
     def _on_goaway(self, payload: bytes) -> None:
         self.closed = True
         last = h2.read_u31(payload) if len(payload) >= 8 else 0
@@ -197,9 +201,14 @@ class _Connection(Http2Peer):
             self._end(call, ConnectFailed("the instance is shutting down"))
         self._check_drained()
 
-    def _on_headers(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._decoder.decode(block)  # always, to keep HPACK's table in step
+    def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         call = self._calls.get(stream_id)
+        try:
+            headers = self._decoder.decode(block)  # always, to keep HPACK's table in step
+        except h2.HeaderListTooLarge as exc:
+            if call is not None:
+                self._reset(call, GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+            return
         if call is None:
             return
         if not call.headers_seen:
@@ -221,6 +230,10 @@ class _Connection(Http2Peer):
         self._received(size)
         call = self._calls.get(stream_id)
         if call is None:
+            if self._is_idle(stream_id):
+                raise h2.ProtocolError(f"DATA on idle stream {stream_id}")
+            return
+        if not self._stream_received(call, size):
             return
         payload = h2.data_payload(flags, payload)
         if flags & h2.END_STREAM:
@@ -228,7 +241,7 @@ class _Connection(Http2Peer):
             self._end(call, UpstreamClosed("the instance ended the call without a status"))
             return
         if call.queue is None or call.queue.empty():
-            self._stream_received(call, size)
+            self._stream_consumed(call, size)
         else:  # answers wait to be read: acknowledged once they are (a slow reader
             call.unread += size  # holds the instance back; a partial message never waits)
         recv = call.recv
@@ -303,7 +316,7 @@ class _Connection(Http2Peer):
     def consumed(self, call: _Call) -> None:
         """A stream's queued answers were read: let the instance send more."""
         if not call.done:
-            self._stream_received(call, call.unread)
+            self._stream_consumed(call, call.unread)
         call.unread = 0
 
     def cancel(self, call: _Call) -> None:
@@ -311,7 +324,7 @@ class _Connection(Http2Peer):
         if self._calls.pop(call.id, None) is not None:
             self._write(h2.rst_stream(call.id, h2.CANCEL))
         call.done = True
-        self._blocked.pop(call.id, None)
+        self._unblock(call.id)
         self._check_drained()
 
     def _drained(self, call: _Call) -> None:
@@ -324,7 +337,7 @@ class _Connection(Http2Peer):
     def _end(self, call: _Call, outcome: BaseException | None) -> None:
         """Deliver a finished call's outcome (None: OK)."""
         call.done = True
-        self._blocked.pop(call.id, None)
+        self._unblock(call.id)
         if call.writable is not None:
             call.writable.set()
         if call.queue is not None:
@@ -350,8 +363,27 @@ class _Connection(Http2Peer):
 
     def _check_drained(self) -> None:
         """Close a connection that takes no new calls once its last call is over."""
+        if self._room_waiters:
+            self._wake_room()
         if self.closed and not self._calls:
             self._close_transport()
+
+    def has_room(self) -> bool:
+        """Whether a new call stays within the instance's SETTINGS_MAX_CONCURRENT_STREAMS."""
+        return len(self._calls) < self._peer_max_streams
+
+    def room(self) -> asyncio.Future[None]:
+        """Done once a call ended (or the connection did): look at :meth:`has_room` again."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._room_waiters.append(future)
+        return future
+
+    def _wake_room(self) -> None:
+        if self.has_room() or not self.usable():
+            waiters, self._room_waiters = self._room_waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
 
     def _close_transport(self) -> None:
         if self._transport is not None:
@@ -442,6 +474,10 @@ class GrpcUpstream:
         conn = self._conn
         if conn is None or not conn.usable():
             conn = await self._connection()
+        while not conn.has_room():  # the instance's stream limit: wait for a call to end
+            await deadline.wait(conn.room())
+            if not conn.usable():
+                conn = await self._connection()
         call = conn.open(path, metadata, streaming=False, message=message)
         try:
             answer = await deadline.wait(call.future)  # type: ignore[arg-type]
@@ -456,6 +492,10 @@ class GrpcUpstream:
     ) -> AsyncIterator[bytes]:
         """A streaming call: ``requests`` go out as they come, answers are yielded."""
         conn = await self._connection()
+        while not conn.has_room():
+            await conn.room()
+            if not conn.usable():
+                conn = await self._connection()
         call = conn.open(path, metadata, streaming=True)
         assert call.queue is not None
         call.writable = asyncio.Event()

@@ -195,6 +195,36 @@ def encode_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     )
 
 
+class HeaderListTooLarge(Exception):
+    """A header block decoded (the HPACK table is in step) to a list over the limit: a
+    stream error (the call is refused), not a connection error."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"header list of {size} bytes exceeds the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+def header_list_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 6.5.2)."""
+    return sum(len(name) + len(value) for name, value in headers) + 32 * len(headers)
+
+
+def _check_size_updates(block: bytes) -> None:
+    """At most two dynamic table size updates, at the start of a block (RFC 7541 4.2):
+    a block of nothing but updates costs the decoder work and yields no header."""
+    pos, count, end = 0, 0, len(block)
+    while pos < end and block[pos] & 0xE0 == 0x20:
+        count += 1
+        if count > 2:
+            raise ProtocolError("more than two table size updates in a block", COMPRESSION_ERROR)
+        pos += 1
+        if block[pos - 1] & 0x1F == 0x1F:  # the integer continues (RFC 7541 5.1)
+            while pos < end and block[pos] & 0x80:
+                pos += 1
+            pos += 1
+
+
 class HeaderDecoder:
     """HPACK decoding of one connection's header blocks, cached while the table holds.
 
@@ -202,14 +232,22 @@ class HeaderDecoder:
     the dynamic table, so the same bytes decode to the same headers until some other
     block changes the table; those results are cached and the cache is dropped whenever
     the table changes.
+
+    Bounded work: a block longer than ``max_header_list_size`` bytes is refused without
+    decoding (no sane encoder makes a block longer than the list it encodes; a connection
+    error, since the table can no longer be kept in step, RFC 9113 4.3), as is one with
+    more than two table size updates; decoding stops at twice the limit (the HPACK
+    bomb); a list between the limit and twice it is decoded and refused as a stream
+    error (:class:`HeaderListTooLarge`, HTTP's 431).
     """
 
     #: Upper bound on cached blocks per connection.
     CACHE_SIZE = 64
 
     def __init__(self, max_header_list_size: int) -> None:
+        self.max_header_list_size = max_header_list_size
         self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = max_header_list_size
+        self._decoder.max_header_list_size = 2 * max_header_list_size
         self._cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
     def _table_state(self) -> tuple[object, int, int]:
@@ -219,16 +257,34 @@ class HeaderDecoder:
         entries = table.dynamic_entries
         return (entries[0] if entries else None, len(entries), table.maxsize)
 
+    def check_block_size(self, size: int) -> None:
+        """ProtocolError(COMPRESSION_ERROR) when a block (so far) of ``size`` bytes is
+        already too large to decode; called as HEADERS and CONTINUATION frames arrive."""
+        if size > self.max_header_list_size:
+            raise ProtocolError(
+                f"header block of {size} bytes exceeds the header list limit of "
+                f"{self.max_header_list_size}",
+                COMPRESSION_ERROR,
+            )
+
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The (name, value) pairs of ``block``; ProtocolError(COMPRESSION_ERROR) if bad."""
+        """The (name, value) pairs of ``block``; ProtocolError(COMPRESSION_ERROR) if bad,
+        :class:`HeaderListTooLarge` if over the limit (the table is then in step)."""
         cached = self._cache.get(block)
         if cached is not None:
             return cached
+        self.check_block_size(len(block))
+        if block and block[0] & 0xE0 == 0x20:
+            _check_size_updates(block)
         before = self._table_state()
         try:
             headers = [(bytes(n), bytes(v)) for n, v in self._decoder.decode(block, raw=True)]
         except hpack.HPACKError as exc:
             raise ProtocolError(f"bad header block: {exc}", COMPRESSION_ERROR) from None
+        size = header_list_size(headers)
+        if size > self.max_header_list_size:
+            self._cache.clear()
+            raise HeaderListTooLarge(size, self.max_header_list_size)
         after = self._table_state()
         if after[0] is before[0] and after[1:] == before[1:]:
             if len(self._cache) < self.CACHE_SIZE:

@@ -39,6 +39,13 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _positive_int(value: str) -> int:
+    number = _non_negative_int(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("value must be > 0, got 0")
+    return number
+
+
 def _port(value: str) -> int:
     number = _non_negative_int(value)
     if number > 65535:
@@ -105,6 +112,12 @@ class ServerOptions:
     http_thread_count: int = 8
     http_max_input_size: int = 64 * 1024 * 1024
     grpc_max_message_size: int = 2**31 - 1
+    #: HTTP/2 limits of the gRPC port (docs/architecture.md, "HTTP/2 and gRPC rules")
+    grpc_max_concurrent_streams: int = 256
+    grpc_max_header_list_size: int = 64 * 1024
+    grpc_http2_max_ping_strikes: int = 2
+    grpc_http2_min_recv_ping_interval_without_data: int = 300_000  # ms
+    grpc_keepalive_permit_without_calls: bool = False
     #: also serve HTTP on this Unix-domain socket ("@name": Linux abstract namespace)
     http_unix_socket: str = ""
     grpc_infer_allocation_pool_size: int = 8
@@ -151,7 +164,6 @@ _ACCEPTED_NO_EFFECT: list[tuple[str, Any]] = [
     ("--grpc-header-forward-pattern", str),
     ("--grpc-keepalive-time", _non_negative_int),
     ("--grpc-keepalive-timeout", _non_negative_int),
-    ("--grpc-keepalive-permit-without-calls", parse_bool),
     ("--grpc-http2-max-pings-without-data", _non_negative_int),
     ("--grpc-infer-response-compression-level", str),
     ("--grpc-restricted-protocol", str),
@@ -291,6 +303,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest gRPC message, in bytes",
     )
     add(
+        "--grpc-max-concurrent-streams",
+        type=_positive_int,
+        default=256,
+        help="HTTP/2 streams (calls) one gRPC connection may have open; more are refused "
+        "with REFUSED_STREAM (not a tritonserver flag)",
+    )
+    add(
+        "--grpc-max-header-list-size",
+        type=_positive_int,
+        default=64 * 1024,
+        help="largest gRPC request header list (metadata), in bytes as HTTP/2 counts it; "
+        "larger ones end the call with RESOURCE_EXHAUSTED (not a tritonserver flag)",
+    )
+    add(
+        "--grpc-http2-max-ping-strikes",
+        type=_non_negative_int,
+        default=2,
+        help="pings a client may send too soon (see "
+        "--grpc-http2-min-recv-ping-interval-without-data) before the connection is "
+        "closed with GOAWAY ENHANCE_YOUR_CALM; 0 allows any number",
+    )
+    add(
+        "--grpc-http2-min-recv-ping-interval-without-data",
+        type=_non_negative_int,
+        default=300_000,
+        metavar="MS",
+        help="while the server sends no data, a ping sooner than this after the previous "
+        "one is a strike",
+    )
+    add(
+        "--grpc-keepalive-permit-without-calls",
+        type=parse_bool,
+        default=False,
+        metavar="BOOL",
+        help="allow pings at that interval without calls in flight (otherwise two hours)",
+    )
+    add(
         "--grpc-use-ssl",
         type=parse_bool,
         default=False,
@@ -419,6 +468,13 @@ def parse_args(argv: list[str] | None = None) -> ServerOptions:
         http_thread_count=ns.http_thread_count,
         http_max_input_size=ns.http_max_input_size,
         grpc_max_message_size=ns.grpc_max_message_size,
+        grpc_max_concurrent_streams=ns.grpc_max_concurrent_streams,
+        grpc_max_header_list_size=ns.grpc_max_header_list_size,
+        grpc_http2_max_ping_strikes=ns.grpc_http2_max_ping_strikes,
+        grpc_http2_min_recv_ping_interval_without_data=(
+            ns.grpc_http2_min_recv_ping_interval_without_data
+        ),
+        grpc_keepalive_permit_without_calls=ns.grpc_keepalive_permit_without_calls,
         grpc_infer_allocation_pool_size=ns.grpc_infer_allocation_pool_size,
         grpc_use_ssl=use_ssl,
         grpc_server_cert=ns.grpc_server_cert,

@@ -20,6 +20,7 @@ from openeas.gateway.grpc_upstream import GrpcUpstream
 from openeas.gateway.upstream import ConnectFailed
 from openeas.server.frontends.grpc_transport import GrpcError, GrpcServer, Headers, Kind, Method
 from openeas.server.frontends.http1 import bind_socket
+from openeas.server.frontends.http2_peer import Http2Limits
 from openeas.testing.server import free_port
 
 
@@ -30,6 +31,12 @@ def _same(message: bytes) -> bytes:
 async def _echo(message: bytes, headers: Headers) -> bytes:
     """The message, then the ``x-test`` metadata value."""
     return message + b"|" + dict(headers).get(b"x-test", b"-")
+
+
+async def _later(message: bytes) -> bytes:
+    """The message, after a short wait (the call stays open meanwhile)."""
+    await asyncio.sleep(0.01)
+    return message
 
 
 async def _fail(message: bytes) -> bytes:
@@ -68,6 +75,7 @@ def _methods(waiting: asyncio.Event, cancelled: asyncio.Event) -> dict[bytes, Me
     return {
         b"/t/Echo": Method(Kind.UNARY, _echo, _same, _same, metadata=True),
         b"/t/Fail": Method(Kind.UNARY, _fail, _same, _same),
+        b"/t/Later": Method(Kind.UNARY, _later, _same, _same),
         b"/t/Wait": Method(Kind.UNARY, wait_forever, _same, _same),
         b"/t/Chat": Method(Kind.BIDI_STREAM, _chat, _same, _same),
         b"/t/Flood": Method(Kind.SERVER_STREAM, _flood, _same, _same),
@@ -76,13 +84,16 @@ def _methods(waiting: asyncio.Event, cancelled: asyncio.Event) -> dict[bytes, Me
 
 def _run(
     test: Callable[[GrpcUpstream, GrpcServer, dict[str, asyncio.Event]], Awaitable[Any]],
+    limits: Http2Limits = Http2Limits(),  # noqa: B008 - frozen
 ) -> Any:
     """Serve the test methods, run ``test`` with a client of them, clean up."""
 
     async def main() -> Any:
         events = {"waiting": asyncio.Event(), "cancelled": asyncio.Event()}
         server = GrpcServer(
-            _methods(events["waiting"], events["cancelled"]), max_message_size=64 * 1024 * 1024
+            _methods(events["waiting"], events["cancelled"]),
+            max_message_size=64 * 1024 * 1024,
+            limits=limits,
         )
         sock = bind_socket("127.0.0.1", 0)
         await server.start(sock)
@@ -210,3 +221,17 @@ def test_nothing_listening_is_a_connect_failure() -> None:
             await client.unary(b"/t/Echo", b"", [], _deadline())
 
     asyncio.run(main())
+
+
+def test_calls_beyond_the_instance_stream_limit_wait_for_a_slot() -> None:
+    """The instance advertises SETTINGS_MAX_CONCURRENT_STREAMS 3: the client keeps within
+    it (before: the extra calls were refused, and failed as if the instance were down)."""
+
+    async def test(client: GrpcUpstream, server: GrpcServer, _: Any) -> None:
+        await client.unary(b"/t/Echo", b"first", [], _deadline())  # its SETTINGS arrived
+        answers = await asyncio.gather(
+            *(client.unary(b"/t/Later", b"%d" % n, [], _deadline()) for n in range(20))
+        )
+        assert answers == [b"%d" % n for n in range(20)]
+
+    _run(test, Http2Limits(max_concurrent_streams=3))

@@ -27,6 +27,7 @@ from openeas.server.dataplane import DataPlane, DecoupledModelError
 from openeas.server.frontends.grpc_health import HealthServicer
 from openeas.server.frontends.grpc_transport import GrpcServer, Method, kind_of
 from openeas.server.frontends.http1 import bind_socket
+from openeas.server.frontends.http2_peer import Http2Limits
 from openeas.server.options import ServerOptions
 
 log = logging.getLogger(__name__)
@@ -363,7 +364,9 @@ class GrpcFrontend:
         self.servicer = GrpcInferenceServicer(dataplane)
         methods = self.servicer.methods()
         methods.update(HealthServicer(lambda: dataplane.ready()).methods())
-        self._server = GrpcServer(methods, max_message_size=options.grpc_max_message_size)
+        self._server = GrpcServer(
+            methods, max_message_size=options.grpc_max_message_size, limits=http2_limits(options)
+        )
         self._port = 0
 
     @property
@@ -381,6 +384,17 @@ class GrpcFrontend:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls; in-flight calls get ``grace`` seconds to finish."""
         await self._server.stop(grace)
+
+
+def http2_limits(options: ServerOptions) -> Http2Limits:
+    """The gRPC port's HTTP/2 limits from the server's flags."""
+    return Http2Limits(
+        max_concurrent_streams=options.grpc_max_concurrent_streams,
+        max_header_list_size=options.grpc_max_header_list_size,
+        max_ping_strikes=options.grpc_http2_max_ping_strikes,
+        min_ping_interval_s=options.grpc_http2_min_recv_ping_interval_without_data / 1000.0,
+        ping_without_calls=options.grpc_keepalive_permit_without_calls,
+    )
 
 
 def tls_context(options: ServerOptions) -> ssl.SSLContext:

@@ -15,17 +15,21 @@ deadlines, gzip/deflate request messages, message size limits (RESOURCE_EXHAUSTE
 unary, server-streaming and bidirectional-streaming methods, and TLS (with ALPN ``h2``)
 when given an SSL context.  It does not do server push or response compression (both
 optional in gRPC).
+
+Hostile peers meet the limits of :class:`~openeas.server.frontends.http2_peer.Http2Limits`
+(concurrent streams, header list size, ping strikes, stream resets, owed control
+frames) and RFC 9113's rules for malformed frames (docs/architecture.md lists both); a
+client that does not read its answers stops being read (``pause_writing``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import gzip
 import logging
+import math
 import socket
 import ssl
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -35,10 +39,12 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from openeas.protocol import http2 as h2
+from openeas.protocol.compression import DecompressedTooLarge, DecompressionError, inflate
+from openeas.protocol.compression import supported as inflate_supported
 from openeas.protocol.errors import InferenceError
 from openeas.server.frontends.eager import start_eagerly
 from openeas.server.frontends.http1 import set_nodelay
-from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Peer
+from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,10 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 64 * 1024 * 1024
 #: Largest frame payload we accept (advertised in SETTINGS_MAX_FRAME_SIZE).
 MAX_FRAME_SIZE = 1024 * 1024
-MAX_HEADER_LIST_SIZE = 64 * 1024
+#: Pings closer than this without calls in flight are strikes (gRPC core's rule).
+_IDLE_PING_INTERVAL_S = 2 * 3600.0
+#: No ping seen since we last sent data or headers: (last ping time, strikes).
+_PING_RESET: tuple[float, int] = (-math.inf, 0)
 
 _OK = grpc.StatusCode.OK.value[0]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
@@ -62,10 +71,6 @@ _RESPONSE_HEADERS = h2.encode_headers(
 )
 _TRAILERS_OK = h2.encode_header(b"grpc-status", b"0")
 _ACCEPT_ENCODING = b"identity,deflate,gzip"
-_DECOMPRESS: dict[bytes, Callable[[bytes], bytes]] = {
-    b"gzip": gzip.decompress,
-    b"deflate": zlib.decompress,
-}
 
 
 class Kind(enum.Enum):
@@ -83,6 +88,11 @@ def kind_of(rpc: Any) -> Kind:
     return Kind.SERVER_STREAM if rpc.server_streaming else Kind.UNARY
 
 
+#: A call's request headers as decoded from HTTP/2: lower-case names, raw values (a
+#: ``-bin`` metadata value is still base64, as on the wire).
+Headers = list[tuple[bytes, bytes]]
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
     """One RPC: its kind, its handler and the message codecs.
@@ -93,6 +103,11 @@ class Method:
     call's request headers (:data:`Headers`, pseudo-headers included) as a second
     argument.  Handlers fail with :class:`~openeas.protocol.errors.InferenceError` (its
     ``grpc_code``) or :class:`GrpcError`; anything else is INTERNAL.
+
+    ``admit`` (with ``metadata``) runs on the request headers as soon as they arrive,
+    before any message is read: what it raises ends the call at once (a missing token
+    costs no buffering), what it returns is the handler's second argument instead of
+    the headers.
     """
 
     kind: Kind
@@ -100,11 +115,7 @@ class Method:
     decode: Callable[[bytes], Any]
     encode: Callable[[Any], bytes]
     metadata: bool = False
-
-
-#: A call's request headers as decoded from HTTP/2: lower-case names, raw values (a
-#: ``-bin`` metadata value is still base64, as on the wire).
-Headers = list[tuple[bytes, bytes]]
+    admit: Callable[[Headers], Any] | None = None
 
 
 class GrpcError(Exception):
@@ -151,14 +162,17 @@ class _Stream:
         "headers_sent",
         "remote_closed",
         "done",
+        "recv_window",
         "recv_unacked",
+        "unread",
         "headers",
         "drained",
     )
 
     def __init__(self, stream_id: int, method: Method, encoding: bytes, send_window: int):
         self.id = stream_id
-        self.headers: Headers = []
+        #: what the handler gets with its request: the headers, or what admit made of them
+        self.headers: Any = None
         #: A streaming handler waiting for its pending answers to be sent.
         self.drained: asyncio.Future[None] | None = None
         self.method = method
@@ -174,7 +188,11 @@ class _Stream:
         self.headers_sent = False
         self.remote_closed = False
         self.done = False
+        self.recv_window = STREAM_WINDOW
         self.recv_unacked = 0
+        #: received bytes held back from the window while the handler has messages
+        #: waiting (a streaming call's back-pressure), on the stream and the connection
+        self.unread = 0
 
 
 class Http2Connection(Http2Peer):
@@ -184,7 +202,7 @@ class Http2Connection(Http2Peer):
     connection_window = CONNECTION_WINDOW
 
     def __init__(self, server: GrpcServer) -> None:
-        super().__init__(MAX_HEADER_LIST_SIZE)
+        super().__init__(server.limits)
         self.server = server
         self.methods = server.methods
         self.max_message_size = server.max_message_size
@@ -192,6 +210,9 @@ class Http2Connection(Http2Peer):
         self._streams: dict[int, _Stream] = {}
         self._last_stream_id = 0
         self._draining = False
+        self._ping_state = _PING_RESET
+        self._reset_tokens = float(self.limits.reset_burst)
+        self._reset_clock = self._loop.time()
         self.idle = asyncio.Event()
         self.idle.set()
 
@@ -204,9 +225,10 @@ class Http2Connection(Http2Peer):
         self._write(
             h2.settings_frame(
                 {
+                    h2.SETTINGS_MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
                     h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                     h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
                 }
             )
             + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
@@ -219,6 +241,18 @@ class Http2Connection(Http2Peer):
             self._abandon(stream)
         self._streams.clear()
         self.idle.set()
+
+    def pause_writing(self) -> None:
+        """The client does not read what we send: stop reading what it sends (its new
+        calls, pings and settings would only pile up more answers)."""
+        super().pause_writing()
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -251,10 +285,10 @@ class Http2Connection(Http2Peer):
             raise h2.ProtocolError("expected a CONTINUATION frame")
         if kind == h2.DATA:
             self._on_data(flags, stream_id, payload)
-        elif kind == h2.HEADERS:
-            self._on_headers(flags, stream_id, payload)
-        elif kind == h2.CONTINUATION:
-            self._on_continuation(flags, stream_id, payload)
+        elif kind == h2.HEADERS or kind == h2.CONTINUATION:
+            if kind == h2.HEADERS and (stream_id == 0 or not stream_id & 1):
+                raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
+            self._on_header_frame(kind, flags, stream_id, payload)
         elif kind == h2.WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == h2.SETTINGS:
@@ -262,16 +296,20 @@ class Http2Connection(Http2Peer):
         elif kind == h2.PING:
             self._on_ping(flags, stream_id, payload)
         elif kind == h2.RST_STREAM:
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None:
-                self._abandon(stream)
-                self._check_idle()
+            self._on_rst_stream(stream_id, payload)
         elif kind == h2.GOAWAY:
+            if stream_id or len(payload) < 8:
+                raise h2.ProtocolError("bad GOAWAY frame", h2.FRAME_SIZE_ERROR)
             self._draining = True
             self._check_idle()
         elif kind == h2.PUSH_PROMISE:
             raise h2.ProtocolError("a client must not send PUSH_PROMISE")
-        # PRIORITY and unknown frame types are ignored, as RFC 9113 asks
+        elif kind == h2.PRIORITY:
+            if stream_id == 0:
+                raise h2.ProtocolError("PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise h2.ProtocolError("bad PRIORITY frame", h2.FRAME_SIZE_ERROR)
+        # PRIORITY's advice and unknown frame types are ignored, as RFC 9113 asks
 
     def _stream(self, stream_id: int) -> _Stream | None:
         return self._streams.get(stream_id)
@@ -279,61 +317,148 @@ class Http2Connection(Http2Peer):
     def _open_streams(self) -> Iterable[_Stream]:
         return self._streams.values()
 
-    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0 or not stream_id & 1:
-            raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
-        block = h2.header_fragment(flags, payload)
-        if not flags & h2.END_HEADERS:
-            self._continuation = (stream_id, flags, bytearray(block))
-            return
-        self._header_block(stream_id, flags, block)
+    def _is_idle(self, stream_id: int) -> bool:
+        # we never push, so every even (server-initiated) stream is idle
+        return stream_id > self._last_stream_id or not stream_id & 1
 
-    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._continuation is None or self._continuation[0] != stream_id:
-            raise h2.ProtocolError("unexpected CONTINUATION frame")
-        block = self._continuation[2]
-        block += payload
-        if len(block) > MAX_HEADER_LIST_SIZE * 2:
-            raise h2.ProtocolError("header block too large", h2.ENHANCE_YOUR_CALM)
-        if flags & h2.END_HEADERS:
-            first_flags = self._continuation[1]
-            self._continuation = None
-            self._header_block(stream_id, first_flags, bytes(block))
+    def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise h2.ProtocolError("bad RST_STREAM frame", h2.FRAME_SIZE_ERROR)
+        if stream_id == 0 or self._is_idle(stream_id):
+            raise h2.ProtocolError(f"RST_STREAM on idle stream {stream_id}")
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._abandon(stream)
+            self._check_idle()
+            self._count_reset()
+
+    def _count_reset(self) -> None:
+        """A token bucket over the streams the peer reset (or made us reset): opening
+        calls and resetting them at once costs us work and costs the peer nothing (the
+        rapid reset attack, CVE-2023-44487)."""
+        limits = self.limits
+        now = self._loop.time()
+        tokens = min(
+            float(limits.reset_burst),
+            self._reset_tokens + (now - self._reset_clock) * limits.reset_rate,
+        )
+        self._reset_clock = now
+        if tokens < 1:
+            raise h2.ProtocolError("too many stream resets", h2.ENHANCE_YOUR_CALM)
+        self._reset_tokens = tokens - 1
+
+    def _stream_error(self, stream: _Stream, code: int) -> None:
+        self._write(h2.rst_stream(stream.id, code))
+        self._streams.pop(stream.id, None)
+        self._abandon(stream)
+        self._check_idle()
+        self._count_reset()
+
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if not flags & h2.ACK:
+            self._ping_strike()
+        super()._on_ping(flags, stream_id, payload)
+
+    def _ping_strike(self) -> None:
+        """gRPC's ping policy (Triton's ``--grpc-http2-*`` flags): a ping sooner than the
+        allowed interval after the previous one, while we send no data or headers, is a
+        strike; too many strikes: GOAWAY ENHANCE_YOUR_CALM ("too_many_pings")."""
+        limits = self.limits
+        if not limits.max_ping_strikes:
+            return
+        last, strikes = self._ping_state
+        now = self._loop.time()
+        if self._streams or limits.ping_without_calls:
+            interval = limits.min_ping_interval_s
+        else:
+            interval = _IDLE_PING_INTERVAL_S
+        if now < last + interval:
+            strikes += 1
+            if strikes > limits.max_ping_strikes:
+                raise h2.ProtocolError("too_many_pings", h2.ENHANCE_YOUR_CALM)
+        self._ping_state = (now, strikes)
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self._decoder.decode(block)  # always, to keep HPACK's table in step
+        try:
+            headers = self._decoder.decode(block)  # always, to keep HPACK's table in step
+        except h2.HeaderListTooLarge as exc:
+            self._header_list_too_large(stream_id, exc)
+            return
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client end its half of the call
             if stream.remote_closed:
-                raise h2.ProtocolError(f"HEADERS on half-closed stream {stream_id}")
+                self._stream_error(stream, h2.STREAM_CLOSED)
+                return
             if not flags & h2.END_STREAM:
                 raise h2.ProtocolError("trailers without END_STREAM")
             self._end_of_requests(stream)
             return
         if stream_id <= self._last_stream_id:
-            return  # a stream we already closed; its frames are ignored
+            # trailers of a call that is over are ignored; a new call on a lower id
+            # than one already used is a connection error (RFC 9113 5.1.1)
+            if any(name[:1] == b":" for name, _ in headers):
+                raise h2.ProtocolError(f"stream {stream_id} is lower than one already used")
+            return
         self._last_stream_id = stream_id
         if self._draining:
             self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
             return
+        if (
+            len(self._streams) >= self.limits.max_concurrent_streams
+            or self._blocked_bytes > self.limits.max_stalled_bytes
+        ):
+            self._write(h2.rst_stream(stream_id, h2.REFUSED_STREAM))
+            return
         self._open_stream(stream_id, headers, bool(flags & h2.END_STREAM))
 
+    def _header_list_too_large(self, stream_id: int, exc: h2.HeaderListTooLarge) -> None:
+        """HTTP's 431 as gRPC says it: the call ends with RESOURCE_EXHAUSTED."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id <= self._last_stream_id:
+                return
+            self._last_stream_id = stream_id
+            stream = _Stream(stream_id, _NO_METHOD, b"identity", self._peer_window)
+            self._streams[stream_id] = stream
+            self.idle.clear()
+        self._finish(stream, _RESOURCE_EXHAUSTED, str(exc))
+
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise h2.ProtocolError("DATA on stream 0")
         size = len(payload)
-        self._received(size)
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_closed:
-            return  # closed or reset: only the connection window counts it
+            if stream_id == 0 or self._is_idle(stream_id):
+                raise h2.ProtocolError(f"DATA on idle stream {stream_id}")
+            self._received(size)
+            if stream is not None:  # the client already ended its half (RFC 9113 6.1)
+                self._stream_error(stream, h2.STREAM_CLOSED)
+            return  # a closed or reset stream: only the connection window counts it
+        if not self._stream_received(stream, size):
+            self._received(size)
+            return
         payload = h2.data_payload(flags, payload)
         end_stream = flags & h2.END_STREAM
-        if not end_stream:
-            self._stream_received(stream, size)
+        queue = stream.queue
+        if queue is not None and not queue.empty():
+            # a streaming handler has messages it has not read yet: hold the window
+            # back until it has (:meth:`_release`), so a slow handler bounds the buffer
+            self._received(size, hold=True)
+            stream.unread += size
+        else:
+            self._received(size)
+            if not end_stream:
+                self._stream_consumed(stream, size)
         if payload and not stream.done:
             self._take_messages(stream, payload)
         if end_stream:
             self._end_of_requests(stream)
+
+    def _release(self, stream: _Stream) -> None:
+        """A streaming handler read every message it had: the held bytes are consumed."""
+        unread, stream.unread = stream.unread, 0
+        self._consumed(unread)
+        if not stream.remote_closed and not stream.done:
+            self._stream_consumed(stream, unread)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -368,15 +493,21 @@ class Http2Connection(Http2Peer):
         if method is None:
             self._finish(stream, _UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
             return
-        if encoding != b"identity" and encoding not in _DECOMPRESS:
+        if encoding != b"identity" and not inflate_supported(encoding):
             self._finish(
                 stream, _UNIMPLEMENTED, f"grpc-encoding '{encoding.decode()}' is not supported"
             )
             return
+        if method.admit is not None:
+            try:
+                stream.headers = method.admit(headers)
+            except Exception as exc:  # refused before any message is read
+                self._fail_call(stream, exc)
+                return
+        elif method.metadata:
+            stream.headers = headers
         if timeout is not None:
             stream.timer = self._loop.call_later(timeout, self._deadline, stream)
-        if method.metadata:
-            stream.headers = headers
         if method.kind is Kind.BIDI_STREAM:
             stream.queue = asyncio.Queue()
             stream.task = self._loop.create_task(self._bidi(stream))
@@ -408,21 +539,31 @@ class Http2Connection(Http2Peer):
             message = bytes(recv[h2.MESSAGE_HEADER_SIZE : total])
             del recv[:total]
             if flag:
-                decompress = _DECOMPRESS.get(stream.encoding)
-                if decompress is None:
-                    self._finish(stream, _INTERNAL, "compressed message without a grpc-encoding")
-                    return
-                try:
-                    message = decompress(message)
-                except (OSError, zlib.error, EOFError) as exc:
-                    self._finish(stream, _INTERNAL, f"failed to decompress a message: {exc}")
-                    return
-                if len(message) > self.max_message_size:
-                    self._too_large(stream, len(message))
+                message = self._inflate(stream, message)
+                if message is None:
                     return
             self._message(stream, message)
             if stream.done:
                 return
+
+    def _inflate(self, stream: _Stream, message: bytes) -> bytes | None:
+        """A compressed message inflated, bounded by the message size limit; None (the
+        call ended) when it cannot be."""
+        if stream.encoding == b"identity":
+            self._finish(stream, _INTERNAL, "compressed message without a grpc-encoding")
+            return None
+        try:
+            return inflate(message, stream.encoding, self.max_message_size)
+        except DecompressedTooLarge:
+            self._finish(
+                stream,
+                _RESOURCE_EXHAUSTED,
+                f"Received message larger than max (more than {self.max_message_size} "
+                "bytes once decompressed)",
+            )
+        except DecompressionError as exc:
+            self._finish(stream, _INTERNAL, f"failed to decompress a message: {exc}")
+        return None
 
     def _too_large(self, stream: _Stream, length: int) -> None:
         self._finish(
@@ -434,6 +575,12 @@ class Http2Connection(Http2Peer):
     def _message(self, stream: _Stream, message: bytes) -> None:
         if stream.queue is not None:
             stream.queue.put_nowait(message)
+        elif stream.messages:  # refused at once rather than buffered to the end
+            self._finish(
+                stream,
+                _UNIMPLEMENTED,
+                f"a {stream.method.kind.value} call takes one request message, got more",
+            )
         else:
             stream.messages.append(message)
 
@@ -492,6 +639,8 @@ class Http2Connection(Http2Peer):
 
         async def requests() -> AsyncIterator[Any]:
             while (message := await queue.get()) is not None:
+                if stream.unread and queue.empty():
+                    self._release(stream)
                 yield method.decode(message)
 
         if method.metadata:
@@ -532,7 +681,7 @@ class Http2Connection(Http2Peer):
     def _abandon(self, stream: _Stream) -> None:
         """The peer is gone or reset the stream: cancel its work, send nothing more."""
         stream.done = True
-        self._blocked.pop(stream.id, None)
+        self._unblock(stream.id)
         _wake(stream)
         if stream.timer is not None:
             stream.timer.cancel()
@@ -540,6 +689,13 @@ class Http2Connection(Http2Peer):
             stream.task.cancel()
         if stream.queue is not None:
             stream.queue.put_nowait(None)
+        self._forget_unread(stream)
+
+    def _forget_unread(self, stream: _Stream) -> None:
+        """A stream is over: what it held back of the connection window is free again."""
+        if stream.unread:
+            self._consumed(stream.unread)
+            stream.unread = 0
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -563,6 +719,7 @@ class Http2Connection(Http2Peer):
         ):
             stream.send_window -= size
             self._send_window -= size
+            self._ping_state = _PING_RESET  # we send data: pings are welcome again
             sid = stream.id
             self._write(
                 h2.frame(h2.HEADERS, h2.END_HEADERS, sid, _RESPONSE_HEADERS)
@@ -585,6 +742,7 @@ class Http2Connection(Http2Peer):
         if not stream.headers_sent:
             stream.headers_sent = True
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, _RESPONSE_HEADERS))
+        self._ping_state = _PING_RESET
         stream.pending += h2.MESSAGE_HEADER.pack(0, len(payload))
         stream.pending += payload
         self._flush_stream(stream)
@@ -619,6 +777,7 @@ class Http2Connection(Http2Peer):
         else:
             trailers = h2.frame(h2.HEADERS, flags, stream.id, fields)
         stream.done = True
+        self._ping_state = _PING_RESET
         if stream.pending:
             stream.pending_trailers = trailers  # sent once the DATA before it is
             return
@@ -637,6 +796,7 @@ class Http2Connection(Http2Peer):
             stream.timer.cancel()
             stream.timer = None
         self._streams.pop(stream.id, None)
+        self._forget_unread(stream)
         self._check_idle()
 
     def _http_error(self, stream_id: int, status: bytes) -> None:
@@ -709,9 +869,16 @@ _NO_METHOD = Method(Kind.UNARY, _no_handler, bytes, bytes)
 class GrpcServer:
     """Serves ``methods`` (``b"/package.Service/Method"`` -> :class:`Method`) on a socket."""
 
-    def __init__(self, methods: dict[bytes, Method], *, max_message_size: int) -> None:
+    def __init__(
+        self,
+        methods: dict[bytes, Method],
+        *,
+        max_message_size: int,
+        limits: Http2Limits = Http2Limits(),  # noqa: B008 - frozen
+    ) -> None:
         self.methods = methods
         self.max_message_size = max_message_size
+        self.limits = limits
         self.connections: set[Http2Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 
