@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 from pathlib import Path
 
 
@@ -84,7 +85,7 @@ def write_tf_savedmodel_scale(
     return model_dir
 
 
-def _script(module: object) -> object:
+def _script(module: object) -> Any:
     """``torch.jit.script`` without its deprecation notice (TorchScript is what we serve)."""
     import torch
 

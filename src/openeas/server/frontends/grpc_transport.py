@@ -539,9 +539,10 @@ class Http2Connection(Http2Peer):
             message = bytes(recv[h2.MESSAGE_HEADER_SIZE : total])
             del recv[:total]
             if flag:
-                message = self._inflate(stream, message)
-                if message is None:
+                inflated = self._inflate(stream, message)
+                if inflated is None:
                     return
+                message = inflated
             self._message(stream, message)
             if stream.done:
                 return
