@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 
 def _write_config(model_dir: Path, text: str | None) -> None:
