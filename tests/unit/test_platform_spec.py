@@ -122,6 +122,42 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
         ),
         (
             "processor_params",
+            ["--model-repository=/m", "--log-file=/home/someone/.bashrc"],
+            "processor_params[1]",
+            "--log-file is not allowed: the platform keeps each instance's log",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--metrics-port", "9"],
+            "processor_params[1]",
+            "set by the platform",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=/m", "--grpc-use-ssl=true"],
+            "processor_params[1]",
+            "the gateway terminates TLS",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=oss://bucket/models/../../other"],
+            "processor_params[0]",
+            "must not contain '..'",
+        ),
+        (
+            "processor_params",
+            ["--allow-grpc=true", "--model-repository", "/models/../etc"],
+            "processor_params[2]",
+            "must not contain '..'",
+        ),
+        (
+            "storage",
+            [{"mount_path": "/models", "oss": {"path": "oss://b/../x"}}],
+            "storage[0].oss.path",
+            "'..'",
+        ),
+        (
+            "processor_params",
             ["--model-repository=/m", "--log-verbose=x"],
             "processor_params",
             "invalid integer",

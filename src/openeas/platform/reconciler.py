@@ -362,7 +362,6 @@ class Reconciler:
                 self.routes.remove(name)
                 self._published.pop(name, None)
                 self.store.delete_service(name)
-                self.store.delete_events(name)
                 self._forget_service(name)
             else:
                 self._publish(name, service.token)
