@@ -60,6 +60,13 @@ def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeo
 @click.option(
     "--restart-backoff", type=float, default=1.0, hidden=True, help="first restart delay (s)"
 )
+@click.option(
+    "--restart-backoff-reset",
+    type=float,
+    default=600.0,
+    hidden=True,
+    help="seconds of readiness after which an instance's crash streak is forgotten",
+)
 @click.option("--crashloop-restarts", type=click.IntRange(0), default=3, hidden=True)
 @click.option(
     "--detach", "-d", is_flag=True, help="run in the background and return once it answers"
@@ -84,6 +91,7 @@ def up(
     memory: int | None,
     gpus: int | None,
     restart_backoff: float,
+    restart_backoff_reset: float,
     crashloop_restarts: int,
     detach: bool,
     timeout: float,
@@ -134,7 +142,11 @@ def up(
         cpus=cpus,
         memory_mb=memory,
         gpus=gpus,
-        tuning=Tuning(backoff_base=restart_backoff, crashloop_restarts=crashloop_restarts),
+        tuning=Tuning(
+            backoff_base=restart_backoff,
+            backoff_reset=restart_backoff_reset,
+            crashloop_restarts=crashloop_restarts,
+        ),
     )
     import uvloop
 

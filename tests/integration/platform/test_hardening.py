@@ -1,0 +1,170 @@
+"""Faults and hostile use of a real platform: crashes after readiness, backoff that forgets,
+replayed requests, refused flags, and the permissions of its state directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from openeas.platform.auth import AccessKey, load_key, sign
+from openeas.testing.server import free_port
+from tests.integration.conftest import wait_until
+from tests.integration.platform.conftest import (
+    Platform,
+    _kill_leftovers,
+    make_add_sub_repository,
+    service_doc,
+)
+
+#: the second crash in a row waits this long; a healthy period of RESET forgets the streak
+BACKOFF = 5.0
+RESET = 3.0
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    home = tmp_path_factory.mktemp("openeas-home")
+    home.chmod(0o755)  # as an older version (or a careless umask) left it
+    (home / "credentials").write_text(
+        '{"access_key_id": "OEASTEST", "access_key_secret": "test-secret-value"}'
+    )
+    (home / "credentials").chmod(0o644)
+    api, http, grpc = free_port(), free_port(), free_port()
+    args = [
+        f"--api-port={api}",
+        f"--http-port={http}",
+        f"--grpc-port={grpc}",
+        "--cpus=16",
+        "--memory=64000",
+        f"--restart-backoff={BACKOFF}",
+        f"--restart-backoff-reset={RESET}",
+        "--log-level=info",
+    ]
+    plat = Platform(home, api, http, grpc, args)
+    plat.start()
+    try:
+        yield plat
+    finally:
+        plat.stop()
+        _kill_leftovers(plat.seen_pids)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _instance(platform: Platform, name: str) -> dict[str, Any]:
+    [inst] = platform.json("instances", name)
+    return inst
+
+
+def _ready(platform: Platform, name: str) -> dict[str, Any] | None:
+    inst = _instance(platform, name)
+    return inst if inst["ready"] and inst["status"] == "Running" else None
+
+
+def test_the_state_directory_and_secrets_are_owner_only(platform: Platform) -> None:
+    assert _mode(platform.home) == 0o700
+    for name in ("platform.db", "platform.db-wal", "credentials"):
+        assert _mode(platform.home / name) == 0o600, name
+    assert "file permissions too open" in platform.log()
+
+
+def test_a_crash_streak_backs_off_and_a_healthy_period_forgets_it(platform: Platform) -> None:
+    repo = make_add_sub_repository(platform.home / "repo-backoff")
+    platform.ok("create", str(platform.write_spec(service_doc("backoff", repo), "b.json")))
+    first = wait_until(lambda: _ready(platform, "backoff"), timeout=60, what="ready")
+    os.kill(first["pid"], signal.SIGKILL)  # crash 1: restarted at once
+    second = wait_until(
+        lambda: (i := _ready(platform, "backoff")) and i["pid"] != first["pid"] and i,
+        timeout=BACKOFF - 1,
+        what="an immediate restart",
+    )
+    os.kill(second["pid"], signal.SIGKILL)  # crash 2 in a row: the backoff starts
+    desc = wait_until(
+        lambda: (d := platform.json("desc", "backoff"))["reason"] == "CrashLoopBackOff" and d,
+        timeout=30,
+        what="the crash in the service's status",
+    )
+    assert "crash 2 in a row, restart in 5s" in desc["message"]
+    third = wait_until(
+        lambda: (i := _ready(platform, "backoff")) and i["pid"] != second["pid"] and i,
+        timeout=60,
+        what="restart after the backoff",
+    )
+    assert platform.json("desc", "backoff")["reason"] == ""  # ready again: no crash note
+    # The tested healthy period itself, not synchronisation: ready for longer than RESET.
+    time.sleep(RESET + 0.5)
+    os.kill(third["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(
+        lambda: (i := _ready(platform, "backoff")) and i["pid"] != third["pid"],
+        timeout=60,
+        what="restart after a healthy period",
+    )
+    assert time.monotonic() - killed < BACKOFF, "the streak was not forgotten"
+    messages = [e["message"] for e in platform.json("events", "backoff")]
+    assert any("crash 1 in a row, restart in 0s" in m for m in messages[-6:]), messages
+    platform.ok("delete", "-y", "backoff")
+
+
+def test_a_service_that_crashes_after_it_was_ready_says_why(platform: Platform) -> None:
+    repo = make_add_sub_repository(platform.home / "repo-vanishing")
+    platform.ok("create", str(platform.write_spec(service_doc("vanishing", repo), "v.json")))
+    inst = wait_until(lambda: _ready(platform, "vanishing"), timeout=60, what="ready")
+    shutil.rmtree(repo)  # the model is gone: every restart fails at start-up
+    os.kill(inst["pid"], signal.SIGKILL)
+    desc = wait_until(
+        lambda: (d := platform.json("desc", "vanishing"))["reason"] == "CrashLoopBackOff" and d,
+        timeout=60,
+        what="the crash loop in the service's status",
+    )
+    assert desc["status"] == "Scaling"
+    assert "exited with status" in desc["message"]
+    assert "last log lines:" in desc["message"] and str(repo) in desc["message"]
+    events = platform.json("events", "vanishing")
+    warned = [e for e in events if e["type"] == "Warning" and "crash 2 in a row" in e["message"]]
+    assert warned, events
+    platform.ok("delete", "-y", "vanishing")
+
+
+def test_a_replayed_signed_request_is_refused(platform: Platform) -> None:
+    repo = make_add_sub_repository(platform.home / "repo-replay")
+    doc = service_doc("replayed", repo, instance=0)
+    platform.ok("create", str(platform.write_spec(doc, "r.json")))
+    key: AccessKey = load_key(platform.home / "credentials")
+    body = b'{"spec": {"metadata": {"instance": 0, "cpu": 2}}, "mode": "merge"}'
+    target = "/api/v1/services/replayed"
+    headers = {**sign(key, "PUT", target, body), "Content-Type": "application/json"}
+    url = f"http://127.0.0.1:{platform.api_port}{target}"
+    assert httpx.put(url, content=body, headers=headers).status_code == 200
+    replay = httpx.put(url, content=body, headers=headers)
+    assert replay.status_code == 401
+    assert "replayed" in replay.json()["message"]
+    assert platform.json("desc", "replayed")["latest_version"] == 2
+    future = sign(key, "PUT", target, body, now=time.time() + 880)
+    ahead = httpx.put(url, content=body, headers={**future, "Content-Type": "application/json"})
+    assert ahead.status_code == 401 and "ahead of the server's clock" in ahead.json()["message"]
+    platform.ok("delete", "-y", "replayed")
+
+
+def test_processor_flags_that_reach_into_the_platform_are_refused(platform: Platform) -> None:
+    repo = make_add_sub_repository(platform.home / "repo-flags")
+    doc = service_doc("flags", repo)
+    doc["processor_params"].append(f"--log-file={platform.home / 'credentials'}")
+    result = platform.eascmd("create", str(platform.write_spec(doc, "f.json")))
+    assert result.returncode == 1
+    assert "processor_params[3]: --log-file is not allowed" in result.stderr
+    doc = service_doc("flags", "oss://triton-model-repo/models/../../secrets")
+    result = platform.eascmd("create", str(platform.write_spec(doc, "g.json")))
+    assert result.returncode == 1
+    assert "processor_params[0]" in result.stderr and "'..'" in result.stderr
