@@ -385,8 +385,10 @@ class Reconciler:
         url = f"http://{inst.rec.host}:{inst.rec.http_port}/v2/health/ready"
         try:
             response = await self._http.get(url)
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            log.debug("probe %s: %s", url, exc)
             return False
+        log.debug("probe %s: %d", url, response.status_code)
         return response.status_code == 200
 
     def _crashed(self, inst: _Instance, ended: Exit) -> None:
