@@ -23,12 +23,14 @@ from pathlib import Path
 import httpx
 
 from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.platform.auth import random_token
 from openeas.platform.errors import NotFoundError
 from openeas.platform.repositories import RepositoryError, resolved_params, sync_repositories
 from openeas.platform.resources import Demand, ResourceGroup, pick_cores, pick_gpus, shortage
 from openeas.platform.runtimes.base import Exit, Launch, Runtime
 from openeas.platform.spec import ServiceSpec
 from openeas.platform.store import InstanceRecord, Store
+from openeas.protocol import instance_token
 
 log = logging.getLogger("openeas.platform")
 
@@ -383,8 +385,10 @@ class Reconciler:
 
     async def _ready(self, inst: _Instance) -> bool:
         url = f"http://{inst.rec.host}:{inst.rec.http_port}/v2/health/ready"
+        token = inst.rec.internal_token
+        headers = {instance_token.HEADER.decode(): token} if token else None
         try:
-            response = await self._http.get(url)
+            response = await self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
             log.debug("probe %s: %s", url, exc)
             return False
@@ -600,6 +604,7 @@ class Reconciler:
         if params is None:  # an instance of an older version that is no longer synced
             params = resolved_params(self.spec(rec.service, rec.version))
         self.runtime.forget(rec.id)
+        rec.internal_token = random_token(24)  # a new one per process
         rec.http_port, rec.grpc_port, rec.metrics_port = (
             free_port(rec.host),
             free_port(rec.host),
@@ -618,6 +623,7 @@ class Reconciler:
             cpu_count=inst.demand.cpu,
             memory_mb=inst.demand.memory,
             gpus=inst.gpus,
+            internal_token=rec.internal_token,
         )
         try:
             rec.pid = await self.runtime.start(launch)
@@ -672,6 +678,7 @@ class Reconciler:
                 i.rec.http_port,
                 i.rec.grpc_port,
                 self.runtime.unix_socket(i.rec.id),
+                i.rec.internal_token or None,
             )
 
         previous = self._published.get(name)

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS instances (
     log_path TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    started_at REAL
+    started_at REAL,
+    internal_token TEXT NOT NULL DEFAULT ''  -- what the instance requires of the gateway
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -104,6 +105,9 @@ class InstanceRecord:
     reason: str
     created_at: float
     started_at: float | None
+    #: the token the instance requires on every request (openeas.protocol.instance_token);
+    #: a secret: never shown by the API
+    internal_token: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +143,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since the first release, for databases created before them."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(instances)")}
+        if "internal_token" not in columns:
+            self._db.execute(
+                "ALTER TABLE instances ADD COLUMN internal_token TEXT NOT NULL DEFAULT ''"
+            )
 
     def close(self) -> None:
         self._db.close()

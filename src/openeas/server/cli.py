@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Protocol
 
+from openeas.protocol import instance_token
 from openeas.server.dataplane import DataPlane
 from openeas.server.frontends.http import HttpFrontend
 from openeas.server.frontends.http1 import bind_socket
@@ -151,12 +152,13 @@ class _FrontEnd(Protocol):
 def _front_ends(options: ServerOptions, dataplane: DataPlane) -> list[tuple[str, _FrontEnd]]:
     """The enabled front ends, their sockets bound (OSError names a busy address)."""
     servers: list[tuple[str, _FrontEnd]] = []
+    token = instance_token.from_environment()  # set by the platform for its instances
     if options.allow_grpc:
         from openeas.server.frontends.grpc import GrpcFrontend
 
-        servers.append(("GRPCInferenceService", GrpcFrontend(dataplane, options)))
+        servers.append(("GRPCInferenceService", GrpcFrontend(dataplane, options, token)))
     if options.allow_http:
-        app = HttpFrontend(dataplane, options.http_max_input_size)
+        app = HttpFrontend(dataplane, options.http_max_input_size, token)
 
         def too_large(size: int) -> bytes:
             return (

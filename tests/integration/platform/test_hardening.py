@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import stat
 import time
 from collections.abc import Iterator
@@ -196,3 +197,58 @@ def test_processor_flags_that_reach_into_the_platform_are_refused(platform: Plat
     result = platform.eascmd("create", str(platform.write_spec(doc, "g.json")))
     assert result.returncode == 1
     assert "processor_params[0]" in result.stderr and "'..'" in result.stderr
+
+
+def test_instances_answer_only_the_gateway(platform: Platform) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    repo = make_add_sub_repository(platform.home / "repo-door")
+    platform.ok("create", str(platform.write_spec(service_doc("door", repo), "d.json")))
+    token = platform.json("desc", "door")["token"]
+    inst = wait_until(lambda: _ready(platform, "door"), timeout=60, what="ready")
+    infer(platform, token, "door")  # through the gateway: HTTP
+    gateway = grpcclient.InferenceServerClient(f"127.0.0.1:{platform.grpc_port}")
+    try:
+        data = np.ones((1, 16), dtype=np.float32)
+        inputs = [
+            grpcclient.InferInput("INPUT0", [1, 16], "FP32"),
+            grpcclient.InferInput("INPUT1", [1, 16], "FP32"),
+        ]
+        for item in inputs:
+            item.set_data_from_numpy(data)
+        result = gateway.infer(
+            "simple", inputs, headers={"authorization": token, "x-eas-service": "door"}
+        )
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data + data)
+    finally:
+        gateway.close()
+    # Straight to the instance, as any local user could: refused on every door.
+    direct = f"http://{inst['ip']}:{inst['port']}"
+    for path in ("/v2/health/ready", "/v2/models/simple"):
+        refused = httpx.get(direct + path)
+        assert refused.status_code == 403 and "gateway only" in refused.json()["error"]
+    body = b'{"inputs": []}'
+    refused = httpx.post(direct + "/v2/models/simple/infer", content=body)
+    assert refused.status_code == 403
+    wrong = httpx.get(direct + "/v2/health/ready", headers={"x-openeas-instance-token": "x" * 32})
+    assert wrong.status_code == 403
+    unix = httpx.HTTPTransport(uds="\0openeas-" + inst["name"])
+    with httpx.Client(transport=unix) as client:
+        assert client.get("http://instance/v2/health/ready").status_code == 403
+    client = grpcclient.InferenceServerClient(f"{inst['ip']}:{inst['grpc_port']}")
+    try:
+        with pytest.raises(InferenceServerException, match="gateway only"):
+            client.is_server_ready()
+    finally:
+        client.close()
+    # The internal token is nowhere an API or the metrics page shows.
+    with sqlite3.connect(platform.home / "platform.db") as conn:
+        [(secret,)] = conn.execute("SELECT internal_token FROM instances WHERE service = 'door'")
+    assert len(secret) >= 32
+    metrics = httpx.get(f"http://127.0.0.1:{platform.api_port}/metrics").text
+    assert secret not in metrics
+    assert secret not in platform.ok("instances", "door", "--json")
+    assert secret not in platform.ok("desc", "door", "--json")
+    platform.ok("delete", "-y", "door")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import gzip
+import hmac
 import logging
 import socket
 import ssl
@@ -35,6 +36,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from openeas.protocol import http2 as h2
+from openeas.protocol import instance_token
 from openeas.protocol.errors import InferenceError
 from openeas.server.frontends.eager import start_eagerly
 from openeas.server.frontends.http1 import set_nodelay
@@ -53,6 +55,7 @@ _OK = grpc.StatusCode.OK.value[0]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
@@ -343,6 +346,7 @@ class Http2Connection(Http2Peer):
         content_type = b""
         encoding = b"identity"
         timeout: float | None = None
+        presented = b""
         for name, value in headers:
             if name == b":path":
                 method_name = value
@@ -354,6 +358,8 @@ class Http2Connection(Http2Peer):
                 encoding = value
             elif name == b"grpc-timeout":
                 timeout = h2.parse_timeout(value)
+            elif name == instance_token.HEADER:
+                presented = value
         if verb != b"POST":
             self._http_error(stream_id, b"405")
             return
@@ -367,6 +373,10 @@ class Http2Connection(Http2Peer):
         self.idle.clear()
         if method is None:
             self._finish(stream, _UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
+            return
+        token = self.server.internal_token
+        if token is not None and not hmac.compare_digest(presented, token):
+            self._finish(stream, _PERMISSION_DENIED, instance_token.REFUSED)
             return
         if encoding != b"identity" and encoding not in _DECOMPRESS:
             self._finish(
@@ -709,9 +719,17 @@ _NO_METHOD = Method(Kind.UNARY, _no_handler, bytes, bytes)
 class GrpcServer:
     """Serves ``methods`` (``b"/package.Service/Method"`` -> :class:`Method`) on a socket."""
 
-    def __init__(self, methods: dict[bytes, Method], *, max_message_size: int) -> None:
+    def __init__(
+        self,
+        methods: dict[bytes, Method],
+        *,
+        max_message_size: int,
+        internal_token: bytes | None = None,
+    ) -> None:
         self.methods = methods
         self.max_message_size = max_message_size
+        #: a platform instance's token (see openeas.protocol.instance_token); None: open
+        self.internal_token = internal_token
         self.connections: set[Http2Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 
