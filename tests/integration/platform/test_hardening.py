@@ -252,3 +252,20 @@ def test_instances_answer_only_the_gateway(platform: Platform) -> None:
     assert secret not in platform.ok("instances", "door", "--json")
     assert secret not in platform.ok("desc", "door", "--json")
     platform.ok("delete", "-y", "door")
+
+
+def test_a_half_written_update_is_repaired_at_start_up(platform: Platform) -> None:
+    """What a kill between the two statements of the old add_version left: a version row
+    past latest_version, which made every later modify fail with an IntegrityError."""
+    repo = make_add_sub_repository(platform.home / "repo-repair")
+    platform.ok("create", str(platform.write_spec(service_doc("repaired", repo, instance=0))))
+    assert platform.eascmd_platform("down").returncode == 0
+    assert platform.process is not None and platform.process.wait(60) == 0
+    with sqlite3.connect(platform.home / "platform.db") as conn:
+        conn.execute("INSERT INTO versions VALUES ('repaired', 2, '{}', 0)")
+    platform.start()
+    platform.ok("modify", "repaired", "-D", "metadata.cpu=2")
+    assert platform.json("desc", "repaired")["latest_version"] == 2
+    log = (platform.home / "logs" / "platform.log").read_text()
+    assert "platform.db repaired: service 'repaired': dropped unfinished version(s) [2]" in log
+    platform.ok("delete", "-y", "repaired")

@@ -374,9 +374,7 @@ class Http2Connection(Http2Peer):
         if method is None:
             self._finish(stream, _UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
             return
-        token = self.server.internal_token
-        if token is not None and not hmac.compare_digest(presented, token):
-            self._finish(stream, _PERMISSION_DENIED, instance_token.REFUSED)
+        if self._refused(stream, presented):
             return
         if encoding != b"identity" and encoding not in _DECOMPRESS:
             self._finish(
@@ -394,6 +392,14 @@ class Http2Connection(Http2Peer):
                 stream.queue.put_nowait(None)
         elif end:
             self._end_of_requests(stream)
+
+    def _refused(self, stream: _Stream, presented: bytes) -> bool:
+        """Refuse a call without the instance token, when this server requires one."""
+        token = self.server.internal_token
+        if token is None or hmac.compare_digest(presented, token):
+            return False
+        self._finish(stream, _PERMISSION_DENIED, instance_token.REFUSED)
+        return True
 
     def _take_messages(self, stream: _Stream, data: bytes) -> None:
         """Cut complete length-prefixed messages out of ``stream``'s received bytes."""
