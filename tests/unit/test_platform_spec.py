@@ -151,6 +151,18 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
             "must not contain '..'",
         ),
         (
+            "processor_params",
+            ["--model-repository=gs://bucket/models"],
+            "processor_params[0]",
+            "unsupported scheme 'gs://'",
+        ),
+        (
+            "processor_params",
+            ["--model-repository=oss://Bad_Bucket/models"],
+            "processor_params[0]",
+            "invalid bucket name",
+        ),
+        (
             "storage",
             [{"mount_path": "/models", "oss": {"path": "oss://b/../x"}}],
             "storage[0].oss.path",

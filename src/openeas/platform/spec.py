@@ -203,11 +203,26 @@ def _refused_params(params: list[str]) -> list[FieldError]:
         elif flag in _REPOSITORY_FLAGS:
             if not sep and i + 1 < len(params):
                 value, field = params[i + 1], f"processor_params[{i + 1}]"
-            if has_dot_dot(value):
-                problems.append(
-                    FieldError(field, f"model repository {value!r} must not contain '..' segments")
-                )
+            problem = _repository_problem(value)
+            if problem:
+                problems.append(FieldError(field, problem))
     return problems
+
+
+def _repository_problem(value: str) -> str | None:
+    """Why a ``--model-repository`` value is refused at create, else None: a ``..``
+    segment anywhere, or what the storage layer's URI parser finds (scheme, bucket)."""
+    if has_dot_dot(value):
+        return f"model repository {value!r} must not contain '..' segments"
+    try:
+        from openeas.storage.uri import InvalidStorageURI, parse_uri
+    except ImportError:  # the object-store layer is optional; sync reports it then
+        return None
+    try:
+        parse_uri(value)
+    except InvalidStorageURI as exc:
+        return str(exc)
+    return None
 
 
 def _check_processor_params(params: list[str]) -> list[FieldError]:
