@@ -270,9 +270,10 @@ class _Connection(Http2Peer):
         if self._next_id > MAX_STREAM_ID:
             self.closed = True  # the next call opens a new connection; this one drains
         self._calls[call.id] = call
-        block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path) + self._extra
+        block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
         for name, value in metadata:
             block += h2.encode_header(name, value)
+        block += self._extra  # last: the instance reads the last token header
         head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, block)
         if message is None:
             self._write(head)

@@ -218,12 +218,21 @@ def test_instances_answer_only_the_gateway(platform: Platform) -> None:
         ]
         for item in inputs:
             item.set_data_from_numpy(data)
-        result = gateway.infer(
-            "simple", inputs, headers={"authorization": token, "x-eas-service": "door"}
-        )
+        # A client's own instance-token header changes nothing: the gateway's is the one.
+        headers = {
+            "authorization": token,
+            "x-eas-service": "door",
+            "x-openeas-instance-token": "forged-" * 5,
+        }
+        result = gateway.infer("simple", inputs, headers=headers)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data + data)
     finally:
         gateway.close()
+    ready = httpx.get(
+        f"http://{platform.gateway_url}/api/predict/door/v2/health/ready",
+        headers={"Authorization": token, "x-openeas-instance-token": "forged-" * 5},
+    )
+    assert ready.status_code == 200
     # Straight to the instance, as any local user could: refused on every door.
     direct = f"http://{inst['ip']}:{inst['port']}"
     for path in ("/v2/health/ready", "/v2/models/simple"):
