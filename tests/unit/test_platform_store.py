@@ -121,3 +121,17 @@ def test_a_new_database_and_its_wal_are_owner_only(tmp_path: Path) -> None:
         path = tmp_path / f"platform.db{suffix}"
         assert path.exists() and _mode(path) == 0o600, suffix
     store.close()
+
+
+def test_eascmd_config_rewrites_an_old_readable_file_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openeas.platform.auth import AccessKey
+    from openeas.platform.client import save_client_config
+
+    monkeypatch.setenv("OPENEAS_HOME", str(tmp_path / "home"))
+    path = save_client_config(AccessKey("AKID", "secret-one"), "http://127.0.0.1:9090")
+    assert _mode(path) == 0o600 and _mode(path.parent) == 0o700
+    path.chmod(0o644)
+    save_client_config(AccessKey("AKID", "secret-two"), "http://127.0.0.1:9090")
+    assert _mode(path) == 0o600

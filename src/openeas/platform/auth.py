@@ -70,7 +70,7 @@ def load_or_create_admin_key(path: Path | None = None) -> AccessKey:
     path = path or credentials_path()
     if path.exists():
         return load_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = AccessKey("OEAS" + secrets.token_hex(8).upper(), random_token(30))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
