@@ -9,7 +9,12 @@ import pytest
 
 from openeas.platform.auth import (
     DATE_HEADER,
+    MAX_AGE_SECONDS,
+    NONCE_HEADER,
     AccessKey,
+    NonceCache,
+    ReplayError,
+    TooManyNoncesError,
     load_or_create_admin_key,
     random_token,
     sign,
@@ -43,7 +48,11 @@ def test_a_signed_request_verifies_and_the_secret_is_not_sent() -> None:
             "unknown access key",
         ),
         (lambda h: h.pop(DATE_HEADER.lower()), DATE_HEADER),
-        (lambda h: h.update({DATE_HEADER.lower(): "5000"}), "away from the server's clock"),
+        (lambda h: h.update({DATE_HEADER.lower(): "1061"}), "61s ahead of the server's clock"),
+        (lambda h: h.update({DATE_HEADER.lower(): "699"}), "301s behind the server's clock"),
+        (lambda h: h.pop(NONCE_HEADER.lower()), NONCE_HEADER),
+        (lambda h: h.update({NONCE_HEADER.lower(): "short"}), NONCE_HEADER),
+        (lambda h: h.update({NONCE_HEADER.lower(): "b" * 32}), "signature"),
     ],
 )
 def test_bad_headers_are_rejected(change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -51,6 +60,52 @@ def test_bad_headers_are_rejected(change, message: str) -> None:  # type: ignore
     change(headers)
     with pytest.raises(AuthError, match=message):
         verify(KEYS, "POST", "/api/v1/services", headers, b"{}", now=1000.0)
+
+
+def test_the_window_is_five_minutes_back_and_one_minute_ahead() -> None:
+    for now in (1000.0 - 60, 1000.0 + 300):
+        headers = _headers(KEY)
+        assert verify(KEYS, "POST", "/api/v1/services", headers, b"{}", now=now) == KEY
+
+
+def test_a_replayed_request_is_refused_until_its_date_leaves_the_window() -> None:
+    nonces = NonceCache()
+    headers = _headers(KEY)
+    verify(KEYS, "POST", "/api/v1/services", headers, b"{}", now=1000.0, nonces=nonces)
+    with pytest.raises(ReplayError, match="replayed"):
+        verify(KEYS, "POST", "/api/v1/services", headers, b"{}", now=1200.0, nonces=nonces)
+    assert ReplayError.status == 401
+    # Once the date is out of the window the date check refuses it; the nonce is dropped.
+    with pytest.raises(AuthError, match="behind"):
+        verify(KEYS, "POST", "/api/v1/services", headers, b"{}", now=1400.0, nonces=nonces)
+    fresh = _headers(KEY, now=1400.0)
+    verify(KEYS, "POST", "/api/v1/services", fresh, b"{}", now=1400.0, nonces=nonces)
+    assert len(nonces) == 1
+    # Every signature carries a new nonce.
+    assert fresh[NONCE_HEADER.lower()] != _headers(KEY, now=1400.0)[NONCE_HEADER.lower()]
+
+
+def test_a_forged_request_does_not_use_up_a_nonce() -> None:
+    nonces = NonceCache()
+    headers = _headers(KEY)
+    forged = {
+        **_headers(AccessKey("AKID", "guessed")),
+        NONCE_HEADER.lower(): headers[NONCE_HEADER.lower()],
+    }
+    with pytest.raises(AuthError, match="signature"):
+        verify(KEYS, "POST", "/api/v1/services", forged, b"{}", now=1000.0, nonces=nonces)
+    verify(KEYS, "POST", "/api/v1/services", headers, b"{}", now=1000.0, nonces=nonces)
+
+
+def test_the_nonce_memory_is_bounded() -> None:
+    nonces = NonceCache(capacity=3)
+    for i in range(3):
+        nonces.remember(f"nonce-{i:012d}", 1000, 1000.0)
+    with pytest.raises(TooManyNoncesError) as caught:
+        nonces.remember("nonce-overflow-0", 1000, 1000.0)
+    assert caught.value.status == 429
+    nonces.remember("nonce-overflow-0", 1400, 1000.0 + MAX_AGE_SECONDS + 1)
+    assert len(nonces) == 1
 
 
 def test_tampering_breaks_the_signature() -> None:

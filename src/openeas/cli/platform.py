@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -14,6 +13,8 @@ from pathlib import Path
 import click
 
 from openeas.home import openeas_home
+from openeas.platform.logs import ACCESS_MODES, LogOptions
+from openeas.platform.logs import configure as configure_logs
 
 _PORT = click.IntRange(1, 65535)
 
@@ -60,6 +61,13 @@ def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeo
 @click.option(
     "--restart-backoff", type=float, default=1.0, hidden=True, help="first restart delay (s)"
 )
+@click.option(
+    "--restart-backoff-reset",
+    type=float,
+    default=600.0,
+    hidden=True,
+    help="seconds of readiness after which an instance's crash streak is forgotten",
+)
 @click.option("--crashloop-restarts", type=click.IntRange(0), default=3, hidden=True)
 @click.option(
     "--detach", "-d", is_flag=True, help="run in the background and return once it answers"
@@ -72,6 +80,42 @@ def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeo
     type=click.Choice(["debug", "info", "warning"]),
     default="info",
     show_default=True,
+    help="platform log level (readiness probes are debug lines)",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the platform's log, rotated by size [default: stderr; with --detach "
+    "$OPENEAS_HOME/logs/platform.log]",
+)
+@click.option(
+    "--log-max-bytes",
+    type=click.IntRange(1024),
+    default=10 * 2**20,
+    show_default=True,
+    help="rotate the log files at this size",
+)
+@click.option(
+    "--log-backups",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="rotated files kept per log",
+)
+@click.option(
+    "--access-log",
+    type=click.Choice(ACCESS_MODES),
+    default="off",
+    show_default=True,
+    help="the gateway's per-request log in $OPENEAS_HOME/logs/access.log: off, all, "
+    "or sampled (1 in --access-log-sample requests)",
+)
+@click.option(
+    "--access-log-sample",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="with --access-log=sampled: log one request in this many",
 )
 def up(
     host: str,
@@ -84,10 +128,16 @@ def up(
     memory: int | None,
     gpus: int | None,
     restart_backoff: float,
+    restart_backoff_reset: float,
     crashloop_restarts: int,
     detach: bool,
     timeout: float,
     log_level: str,
+    log_file: Path | None,
+    log_max_bytes: int,
+    log_backups: int,
+    access_log: str,
+    access_log_sample: int,
 ) -> None:
     """Start the control plane, gateway and local runtime (foreground unless --detach)."""
     from openeas.platform.daemon import PlatformOptions, running_platform, serve
@@ -99,30 +149,21 @@ def up(
         raise click.ClickException(
             f"a platform is already running (pid {running['pid']}, API {running['api']})"
         )
+    os.umask(0o077)  # logs, database and credentials are the platform user's only
+    logs = openeas_home() / "logs"
     if detach:
-        args = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
-        if "up" not in args:
-            args = ["up", *args]
-        logs = openeas_home() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / "platform.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "openeas.cli.main", *args[args.index("up") :]],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        api_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        _wait_answering(f"http://{api_host}:{api_port}", process, log_path, timeout)
-        click.echo(
-            f"[OK] OpenEAS is up (pid {process.pid}): API http://{api_host}:{api_port}, gateway :{http_port} (HTTP) :{grpc_port} (gRPC)"
-        )
-        click.echo(f"     logs: {log_path}")
+        _detach(host, api_port, http_port, grpc_port, log_file or logs / "platform.log", timeout)
         return
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    listener = configure_logs(
+        LogOptions(
+            level=log_level,
+            file=log_file,
+            max_bytes=log_max_bytes,
+            backups=log_backups,
+            access=access_log,
+            access_sample=access_log_sample,
+            access_file=logs / "access.log",
+        )
     )
     options = PlatformOptions(
         host=host,
@@ -134,7 +175,11 @@ def up(
         cpus=cpus,
         memory_mb=memory,
         gpus=gpus,
-        tuning=Tuning(backoff_base=restart_backoff, crashloop_restarts=crashloop_restarts),
+        tuning=Tuning(
+            backoff_base=restart_backoff,
+            backoff_reset=restart_backoff_reset,
+            crashloop_restarts=crashloop_restarts,
+        ),
     )
     import uvloop
 
@@ -143,6 +188,41 @@ def up(
             runner.run(serve(options))
     except PlatformError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if listener is not None:
+            listener.stop()
+
+
+def _detach(
+    host: str, api_port: int, http_port: int, grpc_port: int, log_path: Path, timeout: float
+) -> None:
+    """Run ``openeas up`` (same flags) in the background, logging to ``log_path``; its
+    stdout/stderr (output from before logging is set up, e.g. a crash) go to
+    ``platform.out`` next to it."""
+    args = [a for a in sys.argv[1:] if a not in ("--detach", "-d")]
+    if "up" not in args:
+        args = ["up", *args]
+    args = args[args.index("up") :]
+    if not any(a == "--log-file" or a.startswith("--log-file=") for a in args):
+        args.append(f"--log-file={log_path}")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = log_path.with_name("platform.out")
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openeas.cli.main", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    _wait_answering(f"http://{api_host}:{api_port}", process, out_path, timeout)
+    click.echo(
+        f"[OK] OpenEAS is up (pid {process.pid}): API http://{api_host}:{api_port}, "
+        f"gateway :{http_port} (HTTP) :{grpc_port} (gRPC)"
+    )
+    click.echo(f"     logs: {log_path}")
 
 
 def _alive(pid: int) -> bool:

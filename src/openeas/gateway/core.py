@@ -70,8 +70,9 @@ class GatewayCore:
         self.states: dict[str, ServiceState] = {}
         self.down: dict[str, float] = {}
         self.metrics = GatewayMetrics(lambda: self.states.values())
-        self._pools: dict[tuple[str, int], InstancePool] = {}
-        self._grpc: dict[tuple[str, int], GrpcUpstream] = {}
+        #: by (host, port, internal token): a new instance on a reused port is a new pool
+        self._pools: dict[tuple[str, int, str | None], InstancePool] = {}
+        self._grpc: dict[tuple[str, int | None, str | None], GrpcUpstream] = {}
         self._probes: dict[str, asyncio.Future[bool]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._seen_version = -1
@@ -110,12 +111,16 @@ class GatewayCore:
         return matches[0]
 
     def pool(self, upstream: Upstream) -> InstancePool:
-        key = (upstream.host, upstream.http_port)
+        key = (upstream.host, upstream.http_port, upstream.token)
         pool = self._pools.get(key)
         if pool is None:
             assert self.loop is not None, "GatewayCore.start() not called"
             pool = self._pools[key] = InstancePool(
-                upstream.host, upstream.http_port, self.loop, upstream.unix_socket
+                upstream.host,
+                upstream.http_port,
+                self.loop,
+                upstream.unix_socket,
+                token=upstream.token,
             )
         return pool
 
@@ -123,11 +128,13 @@ class GatewayCore:
         """The gRPC client of an instance (NoInstance when it serves no gRPC)."""
         if upstream.grpc_port is None:
             raise NoInstance(f"instance '{upstream.instance_id}' serves no gRPC")
-        key = (upstream.host, upstream.grpc_port)
+        key = (upstream.host, upstream.grpc_port, upstream.token)
         client = self._grpc.get(key)
         if client is None:
             assert self.loop is not None, "GatewayCore.start() not called"
-            client = self._grpc[key] = GrpcUpstream(upstream.host, upstream.grpc_port, self.loop)
+            client = self._grpc[key] = GrpcUpstream(
+                upstream.host, upstream.grpc_port, self.loop, upstream.token
+            )
         return client
 
     def mark_down(self, upstream: Upstream) -> None:
@@ -257,8 +264,8 @@ class GatewayCore:
         http_live, grpc_live = set(), set()
         for route in self.routes.services():
             for upstream in (*route.upstreams, *route.draining):
-                http_live.add((upstream.host, upstream.http_port))
-                grpc_live.add((upstream.host, upstream.grpc_port))
+                http_live.add((upstream.host, upstream.http_port, upstream.token))
+                grpc_live.add((upstream.host, upstream.grpc_port, upstream.token))
         for key in [k for k, p in self._pools.items() if k not in http_live and p.idle()]:
             self._pools.pop(key).close()
         for key in [k for k, c in self._grpc.items() if k not in grpc_live and c.idle()]:

@@ -31,6 +31,7 @@ import grpc
 from openeas.gateway.deadline import Deadline
 from openeas.gateway.upstream import CONNECT_TIMEOUT_S, ConnectFailed, UpstreamClosed
 from openeas.protocol import http2 as h2
+from openeas.protocol import instance_token
 from openeas.server.frontends.grpc_transport import GrpcError, Headers
 from openeas.server.frontends.http1 import set_nodelay
 from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
@@ -104,9 +105,11 @@ class _Connection(Http2Peer):
     stream_window = STREAM_WINDOW
     connection_window = CONNECTION_WINDOW
 
-    def __init__(self, authority: bytes) -> None:
+    def __init__(self, authority: bytes, extra: bytes = b"") -> None:
         super().__init__(_LIMITS)
         self._authority = h2.encode_header(b":authority", authority)
+        #: encoded headers every call carries (the instance's internal token)
+        self._extra = extra
         self._calls: dict[int, _Call] = {}
         self._next_id = 1
         #: No new calls (GOAWAY received, or the connection is gone).
@@ -283,6 +286,7 @@ class _Connection(Http2Peer):
         block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
         for name, value in metadata:
             block += h2.encode_header(name, value)
+        block += self._extra  # last: the instance reads the last token header
         head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, block)
         if message is None:
             self._write(head)
@@ -432,10 +436,13 @@ def _status(headers: Headers) -> GrpcError | None:
 class GrpcUpstream:
     """gRPC calls to one instance, on one HTTP/2 connection (opened again when lost)."""
 
-    def __init__(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, host: str, port: int, loop: asyncio.AbstractEventLoop, token: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.loop = loop
+        self._extra = h2.encode_header(instance_token.HEADER, token.encode()) if token else b""
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
 
@@ -453,7 +460,9 @@ class GrpcUpstream:
         authority = b"%s:%d" % (self.host.encode(), self.port)
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Connection(authority), self.host, self.port),
+                self.loop.create_connection(
+                    lambda: _Connection(authority, self._extra), self.host, self.port
+                ),
                 CONNECT_TIMEOUT_S,
             )
         except (OSError, TimeoutError) as exc:

@@ -25,6 +25,9 @@ class Upstream:
     #: the instance's ``--http-unix-socket`` when it runs on this machine: HTTP goes
     #: there (cheaper than loopback TCP), falling back to ``host:http_port``
     unix_socket: str | None = None
+    #: the instance's internal token, sent with every request (see
+    #: :mod:`openeas.protocol.instance_token`); None for an instance that needs none
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

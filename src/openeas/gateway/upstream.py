@@ -29,6 +29,7 @@ from typing import Protocol
 import httptools
 
 from openeas.gateway.deadline import Deadline
+from openeas.protocol import instance_token
 from openeas.server.frontends.http1 import set_nodelay
 from openeas.server.frontends.unix import socket_address
 
@@ -216,14 +217,19 @@ class InstancePool:
         loop: asyncio.AbstractEventLoop,
         unix_socket: str | None = None,
         pipeline_depth: int = PIPELINE_DEPTH,
+        token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.loop = loop
         self.unix_socket = unix_socket
         self.pipeline_depth = pipeline_depth
-        #: The ``host`` header line of requests to this instance, and the blank line.
-        self.host_line = b"host: %s:%d\r\n\r\n" % (host.encode(), port)
+        #: The ``host`` header line of requests to this instance (with the instance's
+        #: internal token when it has one: no per-request cost), and the blank line.
+        self.host_line = b"host: %s:%d\r\n" % (host.encode(), port)
+        if token:
+            self.host_line += instance_token.HEADER + b": " + token.encode() + b"\r\n"
+        self.host_line += b"\r\n"
         self._idle: list[UpstreamConnection] = []
         self._busy: set[UpstreamConnection] = set()
 

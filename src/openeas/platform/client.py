@@ -34,8 +34,9 @@ def runtime_info_path() -> Path:
 
 def save_client_config(key: AccessKey, endpoint: str) -> Path:
     path = client_config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file may have been readable by others
     with os.fdopen(fd, "w") as handle:
         json.dump(
             {"access_key_id": key.id, "access_key_secret": key.secret, "endpoint": endpoint}, handle

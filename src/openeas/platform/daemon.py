@@ -24,7 +24,7 @@ import psutil
 import uvicorn
 
 from openeas.gateway import Gateway, RouteTable
-from openeas.home import openeas_home
+from openeas.home import openeas_home, secure_home
 from openeas.platform.api import create_app
 from openeas.platform.auth import load_or_create_admin_key
 from openeas.platform.client import runtime_info_path
@@ -91,12 +91,17 @@ async def _serve_api(server: uvicorn.Server) -> None:
 async def serve(options: PlatformOptions) -> None:
     """Run the platform until SIGTERM/SIGINT."""
     home = openeas_home()
-    home.mkdir(parents=True, exist_ok=True)
+    # Everything the platform (and its instances) creates is owner-only from here on.
+    os.umask(0o077)
+    for fixed in secure_home(home):
+        log.warning("file permissions too open: %s", fixed)
     other = running_platform()
     if other is not None and other["pid"] != os.getpid():
         raise PlatformError(f"a platform (pid {other['pid']}) is already running for {home}")
     key = load_or_create_admin_key()
     store = Store(home / "platform.db")
+    for repair in store.check():
+        log.warning("platform.db repaired: %s", repair)
     routes = RouteTable()
     group = local_group(options.cpus, options.memory_mb, options.gpus)
     reconciler = Reconciler(

@@ -1,10 +1,10 @@
 """The reconciler: drives every service's instances towards its desired state.
 
 One asyncio task ticks (and is woken by API calls); each tick, per service, it observes
-its instances (exits, memory, readiness), restarts crashed ones with exponential backoff,
-starts missing instances when the resource group has room, drains and stops surplus or
-outdated ones only once enough new ones are ready (rolling), publishes the gateway's
-route, and records the service's status and events.  Everything runs on the control
+its instances (exits, memory, readiness), restarts crashed ones with a backoff
+(:class:`Backoff`), starts missing instances when the resource group has room, drains and
+stops surplus or outdated ones only once enough new ones are ready (rolling), publishes the
+gateway's route, and records the service's status and events.  Everything runs on the control
 plane's event loop, so the store, the route table and this state need no locks.
 """
 
@@ -23,15 +23,19 @@ from pathlib import Path
 import httpx
 
 from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.platform.auth import random_token
 from openeas.platform.errors import NotFoundError
 from openeas.platform.repositories import RepositoryError, resolved_params, sync_repositories
 from openeas.platform.resources import Demand, ResourceGroup, pick_cores, pick_gpus, shortage
 from openeas.platform.runtimes.base import Exit, Launch, Runtime
 from openeas.platform.spec import ServiceSpec
 from openeas.platform.store import InstanceRecord, Store
+from openeas.protocol import instance_token
 
 log = logging.getLogger("openeas.platform")
 
+#: Status reasons of a service whose ready instance crashed (see ``_Instance.crash``).
+_CRASH_REASONS = ("InstanceRestarting", "CrashLoopBackOff")
 #: The spec fields that shape an instance's process; other changes keep instances running.
 _INSTANCE_METADATA = ("cpu", "memory", "gpu", "gpu_memory", "resource")
 
@@ -41,8 +45,12 @@ class Tuning:
     """Timings of the reconciler (tests shorten them)."""
 
     tick: float = 0.2
+    #: delay before the second restart of a crash streak (the first one is immediate);
+    #: each further crash doubles it up to ``backoff_max``
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    #: seconds of readiness after which an instance's crash streak is forgotten
+    backoff_reset: float = 600.0
     #: restarts of an instance that never became ready before the service is Failed
     crashloop_restarts: int = 3
     #: seconds an instance may take to become ready before it is restarted
@@ -53,15 +61,58 @@ class Tuning:
 
 
 @dataclass
+class Backoff:
+    """The restart delays of one instance, on an injected monotonic clock.
+
+    A crash streak starts with an immediate restart, then waits ``base``, ``2 * base``,
+    ... up to ``cap``.  Once the instance has been ready for ``reset_after`` seconds
+    without interruption the streak is over: its next crash is restarted at once again.
+    (Kubernetes does the same with CrashLoopBackOff: 10 s doubling to 5 min, reset
+    after 10 minutes of running.)
+    """
+
+    base: float
+    cap: float
+    reset_after: float
+    #: crashes in the current streak
+    streak: int = 0
+    #: since when the instance has been ready without interruption
+    ready_since: float | None = None
+
+    def ready(self, now: float) -> None:
+        if self.ready_since is None:
+            self.ready_since = now
+
+    def not_ready(self) -> None:
+        self.ready_since = None
+
+    def healthy(self, now: float) -> bool:
+        return self.ready_since is not None and now - self.ready_since >= self.reset_after
+
+    def crashed(self, now: float) -> float:
+        """Record a crash; the seconds to wait before the restart."""
+        if self.healthy(now):
+            self.streak = 0
+        self.ready_since = None
+        self.streak += 1
+        if self.streak == 1:
+            return 0.0
+        return min(self.base * 2 ** (self.streak - 2), self.cap)
+
+
+@dataclass
 class _Instance:
     rec: InstanceRecord
     demand: Demand
+    backoff: Backoff
     gpus: list[int] = field(default_factory=list)
     ever_ready: bool = False
     launched_at: float = 0.0
     restart_at: float | None = None
     drain_since: float | None = None
     stopping: asyncio.Task[None] | None = None
+    #: (reason, message) of its last crash after it had been ready, until ready again
+    crash: tuple[str, str] | None = None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -127,10 +178,12 @@ class Reconciler:
             except Exception:
                 self.store.remove_instance(rec.id)
                 continue
-            inst = _Instance(rec, self._demand(spec), launched_at=time.monotonic())
+            inst = _Instance(rec, self._demand(spec), self._backoff(), launched_at=time.monotonic())
             alive = rec.pid is not None and self.runtime.adopt(rec.id, rec.pid)
             if alive:
                 inst.ever_ready = rec.ready
+                if rec.ready:
+                    inst.backoff.ready(time.monotonic())
                 if rec.status == "Terminating":
                     inst.drain_since = time.monotonic()
                 elif rec.status not in ("Pending", "Running"):
@@ -200,6 +253,10 @@ class Reconciler:
             self._specs[key] = ServiceSpec.model_validate(self.store.spec(name, version))
         return self._specs[key]
 
+    def _backoff(self) -> Backoff:
+        t = self.tuning
+        return Backoff(t.backoff_base, t.backoff_max, t.backoff_reset)
+
     @staticmethod
     def _demand(spec: ServiceSpec) -> Demand:
         m = spec.metadata
@@ -241,7 +298,14 @@ class Reconciler:
 
     def _status(self, name: str, status: str, reason: str = "", message: str = "") -> None:
         if self.store.set_status(name, status, reason, message):
-            self._event(name, f"Service{status}", message or reason or status, status == "Failed")
+            warning = status == "Failed" or reason in _CRASH_REASONS
+            self._event(name, f"Service{status}", message or reason or status, warning)
+
+    @staticmethod
+    def _crash_note(insts: list[_Instance]) -> tuple[str, str]:
+        """Why a running service is short of instances, when one of them crashed."""
+        crashed = [i.crash for i in insts if i.crash is not None and not i.rec.ready]
+        return crashed[0] if crashed else ("", "")
 
     def _log_tail(self, inst: _Instance) -> str:
         try:
@@ -288,9 +352,14 @@ class Reconciler:
         now = time.monotonic()
         for inst, ready in zip(checks, results, strict=True):
             rec = inst.rec
+            if ready:
+                inst.backoff.ready(now)
+            else:
+                inst.backoff.not_ready()
             if ready and not rec.ready:
                 rec.ready, rec.status = True, "Running"
                 inst.ever_ready = True
+                inst.crash = None
                 self._event(
                     rec.service,
                     "InstanceReady",
@@ -316,10 +385,14 @@ class Reconciler:
 
     async def _ready(self, inst: _Instance) -> bool:
         url = f"http://{inst.rec.host}:{inst.rec.http_port}/v2/health/ready"
+        token = inst.rec.internal_token
+        headers = {instance_token.HEADER.decode(): token} if token else None
         try:
-            response = await self._http.get(url)
-        except httpx.HTTPError:
+            response = await self._http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.debug("probe %s: %s", url, exc)
             return False
+        log.debug("probe %s: %d", url, response.status_code)
         return response.status_code == 200
 
     def _crashed(self, inst: _Instance, ended: Exit) -> None:
@@ -345,10 +418,17 @@ class Reconciler:
                 f"instance {rec.id} keeps failing at start-up ({ended.reason}); last log lines:\n{tail}",
             )
             return
-        delay = min(self.tuning.backoff_base * 2 ** (rec.restarts - 1), self.tuning.backoff_max)
+        delay = inst.backoff.crashed(time.monotonic())
         rec.status = "Restarting"
         inst.restart_at = time.monotonic() + delay
         self.store.put_instance(rec)
+        if inst.ever_ready:  # the service's status says why it is short of instances
+            streak = inst.backoff.streak
+            inst.crash = (
+                "CrashLoopBackOff" if streak > 1 else "InstanceRestarting",
+                f"instance {rec.id} {ended.reason} (crash {streak} in a row, restart in "
+                f"{delay:.0f}s); last log lines:\n{tail}",
+            )
 
     async def _reconcile(self, name: str) -> None:
         service = self.store.service(name)
@@ -362,7 +442,6 @@ class Reconciler:
                 self.routes.remove(name)
                 self._published.pop(name, None)
                 self.store.delete_service(name)
-                self.store.delete_events(name)
                 self._forget_service(name)
             else:
                 self._publish(name, service.token)
@@ -421,9 +500,9 @@ class Reconciler:
         elif len(ready) >= target and not draining:
             self._status(name, "Running")
         elif draining or (service.status in ("Running", "Scaling") and len(current) != len(ready)):
-            self._status(name, "Scaling")
+            self._status(name, "Scaling", *self._crash_note(current))
         else:
-            self._status(name, "Waiting")
+            self._status(name, "Waiting", *self._crash_note(current))
 
     def _make_room(self, name: str, old: list[_Instance]) -> None:
         """A full group cannot hold new and old instances side by side: replace one at
@@ -502,7 +581,9 @@ class Reconciler:
             created_at=time.time(),
             started_at=None,
         )
-        inst = _Instance(rec, demand, gpus=pick_gpus(demand.gpu, gpus, self.group.gpu))
+        inst = _Instance(
+            rec, demand, self._backoff(), gpus=pick_gpus(demand.gpu, gpus, self.group.gpu)
+        )
         inst.restart_at = time.monotonic()  # start on this tick
         self._instances.setdefault(name, {})[instance_id] = inst
         self.store.put_instance(rec)
@@ -523,6 +604,7 @@ class Reconciler:
         if params is None:  # an instance of an older version that is no longer synced
             params = resolved_params(self.spec(rec.service, rec.version))
         self.runtime.forget(rec.id)
+        rec.internal_token = random_token(24)  # a new one per process
         rec.http_port, rec.grpc_port, rec.metrics_port = (
             free_port(rec.host),
             free_port(rec.host),
@@ -541,6 +623,7 @@ class Reconciler:
             cpu_count=inst.demand.cpu,
             memory_mb=inst.demand.memory,
             gpus=inst.gpus,
+            internal_token=rec.internal_token,
         )
         try:
             rec.pid = await self.runtime.start(launch)
@@ -595,6 +678,7 @@ class Reconciler:
                 i.rec.http_port,
                 i.rec.grpc_port,
                 self.runtime.unix_socket(i.rec.id),
+                i.rec.internal_token or None,
             )
 
         previous = self._published.get(name)

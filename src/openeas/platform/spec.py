@@ -37,7 +37,23 @@ PLATFORM_FLAGS = frozenset(
         "--metrics-address",
     }
 )
+#: Processor flags that would point an instance at what the platform owns or needs, and why.
+REFUSED_FLAGS = {
+    "--log-file": "the platform keeps each instance's log (eascmd logs) and owns its files",
+    "--grpc-use-ssl": "the gateway terminates TLS and speaks plaintext gRPC to its instances",
+    "--grpc-use-ssl-mutual": "the gateway terminates TLS and speaks plaintext gRPC to its "
+    "instances",
+    "--grpc-server-cert": "instances do not serve TLS behind the gateway",
+    "--grpc-server-key": "instances do not serve TLS behind the gateway",
+    "--grpc-root-cert": "instances do not serve TLS behind the gateway",
+}
+_REPOSITORY_FLAGS = ("--model-repository", "--model-store")
 _TOKEN_PATTERN = re.compile(r"^[\x21-\x7e]{8,256}$")
+
+
+def has_dot_dot(path: str) -> bool:
+    """True when a path or URI has a ``..`` segment (it could climb out of its root)."""
+    return ".." in re.split(r"[/\\]", path)
 
 
 class _Strict(BaseModel):
@@ -53,6 +69,8 @@ class OssMount(_Strict):
     def _uri(cls, value: str) -> str:
         if not re.match(r"^(oss|s3)://[^/]+", value):
             raise ValueError("must be an oss://bucket[/path] or s3://bucket[/path] URI")
+        if has_dot_dot(value):
+            raise ValueError("must not contain '..' segments")
         return value
 
 
@@ -67,6 +85,8 @@ class StorageMount(_Strict):
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must be an absolute path")
+        if has_dot_dot(value):
+            raise ValueError("must not contain '..' segments")
         return value.rstrip("/") or "/"
 
 
@@ -170,17 +190,46 @@ def _reason(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _refused_params(params: list[str]) -> list[FieldError]:
+    """Flags the platform owns or refuses, and repositories that climb with ``..``."""
+    problems: list[FieldError] = []
+    for i, param in enumerate(params):
+        flag, sep, value = param.partition("=")
+        field = f"processor_params[{i}]"
+        if flag in PLATFORM_FLAGS:
+            problems.append(FieldError(field, f"{flag} is set by the platform per instance"))
+        elif flag in REFUSED_FLAGS:
+            problems.append(FieldError(field, f"{flag} is not allowed: {REFUSED_FLAGS[flag]}"))
+        elif flag in _REPOSITORY_FLAGS:
+            if not sep and i + 1 < len(params):
+                value, field = params[i + 1], f"processor_params[{i + 1}]"
+            problem = _repository_problem(value)
+            if problem:
+                problems.append(FieldError(field, problem))
+    return problems
+
+
+def _repository_problem(value: str) -> str | None:
+    """Why a ``--model-repository`` value is refused at create, else None: a ``..``
+    segment anywhere, or what the storage layer's URI parser finds (scheme, bucket)."""
+    if has_dot_dot(value):
+        return f"model repository {value!r} must not contain '..' segments"
+    try:
+        from openeas.storage.uri import InvalidStorageURI, parse_uri
+    except ImportError:  # the object-store layer is optional; sync reports it then
+        return None
+    try:
+        parse_uri(value)
+    except InvalidStorageURI as exc:
+        return str(exc)
+    return None
+
+
 def _check_processor_params(params: list[str]) -> list[FieldError]:
     """Parse the flags with the processor's own parser; a list of problems."""
     from openeas.server.options import build_parser
 
-    problems: list[FieldError] = []
-    for i, param in enumerate(params):
-        flag = param.partition("=")[0]
-        if flag in PLATFORM_FLAGS:
-            problems.append(
-                FieldError(f"processor_params[{i}]", f"{flag} is set by the platform per instance")
-            )
+    problems = _refused_params(params)
     parser = build_parser()
 
     def fail(message: str) -> None:

@@ -7,15 +7,20 @@ state and version of every service, the specs of all its versions, and the proce
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from openeas.platform.errors import ConflictError, NotFoundError
+
+#: SQLite's companion files of the database (WAL, shared memory, rollback journal).
+DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
@@ -53,7 +58,8 @@ CREATE TABLE IF NOT EXISTS instances (
     log_path TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    started_at REAL
+    started_at REAL,
+    internal_token TEXT NOT NULL DEFAULT ''  -- what the instance requires of the gateway
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,6 +105,9 @@ class InstanceRecord:
     reason: str
     created_at: float
     started_at: float | None
+    #: the token the instance requires on every request (openeas.protocol.instance_token);
+    #: a secret: never shown by the API
+    internal_token: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,31 +135,106 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Every service token is in here: owner-only from its first byte (SQLite creates
+        # its -wal/-shm/-journal files with the database file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added since the first release, for databases created before them."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(instances)")}
+        if "internal_token" not in columns:
+            self._db.execute(
+                "ALTER TABLE instances ADD COLUMN internal_token TEXT NOT NULL DEFAULT ''"
+            )
 
     def close(self) -> None:
         self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All statements inside commit together or not at all (a kill in between
+        leaves the database as before: SQLite rolls the journal back on open)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def check(self) -> list[str]:
+        """Check the invariants between the tables and repair what breaks them; one line
+        per repair (the platform logs them at start-up).
+
+        - every service's ``current_version`` and ``latest_version`` exist, and no version
+          is newer than ``latest_version`` (a half-written update is dropped);
+        - every instance belongs to a service.
+        """
+        repairs: list[str] = []
+        with self._transaction():
+            for svc in self.services():
+                repairs += self._repair_versions(svc)
+            orphans = self._db.execute(
+                "DELETE FROM instances WHERE service NOT IN (SELECT name FROM services)"
+            ).rowcount
+            if orphans:
+                repairs.append(f"removed {orphans} instance row(s) of services that do not exist")
+        return repairs
+
+    def _repair_versions(self, svc: ServiceRecord) -> list[str]:
+        rows = self._db.execute(
+            "SELECT version FROM versions WHERE service = ? ORDER BY version", (svc.name,)
+        ).fetchall()
+        have = [r["version"] for r in rows]
+        repairs = []
+        newer = [v for v in have if v > svc.latest_version]
+        if newer:
+            self._db.execute(
+                "DELETE FROM versions WHERE service = ? AND version > ?",
+                (svc.name, svc.latest_version),
+            )
+            have = [v for v in have if v <= svc.latest_version]
+            repairs.append(f"service {svc.name!r}: dropped unfinished version(s) {newer}")
+        if not have:
+            self._db.execute("DELETE FROM services WHERE name = ?", (svc.name,))
+            return [*repairs, f"service {svc.name!r}: no version left, removed the service"]
+        latest = have[-1]
+        current = svc.current_version if svc.current_version in have else latest
+        if (current, latest) != (svc.current_version, svc.latest_version):
+            self._db.execute(
+                "UPDATE services SET current_version = ?, latest_version = ? WHERE name = ?",
+                (current, latest, svc.name),
+            )
+            repairs.append(
+                f"service {svc.name!r}: current/latest version {svc.current_version}/"
+                f"{svc.latest_version} -> {current}/{latest}"
+            )
+        token = self.spec(svc.name, current).get("token")
+        if token and token != svc.token:  # the gateway checks the current version's token
+            self._db.execute("UPDATE services SET token = ? WHERE name = ?", (token, svc.name))
+            repairs.append(f"service {svc.name!r}: token reset to version {current}'s")
+        return repairs
 
     # -- services ---------------------------------------------------------------------
 
     def create_service(self, name: str, token: str, spec: dict[str, Any]) -> ServiceRecord:
         now = time.time()
         try:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO services VALUES (?, ?, 'Running', 'Creating', '', '', 1, 1, ?, ?)",
-                (name, token, now, now),
-            )
-            self._db.execute(
-                "INSERT INTO versions VALUES (?, 1, ?, ?)", (name, json.dumps(spec), now)
-            )
-            self._db.execute("COMMIT")
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO services VALUES (?, ?, 'Running', 'Creating', '', '', 1, 1, ?, ?)",
+                    (name, token, now, now),
+                )
+                self._db.execute(
+                    "INSERT INTO versions VALUES (?, 1, ?, ?)", (name, json.dumps(spec), now)
+                )
         except sqlite3.IntegrityError:
-            self._db.execute("ROLLBACK")
             raise ConflictError(f"service {name!r} already exists") from None
         return self.service(name)
 
@@ -183,20 +267,29 @@ class Store:
         return cur.rowcount > 0
 
     def delete_service(self, name: str) -> None:
-        self._db.execute("DELETE FROM services WHERE name = ?", (name,))
-        self._db.execute("DELETE FROM instances WHERE service = ?", (name,))
+        """The service, its versions, instances and events, all at once."""
+        with self._transaction():
+            self._db.execute("DELETE FROM services WHERE name = ?", (name,))
+            self._db.execute("DELETE FROM instances WHERE service = ?", (name,))
+            self._db.execute("DELETE FROM events WHERE service = ?", (name,))
 
     # -- versions ---------------------------------------------------------------------
 
     def add_version(self, name: str, spec: dict[str, Any]) -> int:
-        """Store a new version and make it current; its number."""
-        record = self.service(name)
-        version = record.latest_version + 1
-        self._db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?)",
-            (name, version, json.dumps(spec), time.time()),
-        )
-        self.update_service(name, latest_version=version, current_version=version)
+        """Store a new version and make it current (with its token); its number."""
+        with self._transaction():
+            record = self.service(name)
+            version = record.latest_version + 1
+            self._db.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?)",
+                (name, version, json.dumps(spec), time.time()),
+            )
+            self.update_service(
+                name,
+                latest_version=version,
+                current_version=version,
+                token=spec.get("token") or record.token,
+            )
         return version
 
     def spec(self, name: str, version: int) -> dict[str, Any]:

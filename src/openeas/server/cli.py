@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Protocol
 
+from openeas.protocol import instance_token
 from openeas.server.dataplane import DataPlane
 from openeas.server.frontends.http import HttpFrontend
 from openeas.server.frontends.http1 import bind_socket
@@ -41,6 +42,8 @@ def setup_logging(options: ServerOptions) -> None:
 
 async def serve(options: ServerOptions) -> int:
     """Load models, serve until SIGTERM/SIGINT, shut down gracefully; the exit status."""
+    # Before any model starts a helper process, which must not inherit it.
+    token = instance_token.from_environment()  # set by the platform for its instances
     mounts = await _mount_repositories(options)
     if mounts is None:
         return 1
@@ -90,7 +93,7 @@ async def serve(options: ServerOptions) -> int:
         return 1
 
     try:
-        servers = _front_ends(options, dataplane)
+        servers = _front_ends(options, dataplane, token)
         hosts = {
             "GRPCInferenceService": options.grpc_address,
             "HTTPService": options.http_address,
@@ -154,15 +157,18 @@ class _FrontEnd(Protocol):
     async def stop(self, timeout: float) -> None: ...
 
 
-def _front_ends(options: ServerOptions, dataplane: DataPlane) -> list[tuple[str, _FrontEnd]]:
-    """The enabled front ends, their sockets bound (OSError names a busy address)."""
+def _front_ends(
+    options: ServerOptions, dataplane: DataPlane, token: bytes | None = None
+) -> list[tuple[str, _FrontEnd]]:
+    """The enabled front ends, their sockets bound (OSError names a busy address); with
+    ``token``, HTTP and gRPC answer only requests carrying it (a platform instance)."""
     servers: list[tuple[str, _FrontEnd]] = []
     if options.allow_grpc:
         from openeas.server.frontends.grpc import GrpcFrontend
 
-        servers.append(("GRPCInferenceService", GrpcFrontend(dataplane, options)))
+        servers.append(("GRPCInferenceService", GrpcFrontend(dataplane, options, token)))
     if options.allow_http:
-        app = HttpFrontend(dataplane, options.http_max_input_size)
+        app = HttpFrontend(dataplane, options.http_max_input_size, token)
 
         def too_large(size: int) -> bytes:
             return (

@@ -28,6 +28,8 @@ class Launch:
     cpu_count: int = 1
     memory_mb: int = 0
     gpus: list[int] = field(default_factory=list)
+    #: the token the instance must require on every request (empty: none)
+    internal_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

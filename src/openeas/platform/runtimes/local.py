@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from openeas.platform.runtimes.base import Exit, Launch, Runtime
+from openeas.protocol import instance_token
 
 INSTANCE_ENV = "OPENEAS_INSTANCE_ID"
 _THREAD_ENV = (
@@ -58,6 +59,8 @@ def unix_socket_name(instance_id: str) -> str:
 def environment(launch: Launch) -> dict[str, str]:
     env = dict(os.environ)
     env[INSTANCE_ENV] = launch.instance_id
+    # Readable by this user only (/proc/<pid>/environ), taken out by the processor.
+    env[instance_token.ENV] = launch.internal_token
     env["PYTHONUNBUFFERED"] = "1"
     for name in _THREAD_ENV:
         env[name] = str(launch.cpu_count)

@@ -358,14 +358,19 @@ def _bool_parameter(value: Any) -> bool:
 class GrpcFrontend:
     """The gRPC server for :class:`GrpcInferenceServicer` and the health service."""
 
-    def __init__(self, dataplane: DataPlane, options: ServerOptions) -> None:
+    def __init__(
+        self, dataplane: DataPlane, options: ServerOptions, internal_token: bytes | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.options = options
         self.servicer = GrpcInferenceServicer(dataplane)
         methods = self.servicer.methods()
         methods.update(HealthServicer(lambda: dataplane.ready()).methods())
         self._server = GrpcServer(
-            methods, max_message_size=options.grpc_max_message_size, limits=http2_limits(options)
+            methods,
+            max_message_size=options.grpc_max_message_size,
+            limits=http2_limits(options),
+            internal_token=internal_token,
         )
         self._port = 0
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hmac
 import logging
 import math
 import socket
@@ -39,6 +40,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from openeas.protocol import http2 as h2
+from openeas.protocol import instance_token
 from openeas.protocol.compression import DecompressedTooLarge, DecompressionError, inflate
 from openeas.protocol.compression import supported as inflate_supported
 from openeas.protocol.errors import InferenceError
@@ -62,6 +64,7 @@ _OK = grpc.StatusCode.OK.value[0]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 _DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
@@ -468,6 +471,7 @@ class Http2Connection(Http2Peer):
         content_type = b""
         encoding = b"identity"
         timeout: float | None = None
+        presented = b""
         for name, value in headers:
             if name == b":path":
                 method_name = value
@@ -479,6 +483,8 @@ class Http2Connection(Http2Peer):
                 encoding = value
             elif name == b"grpc-timeout":
                 timeout = h2.parse_timeout(value)
+            elif name == instance_token.HEADER:
+                presented = value
         if verb != b"POST":
             self._http_error(stream_id, b"405")
             return
@@ -492,6 +498,8 @@ class Http2Connection(Http2Peer):
         self.idle.clear()
         if method is None:
             self._finish(stream, _UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
+            return
+        if self._refused(stream, presented):
             return
         if encoding != b"identity" and not inflate_supported(encoding):
             self._finish(
@@ -515,6 +523,14 @@ class Http2Connection(Http2Peer):
                 stream.queue.put_nowait(None)
         elif end:
             self._end_of_requests(stream)
+
+    def _refused(self, stream: _Stream, presented: bytes) -> bool:
+        """Refuse a call without the instance token, when this server requires one."""
+        token = self.server.internal_token
+        if token is None or hmac.compare_digest(presented, token):
+            return False
+        self._finish(stream, _PERMISSION_DENIED, instance_token.REFUSED)
+        return True
 
     def _take_messages(self, stream: _Stream, data: bytes) -> None:
         """Cut complete length-prefixed messages out of ``stream``'s received bytes."""
@@ -876,10 +892,13 @@ class GrpcServer:
         *,
         max_message_size: int,
         limits: Http2Limits = Http2Limits(),  # noqa: B008 - frozen
+        internal_token: bytes | None = None,
     ) -> None:
         self.methods = methods
         self.max_message_size = max_message_size
         self.limits = limits
+        #: a platform instance's token (see openeas.protocol.instance_token); None: open
+        self.internal_token = internal_token
         self.connections: set[Http2Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 

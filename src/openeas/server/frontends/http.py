@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from tritonclient.grpc import model_config_pb2 as mc
 
-from openeas.protocol import http_codec
+from openeas.protocol import http_codec, instance_token
 from openeas.protocol.datatypes import config_to_triton
 from openeas.protocol.errors import (
     InferenceError,
@@ -54,16 +54,30 @@ class MethodNotAllowed(InferenceError):
     http_status = 405
 
 
+class Forbidden(InferenceError):
+    http_status = 403
+
+
 class HttpFrontend:
     """ASGI app serving ``/v2/...`` over one :class:`DataPlane`."""
 
-    def __init__(self, dataplane: DataPlane, max_input_size: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        max_input_size: int = 64 * 1024 * 1024,
+        internal_token: bytes | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.max_input_size = max_input_size
+        #: a platform instance's token (see openeas.protocol.instance_token); None: open
+        self.internal_token = internal_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        token = self.internal_token
+        if token is not None and not instance_token.carries(scope["headers"], token):
+            return await send_error(send, Forbidden(instance_token.REFUSED))
         try:
             path: str = scope["path"]
             if path.endswith("/infer") and scope["method"] == "POST":
@@ -86,6 +100,9 @@ class HttpFrontend:
         """The infer path, for the HTTP server's direct interface (None: use ASGI)."""
         if method != "POST" or not path.endswith("/infer"):
             return None
+        token = self.internal_token
+        if token is not None and not instance_token.carries(headers, token):
+            return None  # the ASGI path answers the refusal
         parts = path.split("/")
         if len(parts) == 5 and parts[1] == "v2" and parts[2] == "models":
             return self._infer_direct(headers, body, parts[3], "")
