@@ -261,12 +261,13 @@ class GatewayCore:
             if self.routes.get(name) is None and not state.in_flight:
                 del self.states[name]
         # close the pools and gRPC clients of instances that are gone and idle
-        http_live, grpc_live = set(), set()
+        http_live: set[tuple[str, int, str | None]] = set()
+        grpc_live: set[tuple[str, int | None, str | None]] = set()
         for route in self.routes.services():
             for upstream in (*route.upstreams, *route.draining):
                 http_live.add((upstream.host, upstream.http_port, upstream.token))
                 grpc_live.add((upstream.host, upstream.grpc_port, upstream.token))
         for key in [k for k, p in self._pools.items() if k not in http_live and p.idle()]:
             self._pools.pop(key).close()
-        for key in [k for k, c in self._grpc.items() if k not in grpc_live and c.idle()]:
-            self._grpc.pop(key).close()
+        for gone in [k for k, c in self._grpc.items() if k not in grpc_live and c.idle()]:
+            self._grpc.pop(gone).close()
