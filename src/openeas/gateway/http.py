@@ -44,6 +44,8 @@ from openeas.gateway.upstream import (
 )
 from openeas.server.frontends.http1 import split_url
 
+log = logging.getLogger(__name__)
+
 PREFIX = b"/api/predict/"
 _PREFIX_LEN = len(PREFIX)
 #: The processor's HTTP API uses only these.
@@ -248,6 +250,10 @@ class HttpExchange:
                 state.in_flight -= 1
         except GatewayError as exc:
             self._refuse(exc)
+            return
+        except Exception:  # a bug must still answer the client, not leave it waiting
+            log.exception("gateway request to service '%s' failed", state.name)
+            self._answer(500, _JSON, b'{"error":"internal gateway error"}', "-")
             return
         self._answer(response.status, response.header_block, response.body, target.instance_id)
 
