@@ -71,6 +71,24 @@ def _code(status: int) -> str:
     return code
 
 
+def check_head(
+    core: GatewayCore, url: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, bytes] | None:
+    """The refusal of a request on its head (unknown service, no valid token), or None:
+    a large body is read only once this passes (see GatewayHttpServer's head_check)."""
+    try:
+        raw_path, _ = split_url(url)
+        if not raw_path.startswith(PREFIX):
+            return None  # refused as usual once read (a small body: nothing buffered)
+        name = raw_path[_PREFIX_LEN:].partition(b"/")[0].decode("ascii", "replace")
+        route = core.state(unquote(name)).route()
+        authorization = next((v for k, v in headers if k == b"authorization"), None)
+        check_token(route, authorization)
+    except GatewayError as exc:
+        return exc.http_status, _JSON, orjson.dumps({"error": exc.message})
+    return None
+
+
 class HttpExchange:
     """One client request through the gateway (a :class:`~openeas.gateway.http1.Handler`
     result): started by the client connection, answered through it."""
