@@ -342,3 +342,16 @@ def test_gateway_refusal_waits_for_the_answer_before_it(loop: asyncio.AbstractEv
     assert transport.written == b""
     connection.respond(held[0], 200, b"", b"ok")
     assert [status for status, _, _ in transport.responses()] == [200, 400] and transport.closed
+
+
+def test_a_body_chunk_before_a_new_head_is_not_counted_as_head(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Only bytes of a head in progress count against the head limits, not the body
+    that arrived with the start of the next request."""
+    connection, transport = processor(loop)
+    connection.data_received(b"POST /a HTTP/1.1\r\ncontent-length: 9000\r\n\r\n")
+    connection.data_received(b"b" * 9000 + b"GET /b HTTP/1.1\r\n")
+    connection.data_received(b"host: x\r\n\r\n")
+    settle(loop)
+    assert [status for status, _, _ in transport.responses()] == [200, 200]

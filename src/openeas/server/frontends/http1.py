@@ -193,6 +193,7 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
         #: Loop time the message (head, then body) began, or 0.0 between messages.
         self._receiving_since = 0.0
         self._in_head = False
+        self._heads = 0  # heads completed: a chunk that completes none is all head
         self._closing = False
         #: A refused request's answer, held until the requests before it are answered.
         self._final: bytes | None = None
@@ -251,18 +252,23 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
         self._last_active = self._loop.time()
         if self._stopped:
             return
-        if self._in_head:  # bound what the parser buffers of a head in progress
-            self._head_bytes += len(data)
-            if self._head_bytes > self._server.max_head_bytes:
-                self._refuse(431, b"request head larger than the limits allow")
-                return
+        heads = self._heads
+        in_head = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(data[exc.args[0] :])
+            return
         except httptools.HttpParserError as exc:
             if not self._stopped:
                 self._refuse(400, f"malformed HTTP request: {exc}".encode())
+            return
+        if in_head and self._in_head and self._heads == heads:
+            # all of it went to one head still in progress: bound what the parser
+            # buffers of it (on_url and on_header see a field only once it is whole)
+            self._head_bytes += len(data)
+            if self._head_bytes > self._server.max_head_bytes:
+                self._refuse(431, b"request head larger than the limits allow")
 
     def _upgraded(self, rest: bytes) -> None:
         """A request asked for a protocol upgrade (``Upgrade: h2c``, ``websocket``): it
@@ -305,6 +311,7 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads += 1
         self._receiving_since = self._last_active  # the body's deadline starts now
         if self._header_size > self._limits.max_header_size:
             self._refuse(431, b"header fields larger than %d bytes" % self._limits.max_header_size)
@@ -405,6 +412,8 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
             transport.pause_reading()
         else:
             transport.resume_reading()
+            if self._receiving_since:  # the deadlines do not count the time we did not read
+                self._receiving_since = self._loop.time()
 
     # -- refusing and closing ----------------------------------------------------------
 
@@ -455,7 +464,7 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
         now = self._loop.time()
         period = self._server.timer_period
         since = self._receiving_since
-        if since and not self._stopped:  # a request is arriving
+        if since and not self._read_paused:  # a request is arriving
             limit = self._limits.header_timeout if self._in_head else self._limits.body_timeout
             if now - since >= limit:
                 what = b"head" if self._in_head else b"body"
@@ -465,7 +474,7 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
                 delay = period
             else:
                 delay = min(since + limit - now, period)
-        elif self._busy() or self._stopped:
+        elif self._busy() or self._read_paused:
             delay = period
         else:
             timeout = self._server.keep_alive_timeout
@@ -511,7 +520,7 @@ class Http1Server:
             if t > 0
         )
         self.max_connections = limits.connection_cap()
-        self.early_body_check = max_body_size if early_body_check is None else early_body_check
+        self.early_body_check = min(max_body_size, early_body_check or max_body_size)
         self._per_client: dict[str, int] = {}
         self.max_body_size = max_body_size
         self.too_large_body = too_large_body
