@@ -355,3 +355,22 @@ def test_a_body_chunk_before_a_new_head_is_not_counted_as_head(
     connection.data_received(b"host: x\r\n\r\n")
     settle(loop)
     assert [status for status, _, _ in transport.responses()] == [200, 200]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+    ],
+    ids=["cl-and-te", "two-lengths", "no-colon"],
+)
+def test_ambiguous_framing_is_400_and_closes(
+    loop: asyncio.AbstractEventLoop, request_: bytes
+) -> None:
+    connection, transport = processor(loop)
+    connection.data_received(request_)
+    [(status, headers, body)] = transport.responses()
+    assert status == 400 and "malformed HTTP request" in json.loads(body)["error"]
+    assert headers["connection"] == "close" and transport.closed
