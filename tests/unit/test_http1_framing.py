@@ -28,6 +28,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written = bytearray()
         self.closed = False
+        self.aborted = False
         self.reading = True
 
     def write(self, data: bytes) -> None:
@@ -39,6 +40,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -374,3 +378,23 @@ def test_ambiguous_framing_is_400_and_closes(
     [(status, headers, body)] = transport.responses()
     assert status == 400 and "malformed HTTP request" in json.loads(body)["error"]
     assert headers["connection"] == "close" and transport.closed
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_keep_alive(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    server = HttpServer(App(), _sock(), keep_alive_timeout=0.2)
+    server.loop = loop
+    transport = FakeTransport()
+    connection = server.connection_type(server)
+    connection.connection_made(transport)
+    connection.data_received(GET)
+    settle(loop)
+    connection.pause_writing()  # its answer is stuck in the transport
+
+    async def wait_closed() -> None:
+        while not transport.closed:
+            await asyncio.sleep(0.02)
+
+    loop.run_until_complete(asyncio.wait_for(wait_closed(), 5))
+    assert transport.aborted

@@ -474,13 +474,15 @@ class Http1Connection(asyncio.Protocol, abc.ABC):
                 delay = period
             else:
                 delay = min(since + limit - now, period)
-        elif self._busy() or self._read_paused:
+        elif self._busy():
             delay = period
-        else:
+        else:  # idle, or not read from because it does not read its answers
             timeout = self._server.keep_alive_timeout
             idle_for = now - self._last_active
             if timeout > 0 and idle_for >= timeout:
                 self._close()
+                if self._write_paused and self._transport is not None:
+                    self._transport.abort()  # its answers would never drain
                 return
             delay = min(timeout - idle_for, period) if timeout > 0 else period
         self._timer = self._loop.call_later(max(delay, 0.05), self._check_timers)
