@@ -280,12 +280,20 @@ class Exchange:
         pass
 
 
+class Refusal(Exchange):
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection, b"")
+
+    def start(self) -> None:
+        self.connection.respond(self, 401, b"", b'{"error":"no"}')
+
+
 def gateway(loop: asyncio.AbstractEventLoop, refuse: bool) -> Any:
     checked = []
 
-    def head_check(url: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+    def head_check(connection: Any, method: bytes, url: bytes, headers: Any) -> Any:
         checked.append(url)
-        return (401, b"content-type: application/json\r\n", b'{"error":"no"}') if refuse else None
+        return Refusal(connection) if refuse else None
 
     server = GatewayHttpServer(
         lambda conn, method, url, headers, body: Exchange(conn, body),
@@ -398,3 +406,31 @@ def test_a_client_that_stops_reading_is_dropped_after_the_keep_alive(
 
     loop.run_until_complete(asyncio.wait_for(wait_closed(), 5))
     assert transport.aborted
+
+
+def test_gateway_refusal_on_the_head_survives_pipelining(loop: asyncio.AbstractEventLoop) -> None:
+    """A large request refused on its head behind requests still being served (the
+    others started while its body arrives): it is answered with its refusal, in order."""
+    connection, transport, checked = gateway(loop, True)
+    held: list[Any] = []
+    server = connection._server
+    handler = server.handler
+
+    def holding(conn: Any, method: bytes, url: bytes, headers: Any, body: bytes) -> Any:
+        exchange = handler(conn, method, url, headers, body)
+        if url == b"/first":
+            exchange.start = lambda: held.append(exchange)  # type: ignore[method-assign]
+        return exchange
+
+    server.handler = holding
+    connection.data_received(b"GET /first HTTP/1.1\r\n\r\nGET /second HTTP/1.1\r\n\r\n")
+    connection.data_received(b"POST /big HTTP/1.1\r\ncontent-length: 200000\r\n\r\n")
+    connection.data_received(b"z" * 100_000)
+    connection.respond(held[0], 200, b"", b"first")  # answered mid-body
+    connection.data_received(b"z" * 100_000)
+    assert checked == [b"/big"]
+    assert [(s, b) for s, _, b in transport.responses()] == [
+        (200, b"first"),
+        (200, b"0"),
+        (401, b'{"error":"no"}'),
+    ]

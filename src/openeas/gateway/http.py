@@ -72,20 +72,29 @@ def _code(status: int) -> str:
 
 
 def check_head(
-    core: GatewayCore, url: bytes, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, bytes, bytes] | None:
-    """The refusal of a request on its head (unknown service, no valid token), or None:
-    a large body is read only once this passes (see GatewayHttpServer's head_check)."""
+    core: GatewayCore,
+    client: ClientConnection,
+    method: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> HttpExchange | None:
+    """The exchange that refuses a request on its head (unknown service, no valid
+    token), or None: a large body is read only once this passes (GatewayHttpServer's
+    ``head_check``).  The refusal is answered, counted and logged like any other."""
+    raw_path, _ = split_url(url)
+    if not raw_path.startswith(PREFIX):
+        return None  # refused as usual once read (a small body: nothing buffered)
+    name = raw_path[_PREFIX_LEN:].partition(b"/")[0].decode("ascii", "replace")
+    label = "-"
     try:
-        raw_path, _ = split_url(url)
-        if not raw_path.startswith(PREFIX):
-            return None  # refused as usual once read (a small body: nothing buffered)
-        name = raw_path[_PREFIX_LEN:].partition(b"/")[0].decode("ascii", "replace")
-        route = core.state(unquote(name)).route()
+        state = core.state(unquote(name))
+        label = state.name
         authorization = next((v for k, v in headers if k == b"authorization"), None)
-        check_token(route, authorization)
+        check_token(state.route(), authorization)
     except GatewayError as exc:
-        return exc.http_status, _JSON, orjson.dumps({"error": exc.message})
+        refused = _Refused(core, client, method, url, headers, exc)
+        refused.service, refused.label = name, label
+        return refused
     return None
 
 
@@ -294,6 +303,28 @@ class HttpExchange:
                 self.raw_path.decode("ascii", "replace"), status, elapsed * 1000.0,
                 instance, len(self.body), len(body),
             )  # fmt: skip
+
+
+class _Refused(HttpExchange):
+    """A request refused on its head (:func:`check_head`); its body was never kept."""
+
+    __slots__ = ("error",)
+
+    def __init__(
+        self,
+        core: GatewayCore,
+        client: ClientConnection,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        error: GatewayError,
+    ) -> None:
+        super().__init__(core, client, method, url, headers, b"")
+        self.error = error
+
+    def _start(self) -> None:
+        self.raw_path = split_url(self.url)[0]
+        raise self.error
 
 
 class _Forward:

@@ -44,29 +44,14 @@ class Exchange(Protocol):
         """The client went away before the answer: stop and release what it holds."""
 
 
-#: A refusal decided on a request's head: status, header lines and body of the answer.
-Refusal = tuple[int, bytes, bytes]
-#: Checks a request's target and headers before its body is read (None: go on).
-HeadCheck = Callable[[bytes, list[tuple[bytes, bytes]]], Refusal | None]
+#: Checks a request on its head, before its body is read: None to go on, or the
+#: :class:`Exchange` that refuses it (started, without a body, once the body is dropped).
+HeadCheck = Callable[
+    ["ClientConnection", bytes, bytes, list[tuple[bytes, bytes]]], "Exchange | None"
+]
 #: Bodies up to this size are read before the request is checked (they arrive with the
 #: head anyway); a larger one is checked first (the token) and dropped when refused.
 EARLY_CHECK_BYTES = 64 * 1024
-
-
-class _Refused:
-    """An :class:`Exchange` refused on its head: answers at once, holds nothing."""
-
-    __slots__ = ("connection", "refusal")
-
-    def __init__(self, connection: ClientConnection, refusal: Refusal) -> None:
-        self.connection = connection
-        self.refusal = refusal
-
-    def start(self) -> None:
-        self.connection.respond(self, *self.refusal)
-
-    def abandon(self) -> None:
-        pass
 
 
 class Handler(Protocol):
@@ -91,7 +76,7 @@ class _Pending:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
-    refusal: Refusal | None
+    refused: Exchange | None
 
 
 class ClientConnection(Http1Connection):
@@ -107,7 +92,7 @@ class ClientConnection(Http1Connection):
         self._keep_alive = True
         self._advancing = False
         #: The refusal of the request being received, decided on its head.
-        self._refusal: Refusal | None = None
+        self._refused: Exchange | None = None
 
     def _busy(self) -> bool:
         return self._active is not None
@@ -125,16 +110,16 @@ class ClientConnection(Http1Connection):
     def _body_passes(self) -> None:
         # a large body is coming: check the request (its token) before buffering it
         check = self._server.head_check
-        refusal = None if check is None else check(self._url, self._headers)
-        if refusal is not None:
-            self._refusal = refusal
-            self._discard_body = True
+        if check is not None:
+            method = self._parser.get_method()
+            self._refused = check(self, method, self._url, self._headers)
+            self._discard_body = self._refused is not None
 
     def _complete(self) -> None:
         if self._stopped:
             return
-        refusal, self._refusal = self._refusal, None
-        if self._too_large and refusal is None:
+        refused, self._refused = self._refused, None
+        if self._too_large and refused is None:
             self._reject(
                 self._server.too_large_status, self._server.too_large_body(self._body_size)
             )
@@ -144,7 +129,7 @@ class ClientConnection(Http1Connection):
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         if self._active is None and not self._pending and not self._closing:
             self._keep_alive = parser.should_keep_alive()
-            self._run(parser.get_method(), self._url, self._headers, body, refusal)
+            self._run(parser.get_method(), self._url, self._headers, body, refused)
             if self._pending:  # it answered at once, and more requests came meanwhile
                 self._advance()
             return
@@ -155,7 +140,7 @@ class ClientConnection(Http1Connection):
                 self._headers,
                 body,
                 parser.should_keep_alive(),
-                refusal,
+                refused,
             )
         )
         if len(self._pending) > self._server.max_pipelined:
@@ -176,14 +161,12 @@ class ClientConnection(Http1Connection):
                 request = pending.popleft()
                 self._keep_alive = request.keep_alive
                 self._run(
-                    request.method, request.url, request.headers, request.body, request.refusal
+                    request.method, request.url, request.headers, request.body, request.refused
                 )
             if self._pipeline_full and len(pending) <= self._server.max_pipelined:
                 self._set_pipeline_full(False)
         finally:
             self._advancing = False
-        #: The refusal of the request being received, decided on its head.
-        self._refusal: Refusal | None = None
 
     def _run(
         self,
@@ -191,13 +174,11 @@ class ClientConnection(Http1Connection):
         url: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-        refusal: Refusal | None = None,
+        refused: Exchange | None = None,
     ) -> None:
-        """Hand one request (the next to answer) to the handler."""
-        if refusal is None:
-            exchange: Exchange = self._server.handler(self, method, url, headers, body)
-        else:
-            exchange = _Refused(self, refusal)
+        """Hand one request (the next to answer) to the handler (or start the exchange
+        that refused it on its head)."""
+        exchange = refused or self._server.handler(self, method, url, headers, body)
         self._active = exchange
         self._server.request_started()
         try:

@@ -75,6 +75,14 @@ def test_large_body_without_a_valid_token_is_not_buffered(
     assert peak_rss(os.getpid()) - before < 32 * MiB
 
 
+def test_refusals_on_the_head_are_counted(gw: GatewayThread, svc: str) -> None:
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=30) as sock:
+        sock.sendall(f"POST {_infer(svc)} HTTP/1.1\r\ncontent-length: 100000\r\n\r\n".encode())
+        sock.sendall(bytes(100_000))
+        assert read_response(sock.makefile("rb"))[0] == 401
+    assert 'code="401",protocol="http",service="hostile"' in gw.metrics_text()
+
+
 def test_large_body_with_the_token_is_forwarded(conn: socket.socket, svc: str) -> None:
     values = [1.0] * 30_000  # a body well over the 64 KiB read before the check
     body = json_infer_body(values)
