@@ -20,7 +20,7 @@ client that does not read its answers stops being read (``pause_writing``), and 
 request refused mid-pipeline is answered after the answers before it.
 
 What differs is a subclass's business, in plain methods rather than per-request hooks:
-its ``on_message_complete`` takes a finished request (``_url``, ``_headers``, ``_body``
+its ``_complete`` takes a finished request (``_url``, ``_headers``, ``_body``
 and the parser's method and keep-alive) and serves it, answering in order when requests
 are pipelined; ``_busy`` says whether a request is being served.  The processor's
 :class:`~openeas.server.frontends.httpserver.HttpServer` serves an app's direct route or
