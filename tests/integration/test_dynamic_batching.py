@@ -17,7 +17,12 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import copy_test_model, pending_requests, wait_until
+from tests.integration.conftest import (
+    copy_test_model,
+    pending_requests,
+    raw_request,
+    wait_until,
+)
 
 pytestmark = pytest.mark.python_backend
 
@@ -34,6 +39,7 @@ MODELS = {
     "timeouts": ("1.0", 1, 1, "default_queue_policy { allow_timeout_override: true }"),
     "no_override": ("1.0", 1, 1, "default_queue_policy { max_queue_size: 4 }"),
     "priorities": ("0.5", 1, 1, "priority_levels: 2 default_priority_level: 2"),
+    "poison": ("1.0", 8, 1, "max_queue_delay_microseconds: 500000"),
 }
 
 
@@ -223,3 +229,24 @@ def test_grpc_priority_and_timeout_parameters(client, server, markers):
         busy.get_result()
         result = grpc.infer("priorities", grpc_input(4.0), priority=1)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), [[4.0]])
+
+
+def test_nested_parameters_fail_only_their_request(client, server, markers):
+    """A request whose parameters nest 1,000 deep is refused on decode (400, Triton's
+    message); the other clients' requests queued with it are batched and succeed."""
+    busy = _busy(client, markers, "poison")
+    handles = [client.async_infer("poison", _input(float(i))) for i in range(3)]
+    wait_until(lambda: pending_requests(server, "poison") == 4, what="three queued requests")
+    deep = '{"a":' * 1000 + "1" + "}" * 1000
+    body = (
+        '{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,1],"data":[7]}],'
+        '"parameters":{"deep":' + deep + "}}"
+    )
+    response = raw_request(server, "POST", "/v2/models/poison/infer", body)
+    assert response.status == 400, response
+    assert response.error() == (
+        "parameter 'deep' has invalid type. It should be either 'int', 'bool', or 'string'."
+    )
+    for i, handle in enumerate(handles):
+        np.testing.assert_array_equal(handle.get_result().as_numpy("OUTPUT0"), [[float(i)]])
+    busy.get_result()

@@ -730,3 +730,27 @@ def test_registry_keeps_mapping_of_views_alive(create_region: Create) -> None:
     registry.register("live", key, 0, 64)
     registry.unregister_all()
     assert len(registry) == 0
+
+
+@pytest.mark.parametrize("truncated", ["input", "output"])
+def test_truncated_region_fails_the_request_not_the_server(
+    client: Client, create_region: Create, server: ServerProcess, truncated: str
+) -> None:
+    """An object truncated after registration: reading or writing its pages would raise
+    SIGBUS in the server; the request fails with a clear error instead."""
+    a, b = _add_sub_data()
+    in_handle, in_key = create_region("input_data", 2 * TENSOR_BYTES)
+    out_handle, out_key = create_region("output_data", 2 * TENSOR_BYTES)
+    shm.set_shared_memory_region(in_handle, [a, b])
+    client.register_system_shared_memory("input_data", in_key, 2 * TENSOR_BYTES)
+    client.register_system_shared_memory("output_data", out_key, 2 * TENSOR_BYTES)
+    os.truncate(f"/dev/shm{in_key if truncated == 'input' else out_key}", 0)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(
+            "simple",
+            _shm_inputs(client, "input_data"),
+            outputs=_shm_outputs(client, "output_data"),
+        )
+    assert "no longer backed" in _error(info) and "truncated to 0 bytes" in _error(info)
+    assert server.process.poll() is None
+    assert client.client.is_server_live()

@@ -164,7 +164,7 @@ class GatewayCore:
             upstream = state.sequence_upstream(state.route(), sequence.sequence_id)
         tried: list[str] = []
         while True:
-            target = upstream or await state.choose(deadline, tried)
+            target = upstream or await self._choose(state, deadline, tried)
             upstream = None
             if target is not chosen:
                 state.routes.acquire(target.instance_id)
@@ -185,6 +185,22 @@ class GatewayCore:
                 else:
                     state.bind_sequence(sequence.sequence_id, target)
             return target, answer
+
+    async def _choose(self, state: ServiceState, deadline: Deadline, tried: list[str]) -> Upstream:
+        """An instance from the service's queue; 408 when the keepalive passes there."""
+        try:
+            return await state.choose(deadline, tried)
+        except Expired:
+            raise self.queue_expired(state) from None
+
+    def queue_expired(self, state: ServiceState) -> KeepaliveExceeded:
+        """The 408 of a request whose keepalive passed before an instance came free."""
+        route = state.routes.get(state.name)
+        keepalive = route.limits.keepalive_ms if route else "?"
+        return KeepaliveExceeded(
+            f"request to service '{state.name}' exceeded rpc.keepalive ({keepalive} ms) "
+            "waiting for a free instance"
+        )
 
     async def expired_error(self, state: ServiceState, upstream: Upstream) -> GatewayError:
         """408 when the instance is alive (the request was just slow), else 504."""

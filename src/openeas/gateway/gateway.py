@@ -10,11 +10,11 @@ from prometheus_client import CollectorRegistry
 
 from openeas.gateway.core import GatewayCore
 from openeas.gateway.grpc import GatewayGrpcFront
-from openeas.gateway.http import HttpExchange
+from openeas.gateway.http import HttpExchange, check_head
 from openeas.gateway.http1 import GatewayHttpServer
 from openeas.gateway.routes import RouteTable
 from openeas.server.frontends.grpc_transport import GrpcServer
-from openeas.server.frontends.http1 import bind_socket
+from openeas.server.frontends.http1 import HttpLimits, bind_socket
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,11 @@ class Gateway:
         host: str = "0.0.0.0",
         http_port: int = 8080,
         grpc_port: int = 8081,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.routes = routes
+        #: What one HTTP client may make the gateway hold (header sizes, timeouts, ...).
+        self.http_limits = http_limits or HttpLimits()
         self.host = host
         self._http_port = http_port
         self._grpc_port = grpc_port
@@ -73,6 +76,8 @@ class Gateway:
             too_large_body=lambda size: (
                 b'{"error":"request body of %d bytes exceeds the gateway limit"}' % size
             ),
+            limits=self.http_limits,
+            head_check=functools.partial(check_head, self.core),
         )
         try:
             await http.start()

@@ -44,6 +44,8 @@ from openeas.gateway.upstream import (
 )
 from openeas.server.frontends.http1 import split_url
 
+log = logging.getLogger(__name__)
+
 PREFIX = b"/api/predict/"
 _PREFIX_LEN = len(PREFIX)
 #: The processor's HTTP API uses only these.
@@ -67,6 +69,33 @@ def _code(status: int) -> str:
     if code is None:
         code = _CODES[status] = str(status)
     return code
+
+
+def check_head(
+    core: GatewayCore,
+    client: ClientConnection,
+    method: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> HttpExchange | None:
+    """The exchange that refuses a request on its head (unknown service, no valid
+    token), or None: a large body is read only once this passes (GatewayHttpServer's
+    ``head_check``).  The refusal is answered, counted and logged like any other."""
+    raw_path, _ = split_url(url)
+    if not raw_path.startswith(PREFIX):
+        return None  # refused as usual once read (a small body: nothing buffered)
+    name = raw_path[_PREFIX_LEN:].partition(b"/")[0].decode("ascii", "replace")
+    label = "-"
+    try:
+        state = core.state(unquote(name))
+        label = state.name
+        authorization = next((v for k, v in headers if k == b"authorization"), None)
+        check_token(state.route(), authorization)
+    except GatewayError as exc:
+        refused = _Refused(core, client, method, url, headers, exc)
+        refused.service, refused.label = name, label
+        return refused
+    return None
 
 
 class HttpExchange:
@@ -249,6 +278,10 @@ class HttpExchange:
         except GatewayError as exc:
             self._refuse(exc)
             return
+        except Exception:  # a bug must still answer the client, not leave it waiting
+            log.exception("gateway request to service '%s' failed", state.name)
+            self._answer(500, _JSON, b'{"error":"internal gateway error"}', "-")
+            return
         self._answer(response.status, response.header_block, response.body, target.instance_id)
 
     # -- answering --------------------------------------------------------------------
@@ -270,6 +303,28 @@ class HttpExchange:
                 self.raw_path.decode("ascii", "replace"), status, elapsed * 1000.0,
                 instance, len(self.body), len(body),
             )  # fmt: skip
+
+
+class _Refused(HttpExchange):
+    """A request refused on its head (:func:`check_head`); its body was never kept."""
+
+    __slots__ = ("error",)
+
+    def __init__(
+        self,
+        core: GatewayCore,
+        client: ClientConnection,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        error: GatewayError,
+    ) -> None:
+        super().__init__(core, client, method, url, headers, b"")
+        self.error = error
+
+    def _start(self) -> None:
+        self.raw_path = split_url(self.url)[0]
+        raise self.error
 
 
 class _Forward:

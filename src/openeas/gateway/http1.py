@@ -19,7 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from openeas.server.frontends.http1 import CLOCK, Http1Connection, Http1Server, status_line
+from openeas.server.frontends.http1 import (
+    CLOCK,
+    Http1Connection,
+    Http1Server,
+    HttpLimits,
+    status_line,
+)
 
 __all__ = ["ClientConnection", "Exchange", "GatewayHttpServer", "Handler", "status_line"]
 
@@ -36,6 +42,16 @@ class Exchange(Protocol):
 
     def abandon(self) -> None:
         """The client went away before the answer: stop and release what it holds."""
+
+
+#: Checks a request on its head, before its body is read: None to go on, or the
+#: :class:`Exchange` that refuses it (started, without a body, once the body is dropped).
+HeadCheck = Callable[
+    ["ClientConnection", bytes, bytes, list[tuple[bytes, bytes]]], "Exchange | None"
+]
+#: Bodies up to this size are read before the request is checked (they arrive with the
+#: head anyway); a larger one is checked first (the token) and dropped when refused.
+EARLY_CHECK_BYTES = 64 * 1024
 
 
 class Handler(Protocol):
@@ -60,6 +76,7 @@ class _Pending:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
+    refused: Exchange | None
 
 
 class ClientConnection(Http1Connection):
@@ -74,7 +91,8 @@ class ClientConnection(Http1Connection):
         self._active: Exchange | None = None
         self._keep_alive = True
         self._advancing = False
-        self._paused = False
+        #: The refusal of the request being received, decided on its head.
+        self._refused: Exchange | None = None
 
     def _busy(self) -> bool:
         return self._active is not None
@@ -87,10 +105,21 @@ class ClientConnection(Http1Connection):
             self._server.request_finished()
             active.abandon()
 
-    # -- httptools callbacks (the others are Http1Connection's) -------------------------
+    # -- a parsed request (the parsing is Http1Connection's) ----------------------------
 
-    def on_message_complete(self) -> None:
-        if self._too_large:
+    def _body_passes(self) -> None:
+        # a large body is coming: check the request (its token) before buffering it
+        check = self._server.head_check
+        if check is not None:
+            method = self._parser.get_method()
+            self._refused = check(self, method, self._url, self._headers)
+            self._discard_body = self._refused is not None
+
+    def _complete(self) -> None:
+        if self._stopped:
+            return
+        refused, self._refused = self._refused, None
+        if self._too_large and refused is None:
             self._reject(
                 self._server.too_large_status, self._server.too_large_body(self._body_size)
             )
@@ -100,18 +129,22 @@ class ClientConnection(Http1Connection):
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         if self._active is None and not self._pending and not self._closing:
             self._keep_alive = parser.should_keep_alive()
-            self._run(parser.get_method(), self._url, self._headers, body)
+            self._run(parser.get_method(), self._url, self._headers, body, refused)
             if self._pending:  # it answered at once, and more requests came meanwhile
                 self._advance()
             return
         self._pending.append(
             _Pending(
-                parser.get_method(), self._url, self._headers, body, parser.should_keep_alive()
+                parser.get_method(),
+                self._url,
+                self._headers,
+                body,
+                parser.should_keep_alive(),
+                refused,
             )
         )
-        if len(self._pending) > self._server.max_pipelined and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
+        if len(self._pending) > self._server.max_pipelined:
+            self._set_pipeline_full(True)
         if self._active is None:
             self._advance()
 
@@ -127,19 +160,25 @@ class ClientConnection(Http1Connection):
             while pending and self._active is None and not self._closing:
                 request = pending.popleft()
                 self._keep_alive = request.keep_alive
-                self._run(request.method, request.url, request.headers, request.body)
-            if self._paused and len(pending) <= self._server.max_pipelined and not self._closing:
-                self._paused = False
-                if self._transport is not None:
-                    self._transport.resume_reading()
+                self._run(
+                    request.method, request.url, request.headers, request.body, request.refused
+                )
+            if self._pipeline_full and len(pending) <= self._server.max_pipelined:
+                self._set_pipeline_full(False)
         finally:
             self._advancing = False
 
     def _run(
-        self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        refused: Exchange | None = None,
     ) -> None:
-        """Hand one request (the next to answer) to the handler."""
-        exchange = self._server.handler(self, method, url, headers, body)
+        """Hand one request (the next to answer) to the handler (or start the exchange
+        that refused it on its head)."""
+        exchange = refused or self._server.handler(self, method, url, headers, body)
         self._active = exchange
         self._server.request_started()
         try:
@@ -170,6 +209,8 @@ class ClientConnection(Http1Connection):
             self._close()
         elif self._pending:
             self._advance()
+        if self._active is None and not self._pending and self._final is not None:
+            self._all_answered()  # a request refused after this one: answer it now
 
 
 class GatewayHttpServer(Http1Server):
@@ -190,9 +231,13 @@ class GatewayHttpServer(Http1Server):
         too_large_body: Callable[[int], bytes],
         keep_alive_timeout: float = 75.0,
         max_pipelined: int = 32,
+        limits: HttpLimits | None = None,
+        head_check: HeadCheck | None = None,
     ) -> None:
         super().__init__(
             sock,
+            limits=limits,
+            early_body_check=EARLY_CHECK_BYTES if head_check is not None else None,
             max_body_size=max_body_size,
             too_large_body=too_large_body,
             too_large_status=413,
@@ -200,3 +245,5 @@ class GatewayHttpServer(Http1Server):
             max_pipelined=max_pipelined,
         )
         self.handler = handler
+        #: Checks the head of a request with a large body before the body is read.
+        self.head_check = head_check

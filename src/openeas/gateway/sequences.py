@@ -7,13 +7,13 @@ contain the name only costs that one decode.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 import orjson
 from tritonclient.grpc import service_pb2 as pb
+
+from openeas.protocol import compression
 
 _HTTP_KEY = b'"sequence_id"'
 _GRPC_KEY = b"sequence_id"
@@ -28,15 +28,19 @@ class SequenceInfo:
     end: bool = False
 
 
+#: The sequence scan inflates at most this much of a compressed body (the scan looks for
+#: ``sequence_id`` in the JSON header; a body that inflates further is left to the
+#: instance, which applies its own input limit and answers 400).
+SCAN_LIMIT = 16 * 1024 * 1024
+
+
 def _decompress(body: bytes, encoding: bytes) -> bytes | None:
-    try:
-        if encoding == b"gzip":
-            return gzip.decompress(body)
-        if encoding == b"deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError):
+    if not compression.supported(encoding):
         return None
-    return None
+    try:
+        return compression.inflate(body, encoding, SCAN_LIMIT)
+    except (compression.DecompressionError, compression.DecompressedTooLarge):
+        return None
 
 
 def http_sequence(

@@ -40,8 +40,17 @@ def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
         raise InvalidArgument(f"failed to parse the {what} JSON buffer: {exc}") from None
 
 
+#: Most dimensions a tensor may have (numpy's limit: a deeper shape cannot be built).
+MAX_DIMS = 32
+
+
 def _shape(value: Any, name: str) -> list[int]:
     if type(value) is list:
+        if len(value) > MAX_DIMS:
+            raise InvalidArgument(
+                f"input '{name}': shape has {len(value)} dimensions, more than the "
+                f"{MAX_DIMS} supported"
+            )
         for dim in value:
             if type(dim) is not int or dim < 0:  # bool is not int here, on purpose
                 break
@@ -67,10 +76,18 @@ def uses_shared_memory(params: dict[str, Any], tensor: str) -> bool:
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` object whose values are scalars, as Triton accepts them (a nested
+    value would reach the batcher and the backends: refused here, for this request only)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidArgument(f"{where}: 'parameters' must be a JSON object")
+    for key, item in value.items():
+        if not isinstance(item, str | int | float):  # bool is an int
+            raise InvalidArgument(
+                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', "
+                "or 'string'."
+            )
     return value
 
 

@@ -185,6 +185,7 @@ def _front_ends(
                     sock,
                     max_body_size=options.http_max_input_size,
                     too_large_body=too_large,
+                    limits=options.http_limits,
                 ),
             )
         )
@@ -194,6 +195,7 @@ def _front_ends(
                 bind_unix_socket(options.http_unix_socket),
                 max_body_size=options.http_max_input_size,
                 too_large_body=too_large,
+                limits=options.http_limits,
             )
             servers.append(("HTTPService", UnixHttpServer(server, options.http_unix_socket)))
     if options.allow_metrics:

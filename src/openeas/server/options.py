@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from openeas import __version__
 from openeas.protocol.errors import InvalidArgument
 from openeas.server.cache import parse_cache_config
+from openeas.server.frontends.http1 import HttpLimits
 
 _TRUE = {"true", "on", "1", "yes"}
 _FALSE = {"false", "off", "0", "no"}
@@ -61,6 +62,62 @@ def _positive_float(value: str) -> float:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"value must be > 0, got {value}")
     return number
+
+
+def _add_http_limits(add: Any) -> None:
+    """The HTTP/1.1 limits against hostile clients (not tritonserver flags: Triton has
+    none; the defaults are those of common production servers)."""
+    defaults = HttpLimits()
+    add(
+        "--http-max-url-size",
+        type=_non_negative_int,
+        default=defaults.max_url_size,
+        metavar="BYTES",
+        help="longest HTTP request target; longer ones get 414",
+    )
+    add(
+        "--http-max-header-size",
+        type=_non_negative_int,
+        default=defaults.max_header_size,
+        metavar="BYTES",
+        help="largest HTTP header block; larger ones get 431",
+    )
+    add(
+        "--http-max-header-count",
+        type=_non_negative_int,
+        default=defaults.max_header_count,
+        metavar="N",
+        help="most HTTP header fields in a request; more get 431",
+    )
+    add(
+        "--http-header-timeout",
+        type=_positive_float,
+        default=defaults.header_timeout,
+        metavar="SECONDS",
+        help="time a request head may take to arrive; then 408 and the connection closes",
+    )
+    add(
+        "--http-body-timeout",
+        type=_positive_float,
+        default=defaults.body_timeout,
+        metavar="SECONDS",
+        help="time a request body may take to arrive after its head; then 408 and close",
+    )
+    add(
+        "--http-max-connections",
+        type=_non_negative_int,
+        default=defaults.max_connections,
+        metavar="N",
+        help="most open HTTP connections; more are refused with 503 (0: half the open-file limit)",
+    )
+    add(
+        "--http-max-connections-per-client",
+        type=_non_negative_int,
+        default=defaults.max_connections_per_client,
+        metavar="N",
+        help="most open HTTP connections from one client address; more are refused with "
+        "503 (0: no cap; a gateway or load balancer in front shares one address)",
+    )
 
 
 def _backend_config(value: str) -> tuple[str, str, str]:
@@ -111,6 +168,8 @@ class ServerOptions:
     metrics_interval_ms: int = 2000
     http_thread_count: int = 8
     http_max_input_size: int = 64 * 1024 * 1024
+    #: what one HTTP client may make the server hold (--http-max-url-size etc.)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_max_message_size: int = 2**31 - 1
     #: HTTP/2 limits of the gRPC port (docs/architecture.md, "HTTP/2 and gRPC rules")
     grpc_max_concurrent_streams: int = 256
@@ -296,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="largest accepted HTTP request body, in bytes",
     )
+    _add_http_limits(add)
     add(
         "--grpc-max-message-size",
         type=_non_negative_int,
@@ -467,6 +527,15 @@ def parse_args(argv: list[str] | None = None) -> ServerOptions:
         metrics_interval_ms=ns.metrics_interval_ms,
         http_thread_count=ns.http_thread_count,
         http_max_input_size=ns.http_max_input_size,
+        http_limits=HttpLimits(
+            max_url_size=ns.http_max_url_size,
+            max_header_size=ns.http_max_header_size,
+            max_header_count=ns.http_max_header_count,
+            header_timeout=ns.http_header_timeout,
+            body_timeout=ns.http_body_timeout,
+            max_connections=ns.http_max_connections,
+            max_connections_per_client=ns.http_max_connections_per_client,
+        ),
         grpc_max_message_size=ns.grpc_max_message_size,
         grpc_max_concurrent_streams=ns.grpc_max_concurrent_streams,
         grpc_max_header_list_size=ns.grpc_max_header_list_size,

@@ -82,6 +82,9 @@ class Region:
     mapping: mmap.mmap
     #: where the region starts in ``mapping`` (mappings start page-aligned)
     start: int
+    #: the object, kept open to check its size on use: touching a page of the mapping
+    #: beyond the end of a truncated object kills the process with SIGBUS
+    fd: int = -1
 
     def view(self, offset: int, byte_size: int) -> memoryview:
         """``byte_size`` bytes at ``offset`` of the region (bounds already checked)."""
@@ -96,7 +99,18 @@ class Region:
             "byte_size": self.byte_size,
         }
 
+    def backed(self, offset: int, byte_size: int) -> int | None:
+        """None when the object still holds the region's bytes ``offset`` to
+        ``offset + byte_size``, else the object's size now."""
+        if self.fd < 0:
+            return None
+        size = os.fstat(self.fd).st_size
+        return None if self.offset + offset + byte_size <= size else size
+
     def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         try:
             self.mapping.close()
         except BufferError:
@@ -219,9 +233,10 @@ class SharedMemoryRegistry:
                     f"failed to register shared memory region '{name}': unable to map "
                     f"'{key}': {exc}"
                 ) from None
-        finally:
+        except BaseException:
             os.close(fd)
-        self._regions[name] = Region(name, key, offset, byte_size, mapping, offset - aligned)
+            raise
+        self._regions[name] = Region(name, key, offset, byte_size, mapping, offset - aligned, fd)
 
     def unregister(self, name: str = "") -> None:
         """Unregister ``name`` (nothing happens for an unknown name) or, with "", all."""
@@ -280,6 +295,13 @@ class SharedMemoryRegistry:
             raise InvalidArgument(
                 f"Invalid offset + byte size for shared memory region: '{name}' (offset "
                 f"{offset} + byte size {byte_size} > region size {region.byte_size})"
+            )
+        size = region.backed(offset, byte_size)
+        if size is not None:
+            raise InvalidArgument(
+                f"shared memory region '{name}' is no longer backed: its object "
+                f"'{region.key}' was truncated to {size} bytes, fewer than the region's "
+                f"offset {region.offset} + {offset + byte_size} bytes used"
             )
         return region.view(offset, byte_size)
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from prometheus_client import generate_latest
 
 from openeas.gateway import Gateway, RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.server.frontends.http1 import HttpLimits
 from openeas.testing.server import ServerProcess
 
 _T = TypeVar("_T")
@@ -31,8 +32,15 @@ def upstream_of(
 class GatewayThread:
     """A started gateway on free ports (``with GatewayThread() as gw: ...``)."""
 
-    def __init__(self, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        http_limits: HttpLimits | None = None,
+    ) -> None:
         self.routes = RouteTable()
+        self._http_limits = http_limits
         self._host = host
         self._ports = (http_port, grpc_port)
         self.gateway: Gateway | None = None
@@ -65,7 +73,13 @@ class GatewayThread:
     async def _serve(self, started: concurrent.futures.Future[None]) -> None:
         self._stopped = asyncio.Event()
         http_port, grpc_port = self._ports
-        gateway = Gateway(self.routes, host=self._host, http_port=http_port, grpc_port=grpc_port)
+        gateway = Gateway(
+            self.routes,
+            host=self._host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            http_limits=self._http_limits,
+        )
         try:
             await gateway.start()
         except BaseException as exc:

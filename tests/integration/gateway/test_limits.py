@@ -119,3 +119,58 @@ def test_timeouts_leave_no_request_in_flight(
     wait_until(
         lambda: gateway.in_flight(upstream.instance_id) == 0, what="in-flight count back to 0"
     )
+
+
+def test_queued_request_expires_with_408(
+    gateway: GatewayThread, cluster: Cluster, service_name: str
+) -> None:
+    """An instance whose only slot an idle gRPC stream holds: a queued request waits no
+    longer than rpc.keepalive (HTTP 408, gRPC DEADLINE_EXCEEDED), not forever."""
+    import queue
+    import time
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    limits = ServiceLimits(max_concurrency=1, max_queue_size=8, keepalive_ms=500)
+    gateway.publish(service_name, TOKEN, cluster.upstreams[:1], limits=limits)
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    results: queue.Queue[object] = queue.Queue()
+    client.start_stream(
+        callback=lambda result, error: results.put(error),
+        headers={"authorization": TOKEN, "x-eas-service": service_name},
+    )
+    try:
+        data = grpcclient.InferInput("INPUT0", [1, 1], "FP32")
+        data.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
+        client.async_stream_infer("identity_fp32", [data])
+        assert results.get(timeout=30) is None  # the stream holds the slot from now on
+        started = time.monotonic()
+        response = gw_request(
+            gateway,
+            "POST",
+            f"/api/predict/{service_name}/v2/models/identity_fp32/infer",
+            json_infer_body([1.0]),
+            AUTH,
+            timeout=20,
+        )
+        assert response.status == 408, response
+        assert "rpc.keepalive" in response.error() and "500 ms" in response.error()
+        assert time.monotonic() - started < 10
+        unary = grpcclient.InferenceServerClient(gateway.grpc_url)
+        try:
+            with pytest.raises(InferenceServerException) as info:
+                unary.infer(
+                    "identity_fp32",
+                    [data],
+                    headers={"authorization": TOKEN, "x-eas-service": service_name},
+                    client_timeout=20,
+                )
+        finally:
+            unary.close()
+        assert str(info.value.status()) == "StatusCode.DEADLINE_EXCEEDED", info.value
+        assert "rpc.keepalive" in info.value.message()
+    finally:
+        client.stop_stream()
+        client.close()

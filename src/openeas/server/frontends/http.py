@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from tritonclient.grpc import model_config_pb2 as mc
 
-from openeas.protocol import http_codec, instance_token
+from openeas.protocol import compression, http_codec, instance_token
 from openeas.protocol.datatypes import config_to_triton
 from openeas.protocol.errors import (
     InferenceError,
@@ -351,24 +351,21 @@ def _allow(method: str, expected: str) -> None:
 
 
 def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """Inflate a request body to at most ``limit`` bytes (400 beyond: a bomb never
+    inflates further than the limit)."""
     name = encoding.strip().lower()
+    if name == b"identity":
+        return body
+    if not compression.supported(name):
+        raise Unsupported(f"unsupported Content-Encoding '{encoding.decode(errors='replace')}'")
     try:
-        if name == b"gzip":
-            data = gzip.decompress(body)
-        elif name == b"deflate":
-            data = zlib.decompress(body)
-        elif name == b"identity":
-            return body
-        else:
-            raise Unsupported(f"unsupported Content-Encoding '{encoding.decode(errors='replace')}'")
-    except (OSError, zlib.error, EOFError) as exc:
-        raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
-    if len(data) > limit:
+        return compression.inflate(body, name, limit)
+    except compression.DecompressedTooLarge:
         raise InvalidArgument(
-            f"decompressed request body of {len(data)} bytes exceeds the maximum input size "
-            f"of {limit} bytes"
-        )
-    return data
+            f"decompressed request body exceeds the maximum input size of {limit} bytes"
+        ) from None
+    except compression.DecompressionError as exc:
+        raise InvalidArgument(f"failed to decompress the request body: {exc}") from None
 
 
 def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes | None]:

@@ -35,6 +35,7 @@ from openeas.server.frontends.http1 import (
     CLOCK,
     Http1Connection,
     Http1Server,
+    HttpLimits,
     json_error,
     split_url,
     status_line,
@@ -113,7 +114,6 @@ class HttpProtocol(Http1Connection):
         self._base_scope: dict[str, Any] = {}
         self._writable = asyncio.Event()
         self._writable.set()
-        self._reading_paused = False
 
     def _busy(self) -> bool:
         return bool(self._pending)
@@ -147,21 +147,21 @@ class HttpProtocol(Http1Connection):
                 request.direct.close()
 
     def pause_writing(self) -> None:
+        super().pause_writing()
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        super().resume_writing()
         self._writable.set()
 
-    # -- httptools callbacks (the others are Http1Connection's) -------------------------
+    # -- a parsed request (the parsing is Http1Connection's) ----------------------------
 
-    def on_message_complete(self) -> None:
+    def _complete(self) -> None:
         if self._too_large:
             server = self._server
-            self._reject(
-                server.too_large_status, json_error(server.too_large_body(self._body_size))
-            )
+            self._reject(server.too_large_status, server.too_large_json(self._body_size))
             return
-        if self._closing:
+        if self._stopped:
             return
         raw_path, query = split_url(self._url)
         path = raw_path.decode("ascii", "replace")
@@ -185,13 +185,8 @@ class HttpProtocol(Http1Connection):
                 None if direct is None else direct(method, path, headers, body),
             )
         )
-        if (
-            len(self._pending) > self._server.max_pipelined
-            and self._transport is not None
-            and not self._reading_paused
-        ):
-            self._transport.pause_reading()
-            self._reading_paused = True
+        if len(self._pending) > self._server.max_pipelined:
+            self._set_pipeline_full(True)
         self._start_ready()
 
     # -- serving -----------------------------------------------------------------------
@@ -258,18 +253,16 @@ class HttpProtocol(Http1Connection):
             if not request.keep_alive:
                 self._close()
                 return
-        if self._server.draining and not pending:  # what came before the stop is served
-            self._close()
-            return
+        if not pending:
+            if self._final is not None:  # a refused request after these: answer it now
+                self._all_answered()
+                return
+            if self._server.draining:  # what came before the stop is served
+                self._close()
+                return
         self._last_active = self._loop.time()
-        if (
-            self._reading_paused
-            and len(pending) <= self._server.max_pipelined
-            and self._transport is not None
-            and not self._transport.is_closing()
-        ):
-            self._transport.resume_reading()
-            self._reading_paused = False
+        if self._pipeline_full and len(pending) <= self._server.max_pipelined:
+            self._set_pipeline_full(False)
         self._start_ready()
 
     def _scope(self, request: _Request) -> dict[str, Any]:
@@ -424,9 +417,11 @@ class HttpServer(Http1Server):
         too_large_status: int = 400,
         keep_alive_timeout: float = 75.0,
         max_pipelined: int = 32,
+        limits: HttpLimits | None = None,
     ) -> None:
         super().__init__(
             sock,
+            limits=limits,
             max_body_size=max_body_size,
             too_large_body=too_large_body
             or (lambda size: b"request body of %d bytes exceeds the limit" % size),
@@ -439,3 +434,6 @@ class HttpServer(Http1Server):
         self.direct: Callable[..., Coroutine[Any, Any, DirectReply] | None] | None = getattr(
             app, "direct", None
         )
+
+    def too_large_json(self, size: int) -> bytes:
+        return json_error(self.too_large_body(size))
