@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from openeas.server.frontends.eager import start_eagerly
+from openeas.transport.eager import start_eagerly
 
 
 async def _held(slot: asyncio.Future[None], log: list[str], cleanup_wait: bool = False) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from openeas.gateway.http1 import GatewayHttpServer
-from openeas.server.frontends.http1 import HttpLimits
 from openeas.server.frontends.httpserver import HttpServer
+from openeas.transport.http1 import HttpLimits
 
 
 class FakeTransport:

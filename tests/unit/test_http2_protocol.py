@@ -13,8 +13,8 @@ import hpack
 import pytest
 
 from openeas.protocol import http2 as h2
-from openeas.server.frontends.grpc_transport import GrpcServer, Http2Connection, Kind, Method
-from openeas.server.frontends.http2_peer import Http2Limits
+from openeas.transport.grpc_transport import GrpcServer, Http2Connection, Kind, Method
+from openeas.transport.http2_peer import Http2Limits
 
 UNARY = b"/t.S/Unary"
 WAIT = b"/t.S/Wait"
@@ -533,7 +533,7 @@ def test_hpack_bomb_is_a_connection_error() -> None:
 
 
 def test_admit_refuses_a_call_before_its_message_is_read() -> None:
-    from openeas.server.frontends.grpc_transport import GrpcError
+    from openeas.transport.grpc_transport import GrpcError
 
     seen: list[Any] = []
 
@@ -602,7 +602,7 @@ def test_a_second_message_on_a_unary_call_is_refused_at_once() -> None:
 
 
 def test_a_zero_window_stalls_a_streaming_handler_at_a_bounded_buffer() -> None:
-    from openeas.server.frontends.http2_peer import STREAM_BUFFER
+    from openeas.transport.http2_peer import STREAM_BUFFER
 
     async def endless(request: bytes) -> Any:
         while True:

@@ -16,12 +16,24 @@ def test_defaults_match_tritonserver():
 
 
 def test_both_spellings_booleans_and_repeats():
-    options = parse_args([
-        "--model-store", "/a", "--model-repository=/b", "--allow-grpc=off", "--strict-readiness", "0",
-        "--model-control-mode=explicit", "--load-model=x", "--load-model", "y",
-        "--backend-config=onnxruntime,default-max-batch-size=8", "--backend-config=python,shm=1",
-        "--pinned-memory-pool-byte-size=0", "--strict-model-config=true",
-    ])
+    options = parse_args(
+        [
+            "--model-store",
+            "/a",
+            "--model-repository=/b",
+            "--allow-grpc=off",
+            "--strict-readiness",
+            "0",
+            "--model-control-mode=explicit",
+            "--load-model=x",
+            "--load-model",
+            "y",
+            "--backend-config=onnxruntime,default-max-batch-size=8",
+            "--backend-config=python,shm=1",
+            "--pinned-memory-pool-byte-size=0",
+            "--strict-model-config=true",
+        ]
+    )
     assert options.model_repositories == ["/a", "/b"]
     assert options.allow_grpc is False and options.strict_readiness is False
     assert options.load_models == ["x", "y"]
@@ -52,7 +64,7 @@ def test_bad_flags_exit_2_with_one_line(args, named):
 
 def test_grpc_http2_limits():
     from openeas.server.frontends.grpc import http2_limits
-    from openeas.server.frontends.http2_peer import Http2Limits
+    from openeas.transport.http2_peer import Http2Limits
 
     defaults = http2_limits(parse_args(["--model-repository=/m"]))
     assert defaults == Http2Limits()

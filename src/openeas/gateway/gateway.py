@@ -13,8 +13,9 @@ from openeas.gateway.grpc import GatewayGrpcFront
 from openeas.gateway.http import HttpExchange, check_head
 from openeas.gateway.http1 import GatewayHttpServer
 from openeas.gateway.routes import RouteTable
-from openeas.server.frontends.grpc_transport import GrpcServer
-from openeas.server.frontends.http1 import HttpLimits, bind_socket
+from openeas.transport.grpc_transport import GrpcServer
+from openeas.transport.http1 import HttpLimits
+from openeas.transport.sockets import bind_socket
 
 log = logging.getLogger(__name__)
 

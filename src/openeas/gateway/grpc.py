@@ -1,13 +1,13 @@
 """The gateway's gRPC front: ``inference.GRPCInferenceService`` passed through as bytes.
 
 It is served by the processor's own gRPC transport
-(:mod:`openeas.server.frontends.grpc_transport`), each method with identity codecs, so
+(:mod:`openeas.transport.grpc_transport`), each method with identity codecs, so
 messages are never deserialised: the handler gets the message bytes and the call's
 metadata, and forwards both, as they came, to the chosen instance with the gateway's
 own client (:mod:`openeas.gateway.grpc_upstream`).  The service is named
 by the ``x-eas-service`` metadata, or found from the ``authorization`` token when exactly
 one service has it; the token is checked on the call's headers, before its message is
-read (:attr:`~openeas.server.frontends.grpc_transport.Method.admit`), so a call without
+read (:attr:`~openeas.transport.grpc_transport.Method.admit`), so a call without
 a valid token costs no buffering.  Unary calls are bounded by ``rpc.keepalive``; a stream
 (``ModelStreamInfer``) stays on the instance chosen when it opened, for as long as the
 client keeps it.  An instance's error is passed on with its code, message and trailing
@@ -34,7 +34,7 @@ from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import grpc_sequence
 from openeas.gateway.upstream import ConnectFailed, UpstreamClosed
-from openeas.server.frontends.grpc_transport import GrpcError, Headers, Kind, Method, kind_of
+from openeas.transport.grpc_transport import GrpcError, Headers, Kind, Method, kind_of
 
 SERVICE = "inference.GRPCInferenceService"
 SERVICE_PREFIX = f"/{SERVICE}/"
@@ -77,8 +77,8 @@ class GatewayGrpcFront:
         self.core = core
 
     def methods(self) -> dict[bytes, Method]:
-        """Every method of the service, for :class:`~openeas.server.frontends.
-        grpc_transport.GrpcServer`; streaming ones are forwarded as streams both ways."""
+        """Every method of the service, for :class:`~openeas.transport.grpc_transport.
+        GrpcServer`; streaming ones are forwarded as streams both ways."""
         table: dict[bytes, Method] = {}
         for rpc in pb.DESCRIPTOR.services_by_name[SERVICE.rpartition(".")[2]].methods:
             path = SERVICE_PREFIX + rpc.name

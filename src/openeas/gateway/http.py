@@ -42,7 +42,7 @@ from openeas.gateway.upstream import (
     UpstreamConnection,
     UpstreamResponse,
 )
-from openeas.server.frontends.http1 import split_url
+from openeas.transport.http1 import split_url
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ instance connection is handled entirely in callbacks (parse, forward, relay), wi
 ASGI messages, coroutine or task per request, which is most of a gateway's Python cost.
 What happens to a request is the :class:`Handler`'s business; this module only frames
 it, on the framing it shares with the processor's server
-(:mod:`openeas.server.frontends.http1`: parsing, chunked request bodies, ``Expect:
+(:mod:`openeas.transport.http1`: parsing, chunked request bodies, ``Expect:
 100-continue``, the body size limit, the idle timeout and the graceful stop) and adds
 keep-alive and pipelining (answered in order, one at a time).
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from openeas.server.frontends.http1 import (
+from openeas.transport.http1 import (
     CLOCK,
     Http1Connection,
     Http1Server,

@@ -30,8 +30,7 @@ import httptools
 
 from openeas.gateway.deadline import Deadline
 from openeas.protocol import instance_token
-from openeas.server.frontends.http1 import set_nodelay
-from openeas.server.frontends.unix import socket_address
+from openeas.transport.sockets import set_nodelay, socket_address
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,12 @@ from typing import Protocol
 from openeas.protocol import instance_token
 from openeas.server.dataplane import DataPlane
 from openeas.server.frontends.http import HttpFrontend
-from openeas.server.frontends.http1 import bind_socket
 from openeas.server.frontends.httpserver import HttpServer
 from openeas.server.frontends.metrics import MetricsApp
-from openeas.server.frontends.unix import UnixHttpServer, bind_unix_socket
 from openeas.server.models import ControlMode, RepositoryOptions
 from openeas.server.options import ServerOptions, parse_args
 from openeas.storage import RepositoryMount, StorageError
+from openeas.transport.sockets import UnixHttpServer, bind_socket, bind_unix_socket
 
 log = logging.getLogger("openeas.server")
 

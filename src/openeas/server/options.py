@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from openeas import __version__
 from openeas.protocol.errors import InvalidArgument
 from openeas.server.cache import parse_cache_config
-from openeas.server.frontends.http1 import HttpLimits
+from openeas.transport.http1 import HttpLimits
 
 _TRUE = {"true", "on", "1", "yes"}
 _FALSE = {"false", "off", "0", "no"}

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 from prometheus_client import generate_latest
 
 from openeas.gateway import Gateway, RouteTable, ServiceLimits, ServiceRoute, Upstream
-from openeas.server.frontends.http1 import HttpLimits
 from openeas.testing.server import ServerProcess
+from openeas.transport.http1 import HttpLimits
 
 _T = TypeVar("_T")
 

@@ -18,10 +18,10 @@ import pytest
 from openeas.gateway.deadline import Deadline, Expired
 from openeas.gateway.grpc_upstream import GrpcUpstream
 from openeas.gateway.upstream import ConnectFailed
-from openeas.server.frontends.grpc_transport import GrpcError, GrpcServer, Headers, Kind, Method
-from openeas.server.frontends.http1 import bind_socket
-from openeas.server.frontends.http2_peer import Http2Limits
 from openeas.testing.server import free_port
+from openeas.transport.grpc_transport import GrpcError, GrpcServer, Headers, Kind, Method
+from openeas.transport.http2_peer import Http2Limits
+from openeas.transport.sockets import bind_socket
 
 
 def _same(message: bytes) -> bytes:

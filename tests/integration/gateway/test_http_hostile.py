@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from openeas.server.frontends.http1 import HttpLimits
 from openeas.testing.gateway import GatewayThread
+from openeas.transport.http1 import HttpLimits
 from tests.integration.conftest import read_response, request_bytes
 from tests.integration.gateway.conftest import Cluster, json_infer_body
 from tests.integration.test_http_hostile import MiB, gzip_bomb, peak_rss

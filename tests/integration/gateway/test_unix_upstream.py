@@ -12,9 +12,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from openeas.gateway import Upstream
-from openeas.server.frontends.unix import socket_address
 from openeas.testing.gateway import GatewayThread
 from openeas.testing.server import ServerProcess, free_port, start_server
+from openeas.transport.sockets import socket_address
 from tests.integration.gateway.conftest import make_repository
 
 TOKEN = "unix-token"

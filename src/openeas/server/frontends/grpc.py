@@ -1,7 +1,7 @@
 """The gRPC front end: Triton's ``inference.GRPCInferenceService``.
 
 It runs in the server's event loop, next to the HTTP front end, on our HTTP/2 transport
-(:mod:`.grpc_transport`), and every handler only decodes the message, calls the
+(:mod:`openeas.transport.grpc_transport`), and every handler only decodes the message, calls the
 :class:`DataPlane` and encodes the answer.  Errors are :class:`InferenceError`
 subclasses whose ``grpc_code`` becomes the call's status; anything else is ``INTERNAL``.
 The generated messages come from the ``tritonclient`` wheel
@@ -25,10 +25,10 @@ from openeas.protocol import grpc_codec
 from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.server.dataplane import DataPlane, DecoupledModelError
 from openeas.server.frontends.grpc_health import HealthServicer
-from openeas.server.frontends.grpc_transport import GrpcServer, Method, kind_of
-from openeas.server.frontends.http1 import bind_socket
-from openeas.server.frontends.http2_peer import Http2Limits
 from openeas.server.options import ServerOptions
+from openeas.transport.grpc_transport import GrpcServer, Method, kind_of
+from openeas.transport.http2_peer import Http2Limits
+from openeas.transport.sockets import bind_socket
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ values rather than ASGI messages: the inference hot path answers with one pre-fo
 byte string and skips the scope dict, the receive/send closures and their messages.
 
 The framing (parsing, the body limit, ``100 Continue``, idle timeout, graceful stop) is
-:mod:`openeas.server.frontends.http1`'s, shared with the gateway's listener; this module
+:mod:`openeas.transport.http1`'s, shared with the gateway's listener; this module
 adds the serving: the direct route or ASGI, pipelined requests answered in order.
 """
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-from openeas.server.frontends.eager import start_eagerly
-from openeas.server.frontends.http1 import (
+from openeas.transport.eager import start_eagerly
+from openeas.transport.http1 import (
     CLOCK,
     Http1Connection,
     Http1Server,
@@ -209,7 +209,7 @@ class HttpProtocol(Http1Connection):
                 self._run(request, self._serve_direct(request, request.direct))
 
     def _run(self, request: _Request, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` eagerly (:func:`~openeas.server.frontends.eager.start_eagerly`)."""
+        """Run ``coro`` eagerly (:func:`~openeas.transport.eager.start_eagerly`)."""
         try:
             request.task = start_eagerly(self._loop, coro)
         except BaseException:

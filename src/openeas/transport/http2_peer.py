@@ -1,7 +1,7 @@
 """What both ends of a gRPC HTTP/2 connection do alike: writes, flow control, SETTINGS.
 
 The processor's server connection
-(:class:`~openeas.server.frontends.grpc_transport.Http2Connection`) and the gateway's
+(:class:`~openeas.transport.grpc_transport.Http2Connection`) and the gateway's
 client connection to an instance (:mod:`openeas.gateway.grpc_upstream`) differ in who
 opens streams and what a stream carries; they share, from here: writes gathered per
 loop iteration (several calls' frames in one ``send``), the peer's SETTINGS (initial

@@ -2,7 +2,7 @@
 
 Both answer each request with one ``transport.write``, so neither can sit on a general
 server; what they share lives here, once: the status lines and the ``date`` header (both
-cached), the listening socket, and the connection and server skeletons on httptools and
+cached), and the connection and server skeletons on httptools and
 the running event loop:
 
 * :class:`Http1Connection` parses a client's requests (chunked bodies, ``Expect:
@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
+
+from openeas.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -126,31 +128,6 @@ def json_error(message: bytes) -> bytes:
     """``{"error":"<message>"}``."""
     text = message.decode("utf-8", "replace").replace("\\", "\\\\").replace('"', '\\"')
     return b'{"error":"' + text.replace("\n", " ").encode() + b'"}'
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; OSError names the address when it cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"failed to bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """Turn Nagle's algorithm off on a TCP transport (each answer is one complete write)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def split_url(url: bytes) -> tuple[bytes, bytes]:

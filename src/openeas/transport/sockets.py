@@ -1,6 +1,6 @@
-"""HTTP on a Unix-domain socket, next to TCP (``--http-unix-socket``).
+"""Listening and connected sockets: TCP, and Unix-domain sockets next to TCP.
 
-The gateway reaches instances on the same machine this way: a loopback TCP round trip
+A server may serve HTTP on a Unix-domain socket too (``--http-unix-socket``).  The gateway reaches instances on the same machine this way: a loopback TCP round trip
 costs both processes about twice the kernel time of a Unix-socket one, and the gateway's
 extra hop is mostly that kernel time.  ``@name`` is a name in Linux's abstract socket
 namespace (no file to clean up, no path-length trouble); anything else is a path.
@@ -8,11 +8,36 @@ namespace (no file to clean up, no path-length trouble); anything else is a path
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
+from typing import Protocol
 
-from openeas.server.frontends.httpserver import HttpServer
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; OSError names the address when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"failed to bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP transport (each answer is one complete write)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def socket_address(name: str) -> str:
@@ -42,12 +67,20 @@ def bind_unix_socket(name: str) -> socket.socket:
     return sock
 
 
+class Listener(Protocol):
+    """A server started on a listening socket it was given."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+
 class UnixHttpServer:
-    """An :class:`HttpServer` on a Unix-domain socket (removes its file on stop)."""
+    """An HTTP server (:class:`Listener`) on a Unix-domain socket; removes its file on stop."""
 
     port = 0
 
-    def __init__(self, server: HttpServer, name: str) -> None:
+    def __init__(self, server: Listener, name: str) -> None:
         self.server = server
         self.where = name
 

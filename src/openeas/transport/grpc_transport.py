@@ -16,7 +16,7 @@ unary, server-streaming and bidirectional-streaming methods, and TLS (with ALPN 
 when given an SSL context.  It does not do server push or response compression (both
 optional in gRPC).
 
-Hostile peers meet the limits of :class:`~openeas.server.frontends.http2_peer.Http2Limits`
+Hostile peers meet the limits of :class:`~openeas.transport.http2_peer.Http2Limits`
 (concurrent streams, header list size, ping strikes, stream resets, owed control
 frames) and RFC 9113's rules for malformed frames (docs/architecture.md lists both); a
 client that does not read its answers stops being read (``pause_writing``).
@@ -44,9 +44,9 @@ from openeas.protocol import instance_token
 from openeas.protocol.compression import DecompressedTooLarge, DecompressionError, inflate
 from openeas.protocol.compression import supported as inflate_supported
 from openeas.protocol.errors import InferenceError
-from openeas.server.frontends.eager import start_eagerly
-from openeas.server.frontends.http1 import set_nodelay
-from openeas.server.frontends.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
+from openeas.transport.eager import start_eagerly
+from openeas.transport.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
+from openeas.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
