@@ -33,15 +33,11 @@ from openeas.gateway.upstream import CONNECT_TIMEOUT_S, ConnectFailed, UpstreamC
 from openeas.protocol import http2 as h2
 from openeas.protocol import instance_token
 from openeas.transport.grpc_transport import GrpcError, Headers
-from openeas.transport.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
+from openeas.transport.http2_peer import STREAM_BUFFER, STREAM_WINDOW, Http2Limits, Http2Peer
 from openeas.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
-#: Our receive windows (what an instance may send ahead) and largest accepted frame.
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 64 * 1024 * 1024
-MAX_FRAME_SIZE = 1024 * 1024
 #: HTTP/2 stream ids are 31 bits: a connection that used them up takes no new calls.
 MAX_STREAM_ID = 2**31 - 1
 #: What an instance's connection may cost the gateway (the instance is trusted more than
@@ -102,9 +98,6 @@ class _Call:
 class _Connection(Http2Peer):
     """One HTTP/2 connection to an instance, as the client."""
 
-    stream_window = STREAM_WINDOW
-    connection_window = CONNECTION_WINDOW
-
     def __init__(self, authority: bytes, extra: bytes = b"") -> None:
         super().__init__(_LIMITS)
         self._authority = h2.encode_header(b":authority", authority)
@@ -123,16 +116,7 @@ class _Connection(Http2Peer):
         self._transport = transport  # type: ignore[assignment]
         set_nodelay(transport)
         transport.write(  # type: ignore[attr-defined]
-            h2.PREFACE
-            + h2.settings_frame(
-                {
-                    h2.SETTINGS_ENABLE_PUSH: 0,
-                    h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                    h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: _LIMITS.max_header_list_size,
-                }
-            )
-            + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+            h2.PREFACE + self._settings({h2.SETTINGS_ENABLE_PUSH: 0})
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -146,41 +130,22 @@ class _Connection(Http2Peer):
     def data_received(self, data: bytes) -> None:
         self._buf += data
         try:
-            for kind, flags, stream_id, payload in h2.take_frames(self._buf, MAX_FRAME_SIZE):
-                self._frame(kind, flags, stream_id, payload)
-                if self._transport is None:
-                    return
+            self._take_frames()
         except h2.ProtocolError as exc:
             log.warning("HTTP/2 error from an instance: %s", exc)
             self._fail(exc.code, str(exc))
 
     # -- frames ------------------------------------------------------------------------
 
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._continuation is not None and kind != h2.CONTINUATION:
-            raise h2.ProtocolError("expected a CONTINUATION frame")
-        if kind == h2.DATA:
-            self._on_data(flags, stream_id, payload)
-        elif kind == h2.HEADERS or kind == h2.CONTINUATION:
-            self._on_header_frame(kind, flags, stream_id, payload)
-        elif kind == h2.WINDOW_UPDATE:
-            self._on_window_update(stream_id, payload)
-        elif kind == h2.SETTINGS:
-            self._on_settings(flags, stream_id, payload)
-        elif kind == h2.PING:
-            self._on_ping(flags, stream_id, payload)
-        elif kind == h2.RST_STREAM:
-            call = self._calls.pop(stream_id, None)
-            if call is not None:
-                code = h2.read_u32(payload) if len(payload) == 4 else h2.INTERNAL_ERROR
-                if code == h2.REFUSED_STREAM:
-                    error: BaseException = ConnectFailed("the instance refused the call")
-                else:
-                    error = UpstreamClosed(f"the instance reset the call (HTTP/2 error {code})")
-                self._end(call, error)
-        elif kind == h2.GOAWAY:
-            self._on_goaway(payload)
-        # PRIORITY, PUSH_PROMISE (push is disabled) and unknown types are ignored
+    def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
+        call = self._calls.pop(stream_id, None)
+        if call is not None:
+            code = h2.read_u32(payload) if len(payload) == 4 else h2.INTERNAL_ERROR
+            if code == h2.REFUSED_STREAM:
+                error: BaseException = ConnectFailed("the instance refused the call")
+            else:
+                error = UpstreamClosed(f"the instance reset the call (HTTP/2 error {code})")
+            self._end(call, error)
 
     def _stream(self, stream_id: int) -> _Call | None:
         return self._calls.get(stream_id)
@@ -196,7 +161,7 @@ class _Connection(Http2Peer):
         self._write(h2.rst_stream(call.id, code))
         self._end(call, UpstreamClosed(f"the instance broke the call (HTTP/2 error {code})"))
 
-    def _on_goaway(self, payload: bytes) -> None:
+    def _on_goaway(self, stream_id: int, payload: bytes) -> None:
         self.closed = True
         last = h2.read_u31(payload) if len(payload) >= 8 else 0
         for call in [c for c in self._calls.values() if c.id > last]:
@@ -247,23 +212,11 @@ class _Connection(Http2Peer):
             self._stream_consumed(call, size)
         else:  # answers wait to be read: acknowledged once they are (a slow reader
             call.unread += size  # holds the instance back; a partial message never waits)
-        recv = call.recv
-        if not recv and len(payload) >= h2.MESSAGE_HEADER_SIZE:  # the usual: one whole message
-            flag, length = h2.MESSAGE_HEADER.unpack_from(payload)
-            if not flag and length + h2.MESSAGE_HEADER_SIZE == len(payload):
-                self._message(call, payload[h2.MESSAGE_HEADER_SIZE :])
-                return
-        recv += payload
-        while len(recv) >= h2.MESSAGE_HEADER_SIZE:
-            flag, length = h2.MESSAGE_HEADER.unpack_from(recv)
-            total = length + h2.MESSAGE_HEADER_SIZE
-            if len(recv) < total:
-                return
-            if flag:  # we never offer a grpc-accept-encoding
-                self._reset(call, GrpcError(grpc.StatusCode.INTERNAL, "compressed answer"))
-                return
-            self._message(call, bytes(recv[h2.MESSAGE_HEADER_SIZE : total]))
-            del recv[:total]
+        self._take_messages(call, payload)
+
+    def _compressed(self, call: _Call, message: bytes) -> None:
+        # we never offer a grpc-accept-encoding
+        self._reset(call, GrpcError(grpc.StatusCode.INTERNAL, "compressed answer"))
 
     def _message(self, call: _Call, message: bytes) -> None:
         if call.queue is not None:
@@ -307,9 +260,7 @@ class _Connection(Http2Peer):
         """Send one request message (length-prefixed)."""
         if call.done:
             return
-        call.pending += h2.MESSAGE_HEADER.pack(0, len(message))
-        call.pending += message
-        self._flush_stream(call)
+        self._queue_message(call, message)
 
     def end(self, call: _Call) -> None:
         """Half-close the call: no more request messages."""
@@ -388,11 +339,6 @@ class _Connection(Http2Peer):
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
-
-    def _close_transport(self) -> None:
-        if self._transport is not None:
-            self._flush()
-            self._transport.close()
 
     def _fail(self, code: int, message: str) -> None:
         """The instance broke HTTP/2: tell it (GOAWAY), close, fail the calls."""

@@ -45,16 +45,11 @@ from openeas.protocol.compression import DecompressedTooLarge, DecompressionErro
 from openeas.protocol.compression import supported as inflate_supported
 from openeas.protocol.errors import InferenceError
 from openeas.transport.eager import start_eagerly
-from openeas.transport.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
+from openeas.transport.http2_peer import STREAM_BUFFER, STREAM_WINDOW, Http2Limits, Http2Peer
 from openeas.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
 
-#: Our receive window per stream and per connection (bytes we let a peer send ahead).
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 64 * 1024 * 1024
-#: Largest frame payload we accept (advertised in SETTINGS_MAX_FRAME_SIZE).
-MAX_FRAME_SIZE = 1024 * 1024
 #: Pings closer than this without calls in flight are strikes (gRPC core's rule).
 _IDLE_PING_INTERVAL_S = 2 * 3600.0
 #: No ping seen since we last sent data or headers: (last ping time, strikes).
@@ -201,8 +196,7 @@ class _Stream:
 class Http2Connection(Http2Peer):
     """One client connection: HTTP/2 framing, flow control and the calls on it."""
 
-    stream_window = STREAM_WINDOW
-    connection_window = CONNECTION_WINDOW
+    peer_opens_streams = True
 
     def __init__(self, server: GrpcServer) -> None:
         super().__init__(server.limits)
@@ -226,15 +220,7 @@ class Http2Connection(Http2Peer):
         set_nodelay(transport)
         self.server.connections.add(self)
         self._write(
-            h2.settings_frame(
-                {
-                    h2.SETTINGS_MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
-                    h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                    h2.SETTINGS_MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
-                }
-            )
-            + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+            self._settings({h2.SETTINGS_MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams})
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -270,10 +256,7 @@ class Http2Connection(Http2Peer):
                     raise h2.ProtocolError("not an HTTP/2 connection preface")
                 del buf[: len(h2.PREFACE)]
                 self._preface_seen = True
-            for kind, flags, stream_id, payload in h2.take_frames(buf, MAX_FRAME_SIZE):
-                self._frame(kind, flags, stream_id, payload)
-                if self._transport is None:
-                    return
+            self._take_frames()
         except h2.ProtocolError as exc:
             log.info("gRPC connection error: %s", exc)
             self._fail_connection(exc.code, str(exc))
@@ -283,36 +266,21 @@ class Http2Connection(Http2Peer):
 
     # -- frames ----------------------------------------------------------------------------
 
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._continuation is not None and kind != h2.CONTINUATION:
-            raise h2.ProtocolError("expected a CONTINUATION frame")
-        if kind == h2.DATA:
-            self._on_data(flags, stream_id, payload)
-        elif kind == h2.HEADERS or kind == h2.CONTINUATION:
-            if kind == h2.HEADERS and (stream_id == 0 or not stream_id & 1):
-                raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
-            self._on_header_frame(kind, flags, stream_id, payload)
-        elif kind == h2.WINDOW_UPDATE:
-            self._on_window_update(stream_id, payload)
-        elif kind == h2.SETTINGS:
-            self._on_settings(flags, stream_id, payload)
-        elif kind == h2.PING:
-            self._on_ping(flags, stream_id, payload)
-        elif kind == h2.RST_STREAM:
-            self._on_rst_stream(stream_id, payload)
-        elif kind == h2.GOAWAY:
-            if stream_id or len(payload) < 8:
-                raise h2.ProtocolError("bad GOAWAY frame", h2.FRAME_SIZE_ERROR)
-            self._draining = True
-            self._check_idle()
-        elif kind == h2.PUSH_PROMISE:
-            raise h2.ProtocolError("a client must not send PUSH_PROMISE")
-        elif kind == h2.PRIORITY:
-            if stream_id == 0:
-                raise h2.ProtocolError("PRIORITY on stream 0")
-            if len(payload) != 5:
-                raise h2.ProtocolError("bad PRIORITY frame", h2.FRAME_SIZE_ERROR)
-        # PRIORITY's advice and unknown frame types are ignored, as RFC 9113 asks
+    def _on_goaway(self, stream_id: int, payload: bytes) -> None:
+        if stream_id or len(payload) < 8:
+            raise h2.ProtocolError("bad GOAWAY frame", h2.FRAME_SIZE_ERROR)
+        self._draining = True
+        self._check_idle()
+
+    def _on_push_promise(self, stream_id: int) -> None:
+        raise h2.ProtocolError("a client must not send PUSH_PROMISE")
+
+    def _on_priority(self, stream_id: int, payload: bytes) -> None:
+        # its advice is ignored, as RFC 9113 allows; a malformed one is an error
+        if stream_id == 0:
+            raise h2.ProtocolError("PRIORITY on stream 0")
+        if len(payload) != 5:
+            raise h2.ProtocolError("bad PRIORITY frame", h2.FRAME_SIZE_ERROR)
 
     def _stream(self, stream_id: int) -> _Stream | None:
         return self._streams.get(stream_id)
@@ -532,38 +500,7 @@ class Http2Connection(Http2Peer):
         self._finish(stream, _PERMISSION_DENIED, instance_token.REFUSED)
         return True
 
-    def _take_messages(self, stream: _Stream, data: bytes) -> None:
-        """Cut complete length-prefixed messages out of ``stream``'s received bytes."""
-        recv = stream.recv
-        if not recv and len(data) >= h2.MESSAGE_HEADER_SIZE:
-            flag, length = h2.MESSAGE_HEADER.unpack_from(data)
-            if len(data) == length + h2.MESSAGE_HEADER_SIZE and not flag:
-                if length > self.max_message_size:
-                    self._too_large(stream, length)
-                else:
-                    self._message(stream, data[h2.MESSAGE_HEADER_SIZE :])
-                return
-        recv += data
-        while len(recv) >= h2.MESSAGE_HEADER_SIZE:
-            flag, length = h2.MESSAGE_HEADER.unpack_from(recv)
-            if length > self.max_message_size:
-                self._too_large(stream, length)
-                return
-            total = length + h2.MESSAGE_HEADER_SIZE
-            if len(recv) < total:
-                return
-            message = bytes(recv[h2.MESSAGE_HEADER_SIZE : total])
-            del recv[:total]
-            if flag:
-                inflated = self._inflate(stream, message)
-                if inflated is None:
-                    return
-                message = inflated
-            self._message(stream, message)
-            if stream.done:
-                return
-
-    def _inflate(self, stream: _Stream, message: bytes) -> bytes | None:
+    def _compressed(self, stream: _Stream, message: bytes) -> bytes | None:
         """A compressed message inflated, bounded by the message size limit; None (the
         call ended) when it cannot be."""
         if stream.encoding == b"identity":
@@ -760,9 +697,7 @@ class Http2Connection(Http2Peer):
             stream.headers_sent = True
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, _RESPONSE_HEADERS))
         self._ping_state = _PING_RESET
-        stream.pending += h2.MESSAGE_HEADER.pack(0, len(payload))
-        stream.pending += payload
-        self._flush_stream(stream)
+        self._queue_message(stream, payload)
 
     def _drained(self, stream: _Stream) -> None:
         _wake(stream)
@@ -819,11 +754,6 @@ class Http2Connection(Http2Peer):
     def _http_error(self, stream_id: int, status: bytes) -> None:
         block = h2.encode_headers([(b":status", status)])
         self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block))
-
-    def _close_transport(self) -> None:
-        if self._transport is not None:
-            self._flush()
-            self._transport.close()
 
     def _check_idle(self) -> None:
         if not self._streams:

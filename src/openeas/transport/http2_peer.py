@@ -1,17 +1,18 @@
-"""What both ends of a gRPC HTTP/2 connection do alike: writes, flow control, SETTINGS.
+"""What both ends of a gRPC HTTP/2 connection do alike: frames, writes, flow control.
 
 The processor's server connection
 (:class:`~openeas.transport.grpc_transport.Http2Connection`) and the gateway's
 client connection to an instance (:mod:`openeas.gateway.grpc_upstream`) differ in who
-opens streams and what a stream carries; they share, from here: writes gathered per
-loop iteration (several calls' frames in one ``send``), the peer's SETTINGS (initial
-stream window and frame size, acknowledged), WINDOW_UPDATE, sending each stream's
-pending DATA as both windows allow (the rest waits for window), receive windows (a peer
-that sends beyond them breaks the connection or the stream) acknowledged once half of a
-window is consumed, header blocks split over CONTINUATION frames (bounded before they
-are decoded), and a cap on the control frames (SETTINGS and PING acknowledgements) owed
-to a peer that does not read them.  Frame parsing and HPACK are the sans-IO helpers of
-:mod:`openeas.protocol.http2`.
+opens streams and what a stream carries; they share, from here: the opening SETTINGS,
+frames cut from the receive buffer and dispatched by type, writes gathered per loop
+iteration (several calls' frames in one ``send``), the peer's SETTINGS (initial stream
+window and frame size, acknowledged), WINDOW_UPDATE, sending each stream's pending DATA
+as both windows allow (the rest waits for window), receive windows (a peer that sends
+beyond them breaks the connection or the stream) acknowledged once half of a window is
+consumed, header blocks split over CONTINUATION frames (bounded before they are
+decoded), gRPC's length-prefixed messages cut out of a stream's DATA, and a cap on the
+control frames (SETTINGS and PING acknowledgements) owed to a peer that does not read
+them.  Frame parsing and HPACK are the sans-IO helpers of :mod:`openeas.protocol.http2`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from openeas.protocol import http2 as h2
 
 #: A stream's sender waits while this much of its DATA waits for the peer's window.
 STREAM_BUFFER = 1024 * 1024
+#: Our receive window per stream and per connection (bytes we let a peer send ahead).
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 64 * 1024 * 1024
+#: Largest frame payload we accept (advertised in SETTINGS_MAX_FRAME_SIZE).
+MAX_FRAME_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,26 +62,37 @@ class Http2Limits:
 
 
 class FlowStream(Protocol):
-    """What flow control needs of a stream."""
+    """What flow control and message framing need of a stream."""
 
     id: int
     send_window: int  # what the peer lets us send on it
     pending: bytearray  # DATA payload waiting for window
     recv_window: int  # what the peer may still send on it
     recv_unacked: int  # consumed since our last WINDOW_UPDATE for it
+    recv: bytearray  # the start of a message that arrives in pieces
+    done: bool  # over: nothing more is taken from its DATA
 
 
 class Http2Peer(asyncio.Protocol, abc.ABC):
     """Writes and flow control of one HTTP/2 connection (see the module docstring).
 
-    A subclass sets ``stream_window`` and ``connection_window`` (what it advertises),
-    implements :meth:`_stream`, :meth:`_open_streams`, :meth:`_is_idle`,
-    :meth:`_stream_error` and :meth:`_header_block`, and may override :meth:`_drained`,
-    called when a stream's pending DATA has all been sent.
+    A subclass implements the stream table (:meth:`_stream`, :meth:`_open_streams`,
+    :meth:`_is_idle`), the frames whose meaning differs by side (:meth:`_on_data`,
+    :meth:`_header_block`, :meth:`_on_rst_stream`, :meth:`_on_goaway`, and may override
+    :meth:`_on_priority` and :meth:`_on_push_promise`), :meth:`_stream_error`, and what
+    a stream's messages become (:meth:`_message`, :meth:`_compressed`); it may override
+    :meth:`_drained`, called when a stream's pending DATA has all been sent.
     """
 
-    stream_window: int
-    connection_window: int
+    #: What we advertise: our receive windows and largest frame.
+    stream_window = STREAM_WINDOW
+    connection_window = CONNECTION_WINDOW
+    max_frame_size = MAX_FRAME_SIZE
+    #: Whether the peer opens the streams (we are the server): its HEADERS must then be
+    #: on odd (client-initiated) streams.
+    peer_opens_streams = False
+    #: Longest gRPC message accepted (its length prefix is checked before it is buffered).
+    max_message_size = 2**32
 
     def __init__(self, limits: Http2Limits) -> None:
         self._loop = asyncio.get_running_loop()
@@ -120,8 +137,122 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         """A complete header block arrived on ``stream_id`` (``flags`` of its HEADERS)."""
 
+    @abc.abstractmethod
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        """A DATA frame."""
+
+    @abc.abstractmethod
+    def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
+        """An RST_STREAM frame."""
+
+    @abc.abstractmethod
+    def _on_goaway(self, stream_id: int, payload: bytes) -> None:
+        """A GOAWAY frame."""
+
+    def _on_priority(self, stream_id: int, payload: bytes) -> None:
+        """A PRIORITY frame (advice only: ignored unless a subclass checks it)."""
+
+    def _on_push_promise(self, stream_id: int) -> None:
+        """A PUSH_PROMISE frame (ignored unless a subclass refuses it)."""
+
+    @abc.abstractmethod
+    def _message(self, stream: Any, message: bytes) -> None:
+        """A complete request or answer message arrived on ``stream``."""
+
+    @abc.abstractmethod
+    def _compressed(self, stream: Any, message: bytes) -> bytes | None:
+        """A message with the compressed flag: inflated, or None (the stream ended)."""
+
+    def _too_large(self, stream: Any, length: int) -> None:
+        """A message longer than :attr:`max_message_size` is arriving on ``stream``."""
+
     def _drained(self, stream: Any) -> None:
         """All of ``stream``'s pending DATA is sent (what may follow it, may go)."""
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _settings(self, extra: dict[int, int]) -> bytes:
+        """Our SETTINGS (``extra`` and our windows and limits), then the connection
+        window beyond HTTP/2's default: what each end sends first."""
+        settings = {
+            **extra,
+            h2.SETTINGS_INITIAL_WINDOW_SIZE: self.stream_window,
+            h2.SETTINGS_MAX_FRAME_SIZE: self.max_frame_size,
+            h2.SETTINGS_MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
+        }
+        return h2.settings_frame(settings) + h2.window_update(
+            0, self.connection_window - h2.DEFAULT_WINDOW
+        )
+
+    def _take_frames(self) -> None:
+        """Handle every complete frame in the receive buffer, until the connection ends;
+        h2.ProtocolError when the peer broke HTTP/2."""
+        for kind, flags, stream_id, payload in h2.take_frames(self._buf, self.max_frame_size):
+            self._frame(kind, flags, stream_id, payload)
+            if self._transport is None:
+                return
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuation is not None and kind != h2.CONTINUATION:
+            raise h2.ProtocolError("expected a CONTINUATION frame")
+        if kind == h2.DATA:
+            self._on_data(flags, stream_id, payload)
+        elif kind == h2.HEADERS or kind == h2.CONTINUATION:
+            if (
+                kind == h2.HEADERS
+                and self.peer_opens_streams
+                and (stream_id == 0 or not stream_id & 1)
+            ):
+                raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
+            self._on_header_frame(kind, flags, stream_id, payload)
+        elif kind == h2.WINDOW_UPDATE:
+            self._on_window_update(stream_id, payload)
+        elif kind == h2.SETTINGS:
+            self._on_settings(flags, stream_id, payload)
+        elif kind == h2.PING:
+            self._on_ping(flags, stream_id, payload)
+        elif kind == h2.RST_STREAM:
+            self._on_rst_stream(stream_id, payload)
+        elif kind == h2.GOAWAY:
+            self._on_goaway(stream_id, payload)
+        elif kind == h2.PUSH_PROMISE:
+            self._on_push_promise(stream_id)
+        elif kind == h2.PRIORITY:
+            self._on_priority(stream_id, payload)
+        # unknown frame types are ignored, as RFC 9113 asks
+
+    def _take_messages(self, stream: FlowStream, data: bytes) -> None:
+        """Cut complete length-prefixed gRPC messages out of ``stream``'s received bytes
+        (each to :meth:`_message`); a length beyond :attr:`max_message_size` ends the
+        stream (:meth:`_too_large`) before the message is buffered."""
+        recv = stream.recv
+        if not recv and len(data) >= h2.MESSAGE_HEADER_SIZE:  # the usual: one whole message
+            flag, length = h2.MESSAGE_HEADER.unpack_from(data)
+            if len(data) == length + h2.MESSAGE_HEADER_SIZE and not flag:
+                if length > self.max_message_size:
+                    self._too_large(stream, length)
+                else:
+                    self._message(stream, data[h2.MESSAGE_HEADER_SIZE :])
+                return
+        recv += data
+        while len(recv) >= h2.MESSAGE_HEADER_SIZE:
+            flag, length = h2.MESSAGE_HEADER.unpack_from(recv)
+            if length > self.max_message_size:
+                self._too_large(stream, length)
+                return
+            total = length + h2.MESSAGE_HEADER_SIZE
+            if len(recv) < total:
+                return
+            message = bytes(recv[h2.MESSAGE_HEADER_SIZE : total])
+            del recv[:total]
+            if flag:
+                inflated = self._compressed(stream, message)
+                if inflated is None:
+                    return
+                message = inflated
+            self._message(stream, message)
+            if stream.done:
+                return
 
     # -- writing -----------------------------------------------------------------------
 
@@ -144,6 +275,18 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
             if not self._writing_paused:
                 self._owed_acks = 0  # the peer reads what we send: nothing piles up
+
+    def _close_transport(self) -> None:
+        """Send what is queued, then close."""
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def _queue_message(self, stream: FlowStream, payload: bytes) -> None:
+        """Send one length-prefixed gRPC message on ``stream`` as the windows allow."""
+        stream.pending += h2.MESSAGE_HEADER.pack(0, len(payload))
+        stream.pending += payload
+        self._flush_stream(stream)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
