@@ -13,7 +13,8 @@ import hpack
 import pytest
 
 from openeas.protocol import http2 as h2
-from openeas.transport.grpc_transport import GrpcServer, Http2Connection, Kind, Method
+from openeas.transport.grpc_call import Kind, Method
+from openeas.transport.grpc_transport import GrpcServer, Http2Connection
 from openeas.transport.http2_peer import Http2Limits
 
 UNARY = b"/t.S/Unary"
@@ -533,7 +534,7 @@ def test_hpack_bomb_is_a_connection_error() -> None:
 
 
 def test_admit_refuses_a_call_before_its_message_is_read() -> None:
-    from openeas.transport.grpc_transport import GrpcError
+    from openeas.transport.grpc_call import GrpcError
 
     seen: list[Any] = []
 

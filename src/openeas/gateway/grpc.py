@@ -34,7 +34,7 @@ from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import grpc_sequence
 from openeas.gateway.upstream import ConnectFailed, UpstreamClosed
-from openeas.transport.grpc_transport import GrpcError, Headers, Kind, Method, kind_of
+from openeas.transport.grpc_call import GrpcError, Headers, Kind, Method, kind_of
 
 SERVICE = "inference.GRPCInferenceService"
 SERVICE_PREFIX = f"/{SERVICE}/"

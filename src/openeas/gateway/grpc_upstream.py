@@ -15,7 +15,7 @@ connection when stream ids run out.
 Unary calls are :meth:`GrpcUpstream.unary` (bounded by the gateway's keepalive deadline;
 an expired or abandoned call is reset, which cancels it on the instance); streaming
 calls are :meth:`GrpcUpstream.stream`.  An instance's non-OK status comes back as a
-:class:`~openeas.transport.grpc_transport.GrpcError` with its message and
+:class:`~openeas.transport.grpc_call.GrpcError` with its message and
 trailing metadata, to be relayed as is.
 """
 
@@ -32,7 +32,7 @@ from openeas.gateway.deadline import Deadline
 from openeas.gateway.upstream import CONNECT_TIMEOUT_S, ConnectFailed, UpstreamClosed
 from openeas.protocol import http2 as h2
 from openeas.protocol import instance_token
-from openeas.transport.grpc_transport import GrpcError, Headers
+from openeas.transport.grpc_call import GrpcError, Headers
 from openeas.transport.http2_peer import STREAM_BUFFER, STREAM_WINDOW, Http2Limits, Http2Peer
 from openeas.transport.sockets import set_nodelay
 

@@ -16,6 +16,12 @@ unary, server-streaming and bidirectional-streaming methods, and TLS (with ALPN 
 when given an SSL context.  It does not do server push or response compression (both
 optional in gRPC).
 
+This module is the connection: frames in (over :class:`~openeas.transport.http2_peer.
+Http2Peer`, which the gateway's client shares), calls opened, run and answered.  A call's
+state is a :class:`~openeas.transport.grpc_stream.CallStream`; what a service gives and
+raises (:class:`~openeas.transport.grpc_call.Method`, :class:`~openeas.transport.grpc_call.
+GrpcError`) and how a status is said on the wire is :mod:`openeas.transport.grpc_call`.
+
 Hostile peers meet the limits of :class:`~openeas.transport.http2_peer.Http2Limits`
 (concurrent streams, header list size, ping strikes, stream resets, owed control
 frames) and RFC 9113's rules for malformed frames (docs/architecture.md lists both); a
@@ -25,7 +31,6 @@ client that does not read its answers stops being read (``pause_writing``).
 from __future__ import annotations
 
 import asyncio
-import enum
 import hmac
 import logging
 import math
@@ -33,19 +38,35 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from openeas.protocol import http2 as h2
 from openeas.protocol import instance_token
 from openeas.protocol.compression import DecompressedTooLarge, DecompressionError, inflate
 from openeas.protocol.compression import supported as inflate_supported
-from openeas.protocol.errors import InferenceError
 from openeas.transport.eager import start_eagerly
-from openeas.transport.http2_peer import STREAM_BUFFER, STREAM_WINDOW, Http2Limits, Http2Peer
+from openeas.transport.grpc_call import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    NO_METHOD,
+    OK,
+    PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED,
+    RESPONSE_HEADERS,
+    TRAILERS_OK,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    GrpcError,
+    Headers,
+    Kind,
+    Method,
+    status_fields,
+    status_of,
+)
+from openeas.transport.grpc_stream import CallStream, wake
+from openeas.transport.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
 from openeas.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
@@ -54,143 +75,6 @@ log = logging.getLogger(__name__)
 _IDLE_PING_INTERVAL_S = 2 * 3600.0
 #: No ping seen since we last sent data or headers: (last ping time, strikes).
 _PING_RESET: tuple[float, int] = (-math.inf, 0)
-
-_OK = grpc.StatusCode.OK.value[0]
-_CANCELLED = grpc.StatusCode.CANCELLED.value[0]
-_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
-_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
-_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
-_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
-_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
-
-_RESPONSE_HEADERS = h2.encode_headers(
-    [(b":status", b"200"), (b"content-type", b"application/grpc")]
-)
-_TRAILERS_OK = h2.encode_header(b"grpc-status", b"0")
-_ACCEPT_ENCODING = b"identity,deflate,gzip"
-
-
-class Kind(enum.Enum):
-    """How many messages each side of a method sends."""
-
-    UNARY = "unary"  # one request, one response
-    SERVER_STREAM = "server_stream"  # one request, a stream of responses
-    BIDI_STREAM = "bidi_stream"  # streams both ways
-
-
-def kind_of(rpc: Any) -> Kind:
-    """The :class:`Kind` of a protobuf ``MethodDescriptor``."""
-    if rpc.client_streaming:
-        return Kind.BIDI_STREAM
-    return Kind.SERVER_STREAM if rpc.server_streaming else Kind.UNARY
-
-
-#: A call's request headers as decoded from HTTP/2: lower-case names, raw values (a
-#: ``-bin`` metadata value is still base64, as on the wire).
-Headers = list[tuple[bytes, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Method:
-    """One RPC: its kind, its handler and the message codecs.
-
-    ``handler`` is ``async (request) -> response`` for UNARY, ``(request) ->
-    AsyncIterator[response]`` for SERVER_STREAM and ``(AsyncIterator[request]) ->
-    AsyncIterator[response]`` for BIDI_STREAM; with ``metadata`` it also takes the
-    call's request headers (:data:`Headers`, pseudo-headers included) as a second
-    argument.  Handlers fail with :class:`~openeas.protocol.errors.InferenceError` (its
-    ``grpc_code``) or :class:`GrpcError`; anything else is INTERNAL.
-
-    ``admit`` (with ``metadata``) runs on the request headers as soon as they arrive,
-    before any message is read: what it raises ends the call at once (a missing token
-    costs no buffering), what it returns is the handler's second argument instead of
-    the headers.
-    """
-
-    kind: Kind
-    handler: Callable[..., Any]
-    decode: Callable[[bytes], Any]
-    encode: Callable[[Any], bytes]
-    metadata: bool = False
-    admit: Callable[[Headers], Any] | None = None
-
-
-class GrpcError(Exception):
-    """A call's non-OK status, for errors that are not InferenceErrors; ``trailers``
-    are extra trailing metadata fields, as on the wire (``-bin`` values base64)."""
-
-    def __init__(
-        self, code: grpc.StatusCode, message: str, trailers: Headers | tuple[()] = ()
-    ) -> None:
-        super().__init__(message)
-        self.status = code
-        self.code = code.value[0]
-        self.message = message
-        self.trailers = trailers
-
-
-def status_of(exc: BaseException) -> tuple[int, str]:
-    """The gRPC status (code, message) that ``exc`` ends a call with."""
-    if isinstance(exc, InferenceError):
-        return exc.grpc_code.value[0], exc.message
-    if isinstance(exc, GrpcError):
-        return exc.code, exc.message
-    if isinstance(exc, DecodeError):
-        return _INTERNAL, f"failed to parse the request message: {exc}"
-    log.error("unhandled error in a gRPC call", exc_info=exc)
-    return _INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-class _Stream:
-    """One call (HTTP/2 stream) on a connection."""
-
-    __slots__ = (
-        "id",
-        "method",
-        "encoding",
-        "recv",
-        "messages",
-        "queue",
-        "task",
-        "timer",
-        "send_window",
-        "pending",
-        "pending_trailers",
-        "headers_sent",
-        "remote_closed",
-        "done",
-        "recv_window",
-        "recv_unacked",
-        "unread",
-        "headers",
-        "drained",
-    )
-
-    def __init__(self, stream_id: int, method: Method, encoding: bytes, send_window: int):
-        self.id = stream_id
-        #: what the handler gets with its request: the headers, or what admit made of them
-        self.headers: Any = None
-        #: A streaming handler waiting for its pending answers to be sent.
-        self.drained: asyncio.Future[None] | None = None
-        self.method = method
-        self.encoding = encoding
-        self.recv = bytearray()
-        self.messages: list[bytes] = []
-        self.queue: asyncio.Queue[bytes | None] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.send_window = send_window
-        self.pending = bytearray()  # DATA bytes waiting for flow-control window
-        self.pending_trailers: bytes | None = None
-        self.headers_sent = False
-        self.remote_closed = False
-        self.done = False
-        self.recv_window = STREAM_WINDOW
-        self.recv_unacked = 0
-        #: received bytes held back from the window while the handler has messages
-        #: waiting (a streaming call's back-pressure), on the stream and the connection
-        self.unread = 0
 
 
 class Http2Connection(Http2Peer):
@@ -204,7 +88,7 @@ class Http2Connection(Http2Peer):
         self.methods = server.methods
         self.max_message_size = server.max_message_size
         self._preface_seen = False
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, CallStream] = {}
         self._last_stream_id = 0
         self._draining = False
         self._ping_state = _PING_RESET
@@ -282,10 +166,10 @@ class Http2Connection(Http2Peer):
         if len(payload) != 5:
             raise h2.ProtocolError("bad PRIORITY frame", h2.FRAME_SIZE_ERROR)
 
-    def _stream(self, stream_id: int) -> _Stream | None:
+    def _stream(self, stream_id: int) -> CallStream | None:
         return self._streams.get(stream_id)
 
-    def _open_streams(self) -> Iterable[_Stream]:
+    def _open_streams(self) -> Iterable[CallStream]:
         return self._streams.values()
 
     def _is_idle(self, stream_id: int) -> bool:
@@ -318,7 +202,7 @@ class Http2Connection(Http2Peer):
             raise h2.ProtocolError("too many stream resets", h2.ENHANCE_YOUR_CALM)
         self._reset_tokens = tokens - 1
 
-    def _stream_error(self, stream: _Stream, code: int) -> None:
+    def _stream_error(self, stream: CallStream, code: int) -> None:
         self._write(h2.rst_stream(stream.id, code))
         self._streams.pop(stream.id, None)
         self._abandon(stream)
@@ -389,10 +273,10 @@ class Http2Connection(Http2Peer):
             if stream_id <= self._last_stream_id:
                 return
             self._last_stream_id = stream_id
-            stream = _Stream(stream_id, _NO_METHOD, b"identity", self._peer_window)
+            stream = CallStream(stream_id, NO_METHOD, b"identity", self._peer_window)
             self._streams[stream_id] = stream
             self.idle.clear()
-        self._finish(stream, _RESOURCE_EXHAUSTED, str(exc))
+        self._finish(stream, RESOURCE_EXHAUSTED, str(exc))
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
@@ -424,7 +308,7 @@ class Http2Connection(Http2Peer):
         if end_stream:
             self._end_of_requests(stream)
 
-    def _release(self, stream: _Stream) -> None:
+    def _release(self, stream: CallStream) -> None:
         """A streaming handler read every message it had: the held bytes are consumed."""
         unread, stream.unread = stream.unread, 0
         self._consumed(unread)
@@ -460,18 +344,18 @@ class Http2Connection(Http2Peer):
             self._http_error(stream_id, b"415")
             return
         method = self.methods.get(method_name)
-        stream = _Stream(stream_id, method or _NO_METHOD, encoding, self._peer_window)
+        stream = CallStream(stream_id, method or NO_METHOD, encoding, self._peer_window)
         stream.remote_closed = end
         self._streams[stream_id] = stream
         self.idle.clear()
         if method is None:
-            self._finish(stream, _UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
+            self._finish(stream, UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
             return
         if self._refused(stream, presented):
             return
         if encoding != b"identity" and not inflate_supported(encoding):
             self._finish(
-                stream, _UNIMPLEMENTED, f"grpc-encoding '{encoding.decode()}' is not supported"
+                stream, UNIMPLEMENTED, f"grpc-encoding '{encoding.decode()}' is not supported"
             )
             return
         if method.admit is not None:
@@ -492,59 +376,59 @@ class Http2Connection(Http2Peer):
         elif end:
             self._end_of_requests(stream)
 
-    def _refused(self, stream: _Stream, presented: bytes) -> bool:
+    def _refused(self, stream: CallStream, presented: bytes) -> bool:
         """Refuse a call without the instance token, when this server requires one."""
         token = self.server.internal_token
         if token is None or hmac.compare_digest(presented, token):
             return False
-        self._finish(stream, _PERMISSION_DENIED, instance_token.REFUSED)
+        self._finish(stream, PERMISSION_DENIED, instance_token.REFUSED)
         return True
 
-    def _compressed(self, stream: _Stream, message: bytes) -> bytes | None:
+    def _compressed(self, stream: CallStream, message: bytes) -> bytes | None:
         """A compressed message inflated, bounded by the message size limit; None (the
         call ended) when it cannot be."""
         if stream.encoding == b"identity":
-            self._finish(stream, _INTERNAL, "compressed message without a grpc-encoding")
+            self._finish(stream, INTERNAL, "compressed message without a grpc-encoding")
             return None
         try:
             return inflate(message, stream.encoding, self.max_message_size)
         except DecompressedTooLarge:
             self._finish(
                 stream,
-                _RESOURCE_EXHAUSTED,
+                RESOURCE_EXHAUSTED,
                 f"Received message larger than max (more than {self.max_message_size} "
                 "bytes once decompressed)",
             )
         except DecompressionError as exc:
-            self._finish(stream, _INTERNAL, f"failed to decompress a message: {exc}")
+            self._finish(stream, INTERNAL, f"failed to decompress a message: {exc}")
         return None
 
-    def _too_large(self, stream: _Stream, length: int) -> None:
+    def _too_large(self, stream: CallStream, length: int) -> None:
         self._finish(
             stream,
-            _RESOURCE_EXHAUSTED,
+            RESOURCE_EXHAUSTED,
             f"Received message larger than max ({length} vs. {self.max_message_size})",
         )
 
-    def _message(self, stream: _Stream, message: bytes) -> None:
+    def _message(self, stream: CallStream, message: bytes) -> None:
         if stream.queue is not None:
             stream.queue.put_nowait(message)
         elif stream.messages:  # refused at once rather than buffered to the end
             self._finish(
                 stream,
-                _UNIMPLEMENTED,
+                UNIMPLEMENTED,
                 f"a {stream.method.kind.value} call takes one request message, got more",
             )
         else:
             stream.messages.append(message)
 
-    def _end_of_requests(self, stream: _Stream) -> None:
+    def _end_of_requests(self, stream: CallStream) -> None:
         """The client half-closed ``stream``: start a unary or server-streaming call."""
         stream.remote_closed = True
         if stream.done:
             return
         if stream.recv:
-            self._finish(stream, _INTERNAL, "the request ended inside a message")
+            self._finish(stream, INTERNAL, "the request ended inside a message")
             return
         if stream.queue is not None:
             stream.queue.put_nowait(None)
@@ -552,7 +436,7 @@ class Http2Connection(Http2Peer):
         if len(stream.messages) != 1:
             self._finish(
                 stream,
-                _UNIMPLEMENTED if stream.messages else _INTERNAL,
+                UNIMPLEMENTED if stream.messages else INTERNAL,
                 f"a {stream.method.kind.value} call takes one request message, "
                 f"got {len(stream.messages)}",
             )
@@ -564,7 +448,7 @@ class Http2Connection(Http2Peer):
         else:
             stream.task = self._loop.create_task(self._server_stream(stream, message))
 
-    async def _unary(self, stream: _Stream, message: bytes) -> None:
+    async def _unary(self, stream: CallStream, message: bytes) -> None:
         method = stream.method
         try:
             if method.metadata:
@@ -577,7 +461,7 @@ class Http2Connection(Http2Peer):
             return
         self._respond(stream, payload)
 
-    async def _server_stream(self, stream: _Stream, message: bytes) -> None:
+    async def _server_stream(self, stream: CallStream, message: bytes) -> None:
         method = stream.method
         if method.metadata:
             await self._stream_out(
@@ -586,7 +470,7 @@ class Http2Connection(Http2Peer):
         else:
             await self._stream_out(stream, lambda: method.handler(method.decode(message)))
 
-    async def _bidi(self, stream: _Stream) -> None:
+    async def _bidi(self, stream: CallStream) -> None:
         method = stream.method
         queue = stream.queue
         assert queue is not None
@@ -602,7 +486,7 @@ class Http2Connection(Http2Peer):
         else:
             await self._stream_out(stream, lambda: method.handler(requests()))
 
-    async def _stream_out(self, stream: _Stream, responses: Callable[[], Any]) -> None:
+    async def _stream_out(self, stream: CallStream, responses: Callable[[], Any]) -> None:
         """Send every response of the async generator ``responses()`` makes, then OK
         (or the status of the error that ended it)."""
         encode = stream.method.encode
@@ -618,25 +502,25 @@ class Http2Connection(Http2Peer):
         except Exception as exc:
             self._fail_call(stream, exc)
             return
-        self._finish(stream, _OK, "")
+        self._finish(stream, OK, "")
 
-    def _fail_call(self, stream: _Stream, exc: Exception) -> None:
+    def _fail_call(self, stream: CallStream, exc: Exception) -> None:
         """End ``stream`` with the status (and trailers) of the error its handler raised."""
         code, message = status_of(exc)
         self._finish(stream, code, message, exc.trailers if isinstance(exc, GrpcError) else ())
 
-    def _deadline(self, stream: _Stream) -> None:
+    def _deadline(self, stream: CallStream) -> None:
         stream.timer = None
         if not stream.done:
             if stream.task is not None:
                 stream.task.cancel()
-            self._finish(stream, _DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self._finish(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
 
-    def _abandon(self, stream: _Stream) -> None:
+    def _abandon(self, stream: CallStream) -> None:
         """The peer is gone or reset the stream: cancel its work, send nothing more."""
         stream.done = True
         self._unblock(stream.id)
-        _wake(stream)
+        wake(stream)
         if stream.timer is not None:
             stream.timer.cancel()
         if stream.task is not None:
@@ -645,7 +529,7 @@ class Http2Connection(Http2Peer):
             stream.queue.put_nowait(None)
         self._forget_unread(stream)
 
-    def _forget_unread(self, stream: _Stream) -> None:
+    def _forget_unread(self, stream: CallStream) -> None:
         """A stream is over: what it held back of the connection window is free again."""
         if stream.unread:
             self._consumed(stream.unread)
@@ -653,14 +537,14 @@ class Http2Connection(Http2Peer):
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _respond(self, stream: _Stream, payload: bytes) -> None:
+    def _respond(self, stream: CallStream, payload: bytes) -> None:
         """A unary call's answer: headers, the message and OK trailers in one write."""
         if stream.done:
             return
         if len(payload) > self.max_message_size:
             self._finish(
                 stream,
-                _RESOURCE_EXHAUSTED,
+                RESOURCE_EXHAUSTED,
                 f"Sent message larger than max ({len(payload)} vs. {self.max_message_size})",
             )
             return
@@ -676,16 +560,16 @@ class Http2Connection(Http2Peer):
             self._ping_state = _PING_RESET  # we send data: pings are welcome again
             sid = stream.id
             self._write(
-                h2.frame(h2.HEADERS, h2.END_HEADERS, sid, _RESPONSE_HEADERS)
+                h2.frame(h2.HEADERS, h2.END_HEADERS, sid, RESPONSE_HEADERS)
                 + h2.frame(h2.DATA, 0, sid, h2.MESSAGE_HEADER.pack(0, len(payload)) + payload)
-                + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, _TRAILERS_OK)
+                + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, TRAILERS_OK)
             )
             self._close_stream(stream)  # after the write: closing may end a draining connection
             return
         self._send_message(stream, payload)
-        self._finish(stream, _OK, "")
+        self._finish(stream, OK, "")
 
-    def _send_message(self, stream: _Stream, payload: bytes) -> None:
+    def _send_message(self, stream: CallStream, payload: bytes) -> None:
         if stream.done:
             return
         if len(payload) > self.max_message_size:
@@ -695,37 +579,31 @@ class Http2Connection(Http2Peer):
             )
         if not stream.headers_sent:
             stream.headers_sent = True
-            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, _RESPONSE_HEADERS))
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, RESPONSE_HEADERS))
         self._ping_state = _PING_RESET
         self._queue_message(stream, payload)
 
-    def _drained(self, stream: _Stream) -> None:
-        _wake(stream)
+    def _drained(self, stream: CallStream) -> None:
+        wake(stream)
         if stream.pending_trailers is not None:  # sent once the DATA before it is
             trailers, stream.pending_trailers = stream.pending_trailers, None
             self._write(trailers)
             self._after_trailers(stream)
 
     def _finish(
-        self, stream: _Stream, code: int, message: str, extra: Headers | tuple[()] = ()
+        self, stream: CallStream, code: int, message: str, extra: Headers | tuple[()] = ()
     ) -> None:
         """End ``stream`` with status ``code`` and the ``extra`` trailing metadata
         (trailers, or trailers-only headers)."""
         if stream.done:
             return
-        if stream.task is not None and code != _OK and stream.task is not _current_task():
+        if stream.task is not None and code != OK and stream.task is not _current_task():
             stream.task.cancel()
-        fields = h2.encode_header(b"grpc-status", b"%d" % code)
-        if message:
-            fields += h2.encode_header(b"grpc-message", h2.encode_grpc_message(message))
-        for name, value in extra:
-            fields += h2.encode_header(name, value)
-        if code == _UNIMPLEMENTED:
-            fields += h2.encode_header(b"grpc-accept-encoding", _ACCEPT_ENCODING)
+        fields = status_fields(code, message, extra)
         flags = h2.END_HEADERS | h2.END_STREAM
         if not stream.headers_sent:
             stream.headers_sent = True
-            trailers = h2.frame(h2.HEADERS, flags, stream.id, _RESPONSE_HEADERS + fields)
+            trailers = h2.frame(h2.HEADERS, flags, stream.id, RESPONSE_HEADERS + fields)
         else:
             trailers = h2.frame(h2.HEADERS, flags, stream.id, fields)
         stream.done = True
@@ -736,13 +614,13 @@ class Http2Connection(Http2Peer):
         self._write(trailers)
         self._after_trailers(stream)
 
-    def _after_trailers(self, stream: _Stream) -> None:
+    def _after_trailers(self, stream: CallStream) -> None:
         if not stream.remote_closed:
             # the client is still sending: tell it to stop (gRPC's PROTOCOL-HTTP2)
             self._write(h2.rst_stream(stream.id, h2.NO_ERROR))
         self._close_stream(stream)
 
-    def _close_stream(self, stream: _Stream) -> None:
+    def _close_stream(self, stream: CallStream) -> None:
         stream.done = True
         if stream.timer is not None:
             stream.timer.cancel()
@@ -785,18 +663,11 @@ class Http2Connection(Http2Peer):
         """Cancel every call and close the connection now."""
         for stream in list(self._streams.values()):
             if not stream.done:
-                self._finish(stream, _UNAVAILABLE, "the server is shutting down")
+                self._finish(stream, UNAVAILABLE, "the server is shutting down")
             self._abandon(stream)
         self._streams.clear()
         self._close_transport()
         self.idle.set()
-
-
-def _wake(stream: _Stream) -> None:
-    """Let a streaming handler that waits for its answers to drain go on."""
-    if stream.drained is not None and not stream.drained.done():
-        stream.drained.set_result(None)
-    stream.drained = None
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -804,13 +675,6 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
-
-
-async def _no_handler(request: Any) -> Any:  # pragma: no cover - never called
-    raise AssertionError("unknown methods are answered before any handler runs")
-
-
-_NO_METHOD = Method(Kind.UNARY, _no_handler, bytes, bytes)
 
 
 class GrpcServer:

@@ -19,7 +19,8 @@ from openeas.gateway.deadline import Deadline, Expired
 from openeas.gateway.grpc_upstream import GrpcUpstream
 from openeas.gateway.upstream import ConnectFailed
 from openeas.testing.server import free_port
-from openeas.transport.grpc_transport import GrpcError, GrpcServer, Headers, Kind, Method
+from openeas.transport.grpc_call import GrpcError, Headers, Kind, Method
+from openeas.transport.grpc_transport import GrpcServer
 from openeas.transport.http2_peer import Http2Limits
 from openeas.transport.sockets import bind_socket
 

@@ -26,7 +26,8 @@ from openeas.protocol.errors import InferenceError, InvalidArgument, Unsupported
 from openeas.server.dataplane import DataPlane, DecoupledModelError
 from openeas.server.frontends.grpc_health import HealthServicer
 from openeas.server.options import ServerOptions
-from openeas.transport.grpc_transport import GrpcServer, Method, kind_of
+from openeas.transport.grpc_call import Method, kind_of
+from openeas.transport.grpc_transport import GrpcServer
 from openeas.transport.http2_peer import Http2Limits
 from openeas.transport.sockets import bind_socket
 

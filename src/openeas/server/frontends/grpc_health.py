@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from openeas.transport.grpc_transport import GrpcError, Kind, Method
+from openeas.transport.grpc_call import GrpcError, Kind, Method
 
 #: The gRPC service name of the health checking protocol.
 SERVICE_NAME = "grpc.health.v1.Health"
