@@ -36,20 +36,14 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import aclosing
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 
 from openeas.protocol import http2 as h2
 from openeas.protocol import instance_token
-from openeas.protocol.compression import DecompressedTooLarge, DecompressionError, inflate
-from openeas.protocol.compression import supported as inflate_supported
-from openeas.transport.eager import start_eagerly
 from openeas.transport.grpc_call import (
-    DEADLINE_EXCEEDED,
-    INTERNAL,
     NO_METHOD,
     OK,
     PERMISSION_DENIED,
@@ -60,13 +54,12 @@ from openeas.transport.grpc_call import (
     UNIMPLEMENTED,
     GrpcError,
     Headers,
-    Kind,
     Method,
     status_fields,
-    status_of,
 )
+from openeas.transport.grpc_handlers import CallRunner
 from openeas.transport.grpc_stream import CallStream, wake
-from openeas.transport.http2_peer import STREAM_BUFFER, Http2Limits, Http2Peer
+from openeas.transport.http2_peer import Http2Limits, Http2Peer
 from openeas.transport.sockets import set_nodelay
 
 log = logging.getLogger(__name__)
@@ -77,8 +70,9 @@ _IDLE_PING_INTERVAL_S = 2 * 3600.0
 _PING_RESET: tuple[float, int] = (-math.inf, 0)
 
 
-class Http2Connection(Http2Peer):
-    """One client connection: HTTP/2 framing, flow control and the calls on it."""
+class Http2Connection(CallRunner, Http2Peer):
+    """One client connection: HTTP/2 framing, flow control and the calls on it (their
+    handlers run by :class:`~openeas.transport.grpc_handlers.CallRunner`)."""
 
     peer_opens_streams = True
 
@@ -317,7 +311,9 @@ class Http2Connection(Http2Peer):
 
     # -- calls -----------------------------------------------------------------------------
 
-    def _open_stream(self, stream_id: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+    def _open_stream(self, stream_id: int, headers: Headers, end: bool) -> None:
+        """A client's request headers: a new call, refused by HTTP status, ended with its
+        gRPC status, or started."""
         method_name = b""
         verb = b""
         content_type = b""
@@ -351,30 +347,8 @@ class Http2Connection(Http2Peer):
         if method is None:
             self._finish(stream, UNIMPLEMENTED, f"Method not found: {method_name.decode()}")
             return
-        if self._refused(stream, presented):
-            return
-        if encoding != b"identity" and not inflate_supported(encoding):
-            self._finish(
-                stream, UNIMPLEMENTED, f"grpc-encoding '{encoding.decode()}' is not supported"
-            )
-            return
-        if method.admit is not None:
-            try:
-                stream.headers = method.admit(headers)
-            except Exception as exc:  # refused before any message is read
-                self._fail_call(stream, exc)
-                return
-        elif method.metadata:
-            stream.headers = headers
-        if timeout is not None:
-            stream.timer = self._loop.call_later(timeout, self._deadline, stream)
-        if method.kind is Kind.BIDI_STREAM:
-            stream.queue = asyncio.Queue()
-            stream.task = self._loop.create_task(self._bidi(stream))
-            if end:
-                stream.queue.put_nowait(None)
-        elif end:
-            self._end_of_requests(stream)
+        if not self._refused(stream, presented) and self._admitted(stream, headers):
+            self._start_call(stream, timeout, end)
 
     def _refused(self, stream: CallStream, presented: bytes) -> bool:
         """Refuse a call without the instance token, when this server requires one."""
@@ -383,138 +357,6 @@ class Http2Connection(Http2Peer):
             return False
         self._finish(stream, PERMISSION_DENIED, instance_token.REFUSED)
         return True
-
-    def _compressed(self, stream: CallStream, message: bytes) -> bytes | None:
-        """A compressed message inflated, bounded by the message size limit; None (the
-        call ended) when it cannot be."""
-        if stream.encoding == b"identity":
-            self._finish(stream, INTERNAL, "compressed message without a grpc-encoding")
-            return None
-        try:
-            return inflate(message, stream.encoding, self.max_message_size)
-        except DecompressedTooLarge:
-            self._finish(
-                stream,
-                RESOURCE_EXHAUSTED,
-                f"Received message larger than max (more than {self.max_message_size} "
-                "bytes once decompressed)",
-            )
-        except DecompressionError as exc:
-            self._finish(stream, INTERNAL, f"failed to decompress a message: {exc}")
-        return None
-
-    def _too_large(self, stream: CallStream, length: int) -> None:
-        self._finish(
-            stream,
-            RESOURCE_EXHAUSTED,
-            f"Received message larger than max ({length} vs. {self.max_message_size})",
-        )
-
-    def _message(self, stream: CallStream, message: bytes) -> None:
-        if stream.queue is not None:
-            stream.queue.put_nowait(message)
-        elif stream.messages:  # refused at once rather than buffered to the end
-            self._finish(
-                stream,
-                UNIMPLEMENTED,
-                f"a {stream.method.kind.value} call takes one request message, got more",
-            )
-        else:
-            stream.messages.append(message)
-
-    def _end_of_requests(self, stream: CallStream) -> None:
-        """The client half-closed ``stream``: start a unary or server-streaming call."""
-        stream.remote_closed = True
-        if stream.done:
-            return
-        if stream.recv:
-            self._finish(stream, INTERNAL, "the request ended inside a message")
-            return
-        if stream.queue is not None:
-            stream.queue.put_nowait(None)
-            return
-        if len(stream.messages) != 1:
-            self._finish(
-                stream,
-                UNIMPLEMENTED if stream.messages else INTERNAL,
-                f"a {stream.method.kind.value} call takes one request message, "
-                f"got {len(stream.messages)}",
-            )
-            return
-        message = stream.messages.pop()
-        if stream.method.kind is Kind.UNARY:
-            # eagerly: a call that completes without waiting needs no task
-            stream.task = start_eagerly(self._loop, self._unary(stream, message))
-        else:
-            stream.task = self._loop.create_task(self._server_stream(stream, message))
-
-    async def _unary(self, stream: CallStream, message: bytes) -> None:
-        method = stream.method
-        try:
-            if method.metadata:
-                response = await method.handler(method.decode(message), stream.headers)
-            else:
-                response = await method.handler(method.decode(message))
-            payload = method.encode(response)
-        except Exception as exc:
-            self._fail_call(stream, exc)
-            return
-        self._respond(stream, payload)
-
-    async def _server_stream(self, stream: CallStream, message: bytes) -> None:
-        method = stream.method
-        if method.metadata:
-            await self._stream_out(
-                stream, lambda: method.handler(method.decode(message), stream.headers)
-            )
-        else:
-            await self._stream_out(stream, lambda: method.handler(method.decode(message)))
-
-    async def _bidi(self, stream: CallStream) -> None:
-        method = stream.method
-        queue = stream.queue
-        assert queue is not None
-
-        async def requests() -> AsyncIterator[Any]:
-            while (message := await queue.get()) is not None:
-                if stream.unread and queue.empty():
-                    self._release(stream)
-                yield method.decode(message)
-
-        if method.metadata:
-            await self._stream_out(stream, lambda: method.handler(requests(), stream.headers))
-        else:
-            await self._stream_out(stream, lambda: method.handler(requests()))
-
-    async def _stream_out(self, stream: CallStream, responses: Callable[[], Any]) -> None:
-        """Send every response of the async generator ``responses()`` makes, then OK
-        (or the status of the error that ended it)."""
-        encode = stream.method.encode
-        try:
-            async with aclosing(responses()) as answers:
-                async for response in answers:
-                    if stream.done:
-                        break
-                    self._send_message(stream, encode(response))
-                    if len(stream.pending) >= STREAM_BUFFER:  # a slow reader: wait for it
-                        stream.drained = self._loop.create_future()
-                        await stream.drained
-        except Exception as exc:
-            self._fail_call(stream, exc)
-            return
-        self._finish(stream, OK, "")
-
-    def _fail_call(self, stream: CallStream, exc: Exception) -> None:
-        """End ``stream`` with the status (and trailers) of the error its handler raised."""
-        code, message = status_of(exc)
-        self._finish(stream, code, message, exc.trailers if isinstance(exc, GrpcError) else ())
-
-    def _deadline(self, stream: CallStream) -> None:
-        stream.timer = None
-        if not stream.done:
-            if stream.task is not None:
-                stream.task.cancel()
-            self._finish(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def _abandon(self, stream: CallStream) -> None:
         """The peer is gone or reset the stream: cancel its work, send nothing more."""

@@ -198,12 +198,6 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
         if kind == h2.DATA:
             self._on_data(flags, stream_id, payload)
         elif kind == h2.HEADERS or kind == h2.CONTINUATION:
-            if (
-                kind == h2.HEADERS
-                and self.peer_opens_streams
-                and (stream_id == 0 or not stream_id & 1)
-            ):
-                raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
             self._on_header_frame(kind, flags, stream_id, payload)
         elif kind == h2.WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
@@ -342,6 +336,8 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
         :meth:`_header_block`."""
         continuation = self._continuation
         if kind == h2.HEADERS:
+            if self.peer_opens_streams and (stream_id == 0 or not stream_id & 1):
+                raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
             block = h2.header_fragment(flags, payload)
             if flags & h2.END_HEADERS:
                 self._header_block(stream_id, flags, block)
