@@ -645,3 +645,166 @@ def test_new_calls_are_refused_while_answers_wait_for_window() -> None:
         assert peer.trailers(await peer.frames(), 11)["grpc-status"] == "0"
 
     run(body)
+
+
+# -- the pure header block assembly (protocol/http2.py) -------------------------------------
+
+
+def _assembler(limit: int = 4096, frames: int = 8) -> h2.HeaderBlockAssembler:
+    return h2.HeaderBlockAssembler(h2.HeaderDecoder(limit), frames)
+
+
+def test_header_block_is_gathered_over_continuations() -> None:
+    blocks = _assembler()
+    blocks.start(3, h2.END_STREAM, b"ab")
+    assert blocks.stream_id == 3
+    assert blocks.add(3, 0, b"cd") is None
+    assert blocks.add(3, h2.END_HEADERS, b"ef") == b"abcdef"
+    assert blocks.stream_id is None  # other frames may come again
+    assert blocks.flags == h2.END_STREAM  # the HEADERS frame's flags, for the block
+    blocks.start(5, 0, b"x")  # the next block starts empty
+    assert blocks.add(5, h2.END_HEADERS, b"y") == b"xy"
+
+
+@pytest.mark.parametrize("started", [None, 1])
+def test_continuation_that_continues_nothing_is_a_protocol_error(started: int | None) -> None:
+    blocks = _assembler()
+    if started is not None:
+        blocks.start(started, 0, b"a")
+    with pytest.raises(h2.ProtocolError) as caught:
+        blocks.add(3, h2.END_HEADERS, b"b")  # RFC 9113 6.10: same stream, right after
+    assert caught.value.code == h2.PROTOCOL_ERROR
+
+
+def test_header_block_assembly_is_bounded() -> None:
+    blocks = _assembler(limit=100, frames=3)
+    with pytest.raises(h2.ProtocolError) as caught:
+        blocks.start(1, 0, b"\x82" * 101)
+    assert caught.value.code == h2.COMPRESSION_ERROR
+    blocks.start(1, 0, b"\x82" * 60)
+    with pytest.raises(h2.ProtocolError) as caught:
+        blocks.add(1, 0, b"\x82" * 41)  # the block so far, not each frame, is bounded
+    assert caught.value.code == h2.COMPRESSION_ERROR
+    blocks = _assembler(limit=100, frames=3)
+    blocks.start(1, 0, b"")
+    for _ in range(3):
+        assert blocks.add(1, 0, b"") is None
+    with pytest.raises(h2.ProtocolError) as caught:
+        blocks.add(1, 0, b"")
+    assert caught.value.code == h2.ENHANCE_YOUR_CALM
+
+
+# -- the gateway's client connection: the same Http2Peer from the other side ---------------
+
+
+class Instance:
+    """The gateway's connection to an instance, in memory: the instance's frames in."""
+
+    def __init__(self) -> None:
+        from openeas.gateway.grpc_upstream import _Connection
+
+        self.transport = FakeTransport()
+        self.conn = _Connection(b"x:1")
+        self.conn.connection_made(self.transport)  # type: ignore[arg-type]
+        self.encoder = hpack.Encoder()
+
+    def send(self, *frames: bytes) -> None:
+        self.conn.data_received(b"".join(frames))
+
+    def block(self, *fields: tuple[str, str]) -> bytes:
+        return self.encoder.encode(list(fields))
+
+    def answer_headers(self, stream_id: int) -> bytes:
+        block = self.block((":status", "200"), ("content-type", "application/grpc"))
+        return h2.frame(h2.HEADERS, h2.END_HEADERS, stream_id, block)
+
+    def ok(self, stream_id: int) -> bytes:
+        block = self.block(("grpc-status", "0"))
+        return h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream_id, block)
+
+
+def test_client_takes_a_message_split_over_data_frames() -> None:
+    async def body() -> None:
+        inst = Instance()
+        call = inst.conn.open(UNARY, [], streaming=False, message=b"hi")
+        answer = message(b"x" * 1000)
+        inst.send(
+            inst.answer_headers(call.id),
+            h2.frame(h2.DATA, 0, call.id, answer[:3]),  # inside the length prefix
+            h2.frame(h2.DATA, 0, call.id, answer[3:600]),
+            h2.frame(h2.DATA, 0, call.id, answer[600:]),
+            inst.ok(call.id),
+        )
+        assert await asyncio.wait_for(call.future, 30) == b"x" * 1000
+
+    run(body)
+
+
+def test_client_takes_several_messages_from_one_data_frame() -> None:
+    async def body() -> None:
+        inst = Instance()
+        call = inst.conn.open(BIDI, [], streaming=True)
+        assert call.queue is not None
+        inst.send(
+            inst.answer_headers(call.id),
+            h2.frame(h2.DATA, 0, call.id, message(b"a") + message(b"") + message(b"c")[:4]),
+            h2.frame(h2.DATA, 0, call.id, message(b"c")[4:]),
+        )
+        assert [call.queue.get_nowait() for _ in range(3)] == [b"a", b"", b"c"]
+        assert call.queue.empty()
+
+    run(body)
+
+
+def test_client_refuses_a_compressed_answer() -> None:
+    async def body() -> None:
+        from openeas.transport.grpc_call import GrpcError
+
+        inst = Instance()
+        call = inst.conn.open(UNARY, [], streaming=False, message=b"hi")
+        inst.send(
+            inst.answer_headers(call.id),
+            h2.frame(h2.DATA, 0, call.id, h2.MESSAGE_HEADER.pack(1, 2) + b"zz"),
+        )
+        with pytest.raises(GrpcError) as caught:
+            await asyncio.wait_for(call.future, 30)
+        assert caught.value.message == "compressed answer"
+        for _ in range(3):
+            await asyncio.sleep(0)
+        sent = bytes(inst.transport.data)
+        assert sent.startswith(h2.PREFACE)
+        frames = h2.take_frames(bytearray(sent[len(h2.PREFACE) :]), h2.MAX_FRAME_LIMIT)
+        resets = {sid: h2.read_u32(p) for k, _, sid, p in frames if k == h2.RST_STREAM}
+        assert resets == {call.id: h2.CANCEL}  # the instance is told to stop
+
+    run(body)
+
+
+def test_client_gathers_trailers_over_continuations() -> None:
+    async def body() -> None:
+        inst = Instance()
+        call = inst.conn.open(UNARY, [], streaming=False, message=b"hi")
+        trailers = inst.block(("grpc-status", "0"), ("x-note", "y" * 50))
+        inst.send(
+            inst.answer_headers(call.id),
+            h2.frame(h2.DATA, 0, call.id, message(b"ok")),
+            h2.frame(h2.HEADERS, h2.END_STREAM, call.id, trailers[:10]),
+            h2.frame(h2.CONTINUATION, 0, call.id, trailers[10:20]),
+            h2.frame(h2.CONTINUATION, h2.END_HEADERS, call.id, trailers[20:]),
+        )
+        assert await asyncio.wait_for(call.future, 30) == b"ok"
+
+    run(body)
+
+
+def test_client_treats_a_frame_inside_a_header_block_as_a_connection_error() -> None:
+    async def body() -> None:
+        inst = Instance()
+        call = inst.conn.open(UNARY, [], streaming=False, message=b"hi")
+        block = inst.block((":status", "200"))
+        inst.send(h2.frame(h2.HEADERS, 0, call.id, block), h2.frame(h2.PING, 0, 0, b"\0" * 8))
+        assert inst.transport.closed
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(call.future, 30)
+
+    run(body)

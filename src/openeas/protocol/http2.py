@@ -2,7 +2,8 @@
 
 Frame layout, the constants a server needs, HPACK *encoding* of the few response headers
 gRPC uses (literal fields without indexing, so the encoder keeps no state), the
-``grpc-timeout`` and ``grpc-message`` formats, and a header-block decoder that wraps the
+``grpc-timeout`` and ``grpc-message`` formats, the gathering of header blocks split over
+CONTINUATION frames, and a header-block decoder that wraps the
 ``hpack`` library with a cache: clients send the same block (all indexed fields) for every
 call, and a block that leaves the dynamic table unchanged always decodes to the same
 headers until the table changes.  Nothing here does I/O.
@@ -304,6 +305,55 @@ _TIMEOUT_UNITS: Final = {
     "u": 1e-6,
     "n": 1e-9,
 }
+
+
+class HeaderBlockAssembler:
+    """One connection's header block split over a HEADERS frame and CONTINUATION frames
+    (RFC 9113 4.3, 6.10), gathered with bounds: the block so far is checked against the
+    decoder's limit as each frame arrives (a huge block is never buffered whole), and the
+    number of CONTINUATION frames is capped (a flood of tiny ones is ENHANCE_YOUR_CALM).
+
+    A block in one HEADERS frame (END_HEADERS) never comes here; :meth:`start` takes
+    one without it, :meth:`add` each CONTINUATION frame.  While :attr:`stream_id` is not
+    None any other frame is a connection error (the caller checks, on its hot path).
+    """
+
+    __slots__ = ("_decoder", "_max_frames", "stream_id", "flags", "_block", "_frames")
+
+    def __init__(self, decoder: HeaderDecoder, max_frames: int) -> None:
+        self._decoder = decoder
+        self._max_frames = max_frames
+        #: The stream whose block is being gathered (None: none is).
+        self.stream_id: int | None = None
+        #: The flags of that block's HEADERS frame (END_STREAM, ...).
+        self.flags = 0
+        self._block = bytearray()
+        self._frames = 0
+
+    def start(self, stream_id: int, flags: int, fragment: bytes) -> None:
+        """A HEADERS frame without END_HEADERS, with its block ``fragment``."""
+        self._decoder.check_block_size(len(fragment))
+        self.stream_id = stream_id
+        self.flags = flags
+        self._block = bytearray(fragment)
+        self._frames = 0
+
+    def add(self, stream_id: int, flags: int, payload: bytes) -> bytes | None:
+        """A CONTINUATION frame: the whole block once it ends (END_HEADERS), else None.
+        ProtocolError for a CONTINUATION frame that continues nothing, or one too many."""
+        if self.stream_id is None or stream_id != self.stream_id:
+            raise ProtocolError("unexpected CONTINUATION frame")
+        block = self._block
+        block += payload
+        self._frames += 1
+        self._decoder.check_block_size(len(block))
+        if self._frames > self._max_frames:
+            raise ProtocolError("too many CONTINUATION frames", ENHANCE_YOUR_CALM)
+        if not flags & END_HEADERS:
+            return None
+        self.stream_id = None
+        self._block = bytearray()
+        return bytes(block)
 
 
 def parse_timeout(value: bytes) -> float | None:

@@ -101,8 +101,10 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
         self._buf = bytearray()  # received bytes not yet cut into frames
         self._out: list[bytes] = []  # written at the end of the loop iteration
         self._decoder = h2.HeaderDecoder(limits.max_header_list_size)
-        #: a header block in CONTINUATION frames: stream, first frame's flags, bytes, frames
-        self._continuation: tuple[int, int, bytearray, list[int]] | None = None
+        #: a header block in CONTINUATION frames
+        self._blocks = h2.HeaderBlockAssembler(
+            self._decoder, max(8, limits.max_header_list_size // 1024)
+        )
         self._peer_window = h2.DEFAULT_WINDOW  # initial send window of new streams
         self._peer_max_frame = h2.DEFAULT_MAX_FRAME
         self._peer_max_streams = h2.MAX_WINDOW  # SETTINGS_MAX_CONCURRENT_STREAMS: unlimited
@@ -193,7 +195,7 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
                 return
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._continuation is not None and kind != h2.CONTINUATION:
+        if self._blocks.stream_id is not None and kind != h2.CONTINUATION:
             raise h2.ProtocolError("expected a CONTINUATION frame")
         if kind == h2.DATA:
             self._on_data(flags, stream_id, payload)
@@ -334,28 +336,17 @@ class Http2Peer(asyncio.Protocol, abc.ABC):
     def _on_header_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         """HEADERS and CONTINUATION: gather the block (bounded), then
         :meth:`_header_block`."""
-        continuation = self._continuation
         if kind == h2.HEADERS:
             if self.peer_opens_streams and (stream_id == 0 or not stream_id & 1):
                 raise h2.ProtocolError(f"HEADERS on stream {stream_id}")
-            block = h2.header_fragment(flags, payload)
-            if flags & h2.END_HEADERS:
-                self._header_block(stream_id, flags, block)
-                return
-            self._decoder.check_block_size(len(block))
-            self._continuation = (stream_id, flags, bytearray(block), [0])
+            if flags & h2.END_HEADERS:  # the usual: the whole block in one frame
+                self._header_block(stream_id, flags, h2.header_fragment(flags, payload))
+            else:
+                self._blocks.start(stream_id, flags, h2.header_fragment(flags, payload))
             return
-        if continuation is None or continuation[0] != stream_id:
-            raise h2.ProtocolError("unexpected CONTINUATION frame")
-        _, first_flags, gathered, frames = continuation
-        gathered += payload
-        frames[0] += 1
-        self._decoder.check_block_size(len(gathered))
-        if frames[0] > max(8, self.limits.max_header_list_size // 1024):
-            raise h2.ProtocolError("too many CONTINUATION frames", h2.ENHANCE_YOUR_CALM)
-        if flags & h2.END_HEADERS:
-            self._continuation = None
-            self._header_block(stream_id, first_flags, bytes(gathered))
+        block = self._blocks.add(stream_id, flags, payload)
+        if block is not None:
+            self._header_block(stream_id, self._blocks.flags, block)
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:

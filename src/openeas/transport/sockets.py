@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 import stat
-from typing import Protocol
+from typing import Any, Protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -20,11 +20,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return _listen(sock, (host, port), f"{host}:{port}")
+
+
+def _listen(sock: socket.socket, address: Any, where: str) -> socket.socket:
+    """``sock`` bound to ``address`` and listening, non-blocking; closed, and OSError
+    naming ``where``, when it cannot be bound."""
     try:
-        sock.bind((host, port))
+        sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise OSError(f"failed to bind {host}:{port}: {exc.strerror}") from None
+        raise OSError(f"failed to bind {where}: {exc.strerror}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -57,14 +63,7 @@ def bind_unix_socket(name: str) -> socket.socket:
         except FileNotFoundError:
             pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(socket_address(name))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"failed to bind unix socket {name}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
+    return _listen(sock, socket_address(name), f"unix socket {name}")
 
 
 class Listener(Protocol):
