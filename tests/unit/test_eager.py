@@ -1,4 +1,4 @@
-"""Eager start of request coroutines (``frontends/eager.py``), cancellation above all."""
+"""Eager start of request coroutines (``transport/eager.py``), cancellation above all."""
 
 from __future__ import annotations
 
