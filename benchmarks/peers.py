@@ -95,17 +95,29 @@ class Peer(ABC):
 
 
 class OpenEAS(Peer):
-    def __init__(self) -> None:
-        super().__init__("openeas")
+    """This checkout's ``openeas-server``; ``source`` (a ``src/`` directory of another
+    checkout) serves that version instead, for before/after comparisons in one run."""
+
+    def __init__(self, name: str = "openeas", source: Path | None = None) -> None:
+        super().__init__(name)
+        self.source = source
+
+    def available(self) -> str:
+        if self.source is not None and not (self.source / "openeas").is_dir():
+            return f"{self.source} holds no openeas package (set OPENEAS_BASE_SRC)"
+        return ""
 
     def command(self, repository: Path) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         return [
             sys.executable, "-m", "openeas.server.cli",
             f"--model-repository={repository}",
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
             f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}", "--log-info=false",
-        ], dict(os.environ)  # fmt: skip
+        ], env  # fmt: skip
 
 
 class Triton(Peer):

@@ -63,6 +63,10 @@ def in_process_limit(model_dir: Path, seconds: float = 3.0) -> float:
 def make_peers(names: list[str]) -> list[Peer]:
     factories = {
         "openeas": OpenEAS,
+        # another checkout's src/ (OPENEAS_BASE_SRC), e.g. `git worktree add /tmp/base REV`
+        "openeas-base": lambda: OpenEAS(
+            "openeas-base", Path(os.environ.get("OPENEAS_BASE_SRC", ""))
+        ),
         "triton": Triton,
         "mlserver": MLServer,
         "mlserver-pw0": lambda: MLServer(parallel_workers=0),
