@@ -428,3 +428,10 @@ def test_plan_does_not_modify_its_inputs() -> None:
     plan(want(1), observed, NOW, TUNING)
     assert observed.instances[0] is crashed
     assert (crashed.backoff.streak, crashed.backoff.ready_since) == before
+
+
+def test_crashes_after_ready_never_fail_the_service() -> None:
+    veteran = inst("a", restarts=TUNING.crashloop_restarts + 5, exit=Exit(1, "exited"))
+    actions = plan(want(1), seen(veteran), NOW, TUNING)
+    assert updated(actions, "a").status == InstanceStatus.RESTARTING
+    assert all(s.status != ServiceStatus.FAILED for s in of(actions, SetStatus))
