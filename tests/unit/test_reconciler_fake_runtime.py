@@ -200,6 +200,7 @@ async def test_adoption_after_a_platform_restart(h: Harness) -> None:
     assert "InstanceAdopted" in reasons and "InstanceLost" in reasons
     await h.until(lambda: h.status() == ServiceStatus.RUNNING and len(h.routed()) == 2)
     assert sorted(h.ids()) == sorted([kept, lost])  # no duplicate, the lost one restarted
+    assert h.runtime.calls.count(("start", kept)) == 1  # the adopted one kept running
 
 
 async def test_insufficient_resources_waits_with_the_reason(h: Harness) -> None:
