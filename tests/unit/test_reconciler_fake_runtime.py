@@ -218,3 +218,16 @@ async def test_logs_go_through_the_runtime(h: Harness) -> None:
     [instance_id] = h.ids()
     text, end = h.runtime.read_log("svc", instance_id, tail=5)
     assert text == f"started {instance_id}\n" and end == len(text)
+
+
+async def test_a_readiness_answer_counts_only_for_its_tick(h: Harness) -> None:
+    h.runtime.auto_ready = True
+    h.create()
+    await h.until(lambda: h.status() == ServiceStatus.RUNNING)
+    h.store.update_service("svc", desired=Desired.STOPPED)
+    await h.ticks()  # drains the instance: it is no longer probed
+    [inst] = h.reconciler.instances("svc")
+    assert inst.view.drain_since is not None
+    await h.reconciler._observe([inst])
+    _, observed = h.reconciler._snapshot(h.store.service("svc"))
+    assert [(i.probe, i.exit) for i in observed.instances] == [(None, None)]

@@ -251,6 +251,8 @@ class Reconciler:
 
     async def _observe(self, insts: list[_Instance]) -> None:
         """This tick's facts: exits (with their log's tail) and readiness answers."""
+        for inst in insts:  # last tick's facts are spent (a plan may not have used them)
+            inst.view = inst.view.settled()
         live = [
             i
             for i in insts
