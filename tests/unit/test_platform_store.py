@@ -135,3 +135,37 @@ def test_eascmd_config_rewrites_an_old_readable_file_owner_only(
     path.chmod(0o644)
     save_client_config(AccessKey("AKID", "secret-two"), "http://127.0.0.1:9090")
     assert _mode(path) == 0o600
+
+
+def test_an_older_database_gains_the_runtime_address_columns(tmp_path: Path) -> None:
+    """A platform.db from before instances had a node and a Unix socket opens, keeps its
+    rows, and stores both from then on; statuses read back as the enums."""
+    from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
+    from openeas.platform.store import InstanceRecord
+
+    db = tmp_path / "platform.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE instances (id TEXT PRIMARY KEY, service TEXT NOT NULL,
+                version INTEGER NOT NULL, status TEXT NOT NULL, ready INTEGER NOT NULL DEFAULT 0,
+                restarts INTEGER NOT NULL DEFAULT 0, host TEXT NOT NULL,
+                http_port INTEGER NOT NULL, grpc_port INTEGER NOT NULL,
+                metrics_port INTEGER NOT NULL, pid INTEGER, cpus TEXT NOT NULL DEFAULT '[]',
+                log_path TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                created_at REAL NOT NULL, started_at REAL);
+            INSERT INTO instances VALUES ('svc-1', 'svc', 1, 'Running', 1, 0, '127.0.0.1',
+                1, 2, 3, 42, '[0]', '/x.log', '', 0, 0);
+            """
+        )
+    store = Store(db)
+    store.create_service("svc", "token-one-123", SPEC)
+    [old] = store.instances()
+    assert (old.node, old.unix_socket, old.internal_token) == ("", "", "")
+    assert old.status is InstanceStatus.RUNNING
+    store.put_instance(InstanceRecord(**{**old.to_json(), "node": "n1", "unix_socket": "@s"}))
+    [new] = store.instances()
+    assert (new.node, new.unix_socket) == ("n1", "@s")
+    service = store.service("svc")
+    assert (service.desired, service.status) == (Desired.RUNNING, ServiceStatus.CREATING)
+    store.close()

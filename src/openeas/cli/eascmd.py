@@ -20,6 +20,7 @@ from openeas.platform.auth import AccessKey
 from openeas.platform.client import PlatformClient, save_client_config
 from openeas.platform.errors import NotFoundError, PlatformError, SpecError
 from openeas.platform.spec import merge_spec, parse_assignment, parse_spec_text
+from openeas.platform.status import Desired, ServiceStatus
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 
@@ -67,7 +68,7 @@ def _counts(view: dict[str, Any]) -> str:
 
 
 def _watch(
-    client: PlatformClient, name: str, after: int, timeout: float, until: str = "Running"
+    client: PlatformClient, name: str, after: int, timeout: float, until: Desired = Desired.RUNNING
 ) -> None:
     """Stream ``[OK]`` progress lines until the service reaches ``until`` or fails."""
     deadline = time.monotonic() + timeout
@@ -78,7 +79,7 @@ def _watch(
             view = client.describe(name)
             events = client.events(name, after)
         except NotFoundError:
-            if until == "Deleted":
+            if until == Desired.DELETED:
                 click.echo("[OK] Service is deleted")
                 return
             raise
@@ -88,19 +89,19 @@ def _watch(
             synced = True
             click.echo("[OK] Successfully synchronized resources")
         status = view["status"]
-        if status == "Failed" and until == "Running":
+        if status == ServiceStatus.FAILED and until == Desired.RUNNING:
             reason = view["reason"] or "Failed"
             _fail(f"{reason}: {view['message']}" if view["message"] else reason)
-        if until == "Running" and status not in ("Creating",):
+        if until == Desired.RUNNING and status != ServiceStatus.CREATING:
             line = f"[OK] {status} {_counts(view)}"
             if line != last:
                 click.echo(line)
                 last = line
             c = view["instances"]
-            if status == "Running" and c["running"] == c["total"]:
+            if status == ServiceStatus.RUNNING and c["running"] == c["total"]:
                 click.echo("[OK] Service is running")
                 return
-        elif until == "Stopped" and status == "Stopped":
+        elif until == Desired.STOPPED and status == ServiceStatus.STOPPED:
             click.echo("[OK] Service is stopped")
             return
         time.sleep(0.2)
@@ -314,7 +315,7 @@ def stop(name: str, wait: bool, timeout: float) -> None:
     _call(client.stop, name)
     click.echo(f"[OK] Service {name} is stopping")
     if wait:
-        _call(_watch, client, name, 0, timeout, "Stopped")
+        _call(_watch, client, name, 0, timeout, Desired.STOPPED)
 
 
 @main.command()
@@ -344,7 +345,7 @@ def delete(name: str, yes: bool, wait: bool, timeout: float) -> None:
     _call(client.delete, name)
     click.echo(f"[OK] Service {name} is being deleted")
     if wait:
-        _call(_watch, client, name, 0, timeout, "Deleted")
+        _call(_watch, client, name, 0, timeout, Desired.DELETED)
 
 
 @main.command()

@@ -20,6 +20,7 @@ from openeas.platform.auth import AccessKey, NonceCache, verify
 from openeas.platform.control import ControlPlane
 from openeas.platform.errors import FieldError, PlatformError
 from openeas.platform.spec import parse_spec_text
+from openeas.platform.status import ServiceStatus
 
 PREFIX = "/api/v1"
 
@@ -100,7 +101,7 @@ def create_app(
     @api.delete("/services/{name}", summary="Delete a service")
     async def delete(name: str) -> dict[str, str]:
         control.delete(name)
-        return {"name": name, "status": "Deleting"}
+        return {"name": name, "status": ServiceStatus.DELETING}
 
     @api.get("/services/{name}/versions", summary="List a service's versions")
     async def versions(name: str) -> list[dict[str, Any]]:

@@ -7,9 +7,7 @@ processes.  Views are plain JSON-ready dicts, the shapes the API returns.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from openeas.platform.errors import (
@@ -22,6 +20,7 @@ from openeas.platform.errors import (
 from openeas.platform.reconciler import Reconciler, counts
 from openeas.platform.resources import ResourceGroup
 from openeas.platform.spec import ServiceSpec, merge_spec, validate_spec
+from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 from openeas.platform.store import ServiceRecord, Store
 
 
@@ -79,7 +78,7 @@ class ControlPlane:
 
     def _existing(self, name: str, deleting_ok: bool = False) -> ServiceRecord:
         record = self.store.service(name)
-        if record.desired == "Deleted" and not deleting_ok:
+        if record.desired == Desired.DELETED and not deleting_ok:
             raise NotFoundError(f"service {name!r} is being deleted")
         return record
 
@@ -87,7 +86,7 @@ class ControlPlane:
         spec = self.reconciler.spec(record.name, record.current_version)
         m = spec.metadata
         insts = self.store.instances(record.name)
-        target = m.instance if record.desired == "Running" else 0
+        target = m.instance if record.desired == Desired.RUNNING else 0
         return {
             "name": record.name,
             "status": record.status,
@@ -152,15 +151,15 @@ class ControlPlane:
     def _activate(self, name: str, record: ServiceRecord, version: int, spec: ServiceSpec) -> None:
         self.store.update_service(name, current_version=version, token=spec.token)
         same = self.reconciler.relabel(name, record.current_version, version)
-        if record.status == "Failed":
+        if record.status == ServiceStatus.FAILED:
             self.reconciler.reset_failures(name)
-            self.store.set_status(name, "Updating")
-        elif record.desired == "Running" and not same:
-            self.store.set_status(name, "Updating")
-        elif record.desired == "Running":
+            self.store.set_status(name, ServiceStatus.UPDATING)
+        elif record.desired == Desired.RUNNING and not same:
+            self.store.set_status(name, ServiceStatus.UPDATING)
+        elif record.desired == Desired.RUNNING:
             before = self.reconciler.spec(name, record.current_version).metadata.instance
             if spec.metadata.instance != before:
-                self.store.set_status(name, "Scaling")
+                self.store.set_status(name, ServiceStatus.SCALING)
         self.reconciler.wake()
 
     def versions(self, name: str) -> list[dict[str, Any]]:
@@ -184,25 +183,25 @@ class ControlPlane:
 
     def stop(self, name: str) -> dict[str, Any]:
         self._existing(name)
-        self.store.update_service(name, desired="Stopped")
-        self.store.set_status(name, "Stopping")
+        self.store.update_service(name, desired=Desired.STOPPED)
+        self.store.set_status(name, ServiceStatus.STOPPING)
         self.reconciler.wake()
         return self.describe(name)
 
     def start(self, name: str) -> dict[str, Any]:
         record = self._existing(name)
-        if record.desired == "Running" and record.status != "Failed":
+        if record.desired == Desired.RUNNING and record.status != ServiceStatus.FAILED:
             raise ConflictError(f"service {name!r} is already running (status {record.status})")
         self.reconciler.reset_failures(name)
-        self.store.update_service(name, desired="Running")
-        self.store.set_status(name, "Waiting")
+        self.store.update_service(name, desired=Desired.RUNNING)
+        self.store.set_status(name, ServiceStatus.WAITING)
         self.store.add_event(name, "ServiceStarted", "service started")
         self.reconciler.wake()
         return self.describe(name)
 
     def delete(self, name: str) -> None:
         self._existing(name)
-        self.store.update_service(name, desired="Deleted")
+        self.store.update_service(name, desired=Desired.DELETED)
         self.reconciler.wake()
 
     def instances(self, name: str) -> list[dict[str, Any]]:
@@ -217,6 +216,7 @@ class ControlPlane:
                 "port": i.http_port,
                 "grpc_port": i.grpc_port,
                 "pid": i.pid,
+                "node": i.node,
                 "version": i.version,
                 "reason": i.reason,
                 "started": _iso(i.started_at),
@@ -249,20 +249,7 @@ class ControlPlane:
                 raise NotFoundError(f"service {name!r} has no instance {instance!r}")
         if not insts:
             raise NotFoundError(f"service {name!r} has no instances")
-        path = Path(insts[-1].log_path)
-        try:
-            with open(path, "rb") as handle:
-                if offset is not None:
-                    handle.seek(offset)
-                    data = handle.read()
-                elif tail is not None:
-                    data = b"".join(deque(handle, maxlen=max(tail, 0)))
-                else:
-                    data = handle.read()
-                end = handle.tell()
-        except FileNotFoundError:
-            return "", 0
-        return data.decode(errors="replace"), end
+        return self.reconciler.runtime.read_log(name, insts[-1].id, tail=tail, offset=offset)
 
     def resources(self) -> list[dict[str, Any]]:
         out = []
@@ -271,7 +258,7 @@ class ControlPlane:
                 i
                 for name in (r.name for r in self.store.services())
                 for i in self.reconciler.instances(name)
-                if i.rec.status != "Failed"
+                if i.rec.status != InstanceStatus.FAILED
             ]
             out.append(
                 {

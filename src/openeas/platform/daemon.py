@@ -104,10 +104,9 @@ async def serve(options: PlatformOptions) -> None:
         log.warning("platform.db repaired: %s", repair)
     routes = RouteTable()
     group = local_group(options.cpus, options.memory_mb, options.gpus)
-    reconciler = Reconciler(
-        store, LocalRuntime(), routes, group, home / "logs" / "instances", tuning=options.tuning
-    )
-    reconciler.adopt()
+    runtime = LocalRuntime(home / "logs" / "instances")
+    reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning)
+    await reconciler.adopt()
     gateway = Gateway(
         routes, host=options.host, http_port=options.http_port, grpc_port=options.grpc_port
     )

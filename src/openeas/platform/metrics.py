@@ -23,7 +23,7 @@ class PlatformCollector(Collector):
             "openeas_platform_services", "Services by status", labels=["status"]
         )
         for status, count in sorted(Counter(s.status for s in self.store.services()).items()):
-            services.add_metric([status], count)
+            services.add_metric([str(status)], count)
         instances = GaugeMetricFamily(
             "openeas_platform_instances",
             "Instances by service and status",
@@ -35,10 +35,10 @@ class PlatformCollector(Collector):
             labels=["service", "instance"],
         )
         recs = self.store.instances()
-        for (service, status), count in sorted(
+        for (service, instance_status), count in sorted(
             Counter((i.service, i.status) for i in recs).items()
         ):
-            instances.add_metric([service, status], count)
+            instances.add_metric([service, str(instance_status)], count)
         for inst in recs:
             restarts.add_metric([inst.service, inst.id], inst.restarts)
         yield services

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openeas.platform.errors import ConflictError, NotFoundError
+from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 
 #: SQLite's companion files of the database (WAL, shared memory, rollback journal).
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -26,8 +27,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY,
     token TEXT NOT NULL,
-    desired TEXT NOT NULL,            -- Running | Stopped | Deleted
-    status TEXT NOT NULL,
+    desired TEXT NOT NULL,            -- openeas.platform.status.Desired
+    status TEXT NOT NULL,             -- openeas.platform.status.ServiceStatus
     reason TEXT NOT NULL DEFAULT '',
     message TEXT NOT NULL DEFAULT '',
     current_version INTEGER NOT NULL,
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY,
     service TEXT NOT NULL,
     version INTEGER NOT NULL,
-    status TEXT NOT NULL,             -- Pending | Running | Restarting | Failed | Terminating
+    status TEXT NOT NULL,             -- openeas.platform.status.InstanceStatus
     ready INTEGER NOT NULL DEFAULT 0,
     restarts INTEGER NOT NULL DEFAULT 0,
     host TEXT NOT NULL,
@@ -59,7 +60,9 @@ CREATE TABLE IF NOT EXISTS instances (
     reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     started_at REAL,
-    internal_token TEXT NOT NULL DEFAULT ''  -- what the instance requires of the gateway
+    internal_token TEXT NOT NULL DEFAULT '',  -- what the instance requires of the gateway
+    node TEXT NOT NULL DEFAULT '',            -- the runtime's node id ('' for local)
+    unix_socket TEXT NOT NULL DEFAULT ''      -- the instance's Unix socket, if any
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -77,8 +80,8 @@ CREATE INDEX IF NOT EXISTS events_by_service ON events(service, id);
 class ServiceRecord:
     name: str
     token: str
-    desired: str
-    status: str
+    desired: Desired
+    status: ServiceStatus
     reason: str
     message: str
     current_version: int
@@ -86,13 +89,17 @@ class ServiceRecord:
     created_at: float
     updated_at: float
 
+    def __post_init__(self) -> None:
+        self.desired = Desired(self.desired)
+        self.status = ServiceStatus(self.status)
+
 
 @dataclass
 class InstanceRecord:
     id: str
     service: str
     version: int
-    status: str
+    status: InstanceStatus
     ready: bool
     restarts: int
     host: str
@@ -108,6 +115,13 @@ class InstanceRecord:
     #: the token the instance requires on every request (openeas.protocol.instance_token);
     #: a secret: never shown by the API
     internal_token: str = field(default="", repr=False)
+    #: the node the runtime placed it on ('' for the local runtime)
+    node: str = ""
+    #: a Unix-domain socket it also serves HTTP on ('' when none)
+    unix_socket: str = ""
+
+    def __post_init__(self) -> None:
+        self.status = InstanceStatus(self.status)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,10 +162,11 @@ class Store:
     def _migrate(self) -> None:
         """Columns added since the first release, for databases created before them."""
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(instances)")}
-        if "internal_token" not in columns:
-            self._db.execute(
-                "ALTER TABLE instances ADD COLUMN internal_token TEXT NOT NULL DEFAULT ''"
-            )
+        for column in ("internal_token", "node", "unix_socket"):
+            if column not in columns:
+                self._db.execute(
+                    f"ALTER TABLE instances ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                )
 
     def close(self) -> None:
         self._db.close()
@@ -228,8 +243,8 @@ class Store:
         try:
             with self._transaction():
                 self._db.execute(
-                    "INSERT INTO services VALUES (?, ?, 'Running', 'Creating', '', '', 1, 1, ?, ?)",
-                    (name, token, now, now),
+                    "INSERT INTO services VALUES (?, ?, ?, ?, '', '', 1, 1, ?, ?)",
+                    (name, token, Desired.RUNNING, ServiceStatus.CREATING, now, now),
                 )
                 self._db.execute(
                     "INSERT INTO versions VALUES (?, 1, ?, ?)", (name, json.dumps(spec), now)
@@ -257,7 +272,9 @@ class Store:
         columns = ", ".join(f"{key} = ?" for key in changes)
         self._db.execute(f"UPDATE services SET {columns} WHERE name = ?", (*changes.values(), name))
 
-    def set_status(self, name: str, status: str, reason: str = "", message: str = "") -> bool:
+    def set_status(
+        self, name: str, status: ServiceStatus, reason: str = "", message: str = ""
+    ) -> bool:
         """Record a status change; True when something changed (updated_at untouched)."""
         cur = self._db.execute(
             "UPDATE services SET status = ?, reason = ?, message = ? WHERE name = ? "

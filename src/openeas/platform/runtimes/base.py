@@ -1,35 +1,52 @@
-"""What the reconciler needs from a runtime: start, watch and stop instances.
+"""The runtime contract: everything the reconciler needs to run instances somewhere.
 
-The local runtime runs processes on this machine; a distributed one (Kubernetes) would map
-the same calls onto pods.  The reconciler never touches processes itself.
+A runtime starts an instance and says where it answers (:class:`Address`: it chooses the
+node and the ports), watches it (:meth:`Runtime.poll`: how it ended, including a kill for
+exceeding its limits), asks it whether it is ready (:meth:`Runtime.probe`), reads its log,
+and stops it.  The reconciler never opens a socket, reads a pid or touches a file of an
+instance itself, so a runtime whose instances run on other machines (Ray actors,
+Kubernetes pods) implements the same calls.  :class:`~.local.LocalRuntime` runs processes
+on this machine; ``openeas.testing.fake_runtime.FakeRuntime`` runs nothing (tests).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Launch:
-    """Everything needed to start one processor instance."""
+    """Everything needed to start one processor instance (the runtime adds addresses)."""
 
     instance_id: str
     service: str
     #: processor flags (repository already resolved), without ports/addresses
     processor_params: list[str]
-    host: str
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-    log_path: Path
+    #: host cores to pin it to (empty: no pinning)
     cpus: list[int] = field(default_factory=list)
     cpu_count: int = 1
+    #: resident memory limit in MB (0: none)
     memory_mb: int = 0
     gpus: list[int] = field(default_factory=list)
     #: the token the instance must require on every request (empty: none)
     internal_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a started instance answers, as its runtime chose it."""
+
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int = 0
+    #: a Unix-domain socket it also serves HTTP on (the gateway prefers it: same machine)
+    unix_socket: str | None = None
+    #: the runtime's node id ('' for the local runtime: this machine)
+    node: str = ""
+    #: the process id on its node, when the runtime knows one (shown by eascmd)
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,22 +58,36 @@ class Exit:
     reason: str
 
 
+class StartError(Exception):
+    """The runtime could not start an instance; the message says why."""
+
+
 class Runtime(ABC):
     @abstractmethod
-    async def start(self, launch: Launch) -> int:
-        """Start the instance; its pid (or another handle number)."""
+    async def start(self, launch: Launch) -> Address:
+        """Start the instance; where it will answer (it is not ready yet).
+        :class:`StartError` when it cannot be started."""
 
     @abstractmethod
-    def adopt(self, instance_id: str, pid: int) -> bool:
-        """Take over an instance started by an earlier control plane; False if gone."""
+    def adopt(self, launch: Launch, address: Address) -> bool:
+        """Take over an instance started by an earlier control plane at ``address``;
+        False when it is gone."""
 
     @abstractmethod
-    def exited(self, instance_id: str) -> Exit | None:
-        """None while the instance runs; how it ended otherwise."""
+    def poll(self, instance_id: str) -> Exit | None:
+        """Watch a started instance: enforce the limits its platform does not enforce for
+        us (then report the kill), and say how it ended; None while it runs."""
 
     @abstractmethod
-    def enforce_limits(self, instance_id: str, memory_mb: int) -> Exit | None:
-        """Apply limits the OS does not enforce for us; the kill reason if it was killed."""
+    async def probe(self, instance_id: str) -> bool:
+        """True when the instance answers ready (Triton's ``/v2/health/ready``)."""
+
+    @abstractmethod
+    def read_log(
+        self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
+    ) -> tuple[str, int]:
+        """An instance's log: all of it, its last ``tail`` lines, or what follows byte
+        ``offset``; with the offset reached (for following).  ``("", 0)`` when none."""
 
     @abstractmethod
     async def stop(self, instance_id: str, timeout: float) -> None:
@@ -66,7 +97,6 @@ class Runtime(ABC):
     def forget(self, instance_id: str) -> None:
         """Drop bookkeeping for an instance that has ended."""
 
-    def unix_socket(self, instance_id: str) -> str | None:
-        """The Unix-domain socket an instance also serves HTTP on, if the runtime gives
-        it one (the gateway prefers it to TCP: same machine, less kernel time)."""
+    async def close(self) -> None:
+        """Release what the runtime holds (clients, connections); instances keep running."""
         return None

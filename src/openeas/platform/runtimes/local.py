@@ -7,21 +7,33 @@ against a recycled pid).  ``cpu`` pins the process to that many cores
 enforced by watching the process tree's resident memory and killing it when it goes over
 (reported as OOMKilled) -- an address-space rlimit would break onnxruntime, which reserves
 far more virtual memory than it uses, and cgroups are not writable here.
+
+The runtime owns the instance's addresses (it picks free ports on its host and serves an
+abstract Unix socket too), probes readiness over HTTP with the instance's token, and keeps
+each instance's log in ``<logs_dir>/<service>/<instance>.log``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 
-from openeas.platform.runtimes.base import Exit, Launch, Runtime
+from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
 from openeas.protocol import instance_token
+
+log = logging.getLogger("openeas.platform")
 
 INSTANCE_ENV = "OPENEAS_INSTANCE_ID"
 _THREAD_ENV = (
@@ -32,7 +44,14 @@ _THREAD_ENV = (
 )
 
 
-def command(launch: Launch) -> list[str]:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the instance binds it moments later)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def command(launch: Launch, address: Address) -> list[str]:
     """The processor command line of an instance."""
     return [
         sys.executable,
@@ -41,13 +60,13 @@ def command(launch: Launch) -> list[str]:
         # The service's own flags come after ours, so a user's backend setting wins.
         f"--backend-config=onnxruntime,intra_op_thread_count={launch.cpu_count}",
         *launch.processor_params,
-        f"--http-address={launch.host}",
-        f"--grpc-address={launch.host}",
-        f"--metrics-address={launch.host}",
-        f"--http-port={launch.http_port}",
-        f"--grpc-port={launch.grpc_port}",
-        f"--metrics-port={launch.metrics_port}",
-        f"--http-unix-socket={unix_socket_name(launch.instance_id)}",
+        f"--http-address={address.host}",
+        f"--grpc-address={address.host}",
+        f"--metrics-address={address.host}",
+        f"--http-port={address.http_port}",
+        f"--grpc-port={address.grpc_port}",
+        f"--metrics-port={address.metrics_port}",
+        f"--http-unix-socket={address.unix_socket}",
     ]
 
 
@@ -81,70 +100,109 @@ def _same_instance(pid: int, instance_id: str) -> bool:
     return f"{INSTANCE_ENV}={instance_id}".encode() in environ.split(b"\0")
 
 
-class LocalRuntime(Runtime):
-    def __init__(self) -> None:
-        #: processes this control plane started (exit codes are known)
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
-        #: processes adopted from an earlier control plane (only the pid is known)
-        self._adopted: dict[str, int] = {}
-        #: instances killed by the memory watchdog, with the reason
-        self._killed: dict[str, str] = {}
+@dataclass
+class _Watched:
+    """What the runtime knows of one instance."""
 
-    async def start(self, launch: Launch) -> int:
-        launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+    address: Address
+    token: str
+    memory_mb: int
+    #: the process this control plane started (its exit code is known); None if adopted
+    child: subprocess.Popen[bytes] | None = None
+    #: the memory watchdog's kill reason
+    killed: str = ""
+
+
+class LocalRuntime(Runtime):
+    def __init__(self, logs_dir: Path, host: str = "127.0.0.1") -> None:
+        self.logs_dir = logs_dir
+        self.host = host
+        self._instances: dict[str, _Watched] = {}
+        self._http = httpx.AsyncClient(timeout=2.0)
+
+    def log_path(self, service: str, instance_id: str) -> Path:
+        return self.logs_dir / service / f"{instance_id}.log"
+
+    async def start(self, launch: Launch) -> Address:
+        address = Address(
+            self.host,
+            free_port(self.host),
+            free_port(self.host),
+            free_port(self.host),
+            unix_socket_name(launch.instance_id),
+        )
+        path = self.log_path(launch.service, launch.instance_id)
+        try:
+            process = self._spawn(launch, address, path)
+        except OSError as exc:
+            raise StartError(str(exc)) from exc
+        address = dataclasses.replace(address, pid=process.pid)
+        self._instances[launch.instance_id] = _Watched(
+            address, launch.internal_token, launch.memory_mb, process
+        )
+        return address
+
+    @staticmethod
+    def _spawn(launch: Launch, address: Address, path: Path) -> subprocess.Popen[bytes]:
+        path.parent.mkdir(parents=True, exist_ok=True)
         cpus = set(launch.cpus)
 
         def pin() -> None:  # runs in the child between fork and exec
             if cpus:
                 os.sched_setaffinity(0, cpus)
 
-        with open(launch.log_path, "ab") as log:
-            process = subprocess.Popen(
-                command(launch),
+        with open(path, "ab") as log_file:
+            return subprocess.Popen(
+                command(launch, address),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=environment(launch),
                 start_new_session=True,
                 preexec_fn=pin,
-                cwd=str(launch.log_path.parent),
+                cwd=str(path.parent),
             )
-        self._children[launch.instance_id] = process
-        self._killed.pop(launch.instance_id, None)
-        return process.pid
 
-    def adopt(self, instance_id: str, pid: int) -> bool:
-        if not _same_instance(pid, instance_id):
+    def adopt(self, launch: Launch, address: Address) -> bool:
+        if address.pid is None or not _same_instance(address.pid, launch.instance_id):
             return False
-        self._adopted[instance_id] = pid
+        self._instances[launch.instance_id] = _Watched(
+            address, launch.internal_token, launch.memory_mb
+        )
         return True
 
     def pid(self, instance_id: str) -> int | None:
-        child = self._children.get(instance_id)
-        return child.pid if child is not None else self._adopted.get(instance_id)
+        watched = self._instances.get(instance_id)
+        return watched.address.pid if watched is not None else None
 
-    def exited(self, instance_id: str) -> Exit | None:
-        killed = self._killed.get(instance_id)
-        child = self._children.get(instance_id)
-        if child is not None:
-            code = child.poll()
-            if code is None:
+    def poll(self, instance_id: str) -> Exit | None:
+        return self._exited(instance_id) or self._enforce_limits(instance_id)
+
+    def _exited(self, instance_id: str) -> Exit | None:
+        watched = self._instances.get(instance_id)
+        if watched is None:
+            return Exit(None, "process is gone")
+        if watched.child is None:  # adopted: only the pid is known
+            pid = watched.address.pid
+            if pid is not None and _same_instance(pid, instance_id):
                 return None
-            if killed:
-                return Exit(code, killed)
-            if code < 0:
-                name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
-                return Exit(code, f"killed by signal {name}")
-            return Exit(code, f"exited with status {code}")
-        pid = self._adopted.get(instance_id)
-        if pid is not None and _same_instance(pid, instance_id):
+            return Exit(None, watched.killed or "process is gone")
+        code = watched.child.poll()
+        if code is None:
             return None
-        return Exit(None, killed or "process is gone")
+        if watched.killed:
+            return Exit(code, watched.killed)
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+            return Exit(code, f"killed by signal {name}")
+        return Exit(code, f"exited with status {code}")
 
-    def enforce_limits(self, instance_id: str, memory_mb: int) -> Exit | None:
-        pid = self.pid(instance_id)
-        if not memory_mb or pid is None or instance_id in self._killed:
+    def _enforce_limits(self, instance_id: str) -> Exit | None:
+        """Kill an instance over its memory (the OS does not do it for us, see above)."""
+        watched = self._instances.get(instance_id)
+        if watched is None or not watched.memory_mb or watched.killed:
             return None
+        pid = watched.address.pid
         try:
             proc = psutil.Process(pid)
             rss = proc.memory_info().rss + sum(
@@ -152,39 +210,74 @@ class LocalRuntime(Runtime):
             )
         except psutil.Error:
             return None
-        if rss <= memory_mb * 2**20:
+        if rss <= watched.memory_mb * 2**20:
             return None
-        reason = (
-            f"OOMKilled: resident memory {rss // 2**20} MB exceeded the limit of {memory_mb} MB"
+        watched.killed = (
+            f"OOMKilled: resident memory {rss // 2**20} MB exceeded the limit of "
+            f"{watched.memory_mb} MB"
         )
-        self._killed[instance_id] = reason
-        self._signal_group(pid, signal.SIGKILL)
-        return Exit(None, reason)
+        if pid is not None:
+            self._signal_group(pid, signal.SIGKILL)
+        return Exit(None, watched.killed)
+
+    async def probe(self, instance_id: str) -> bool:
+        watched = self._instances.get(instance_id)
+        if watched is None:
+            return False
+        a = watched.address
+        url = f"http://{a.host}:{a.http_port}/v2/health/ready"
+        headers = {instance_token.HEADER.decode(): watched.token} if watched.token else None
+        try:
+            response = await self._http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.debug("probe %s: %s", url, exc)
+            return False
+        log.debug("probe %s: %d", url, response.status_code)
+        return response.status_code == 200
+
+    def read_log(
+        self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
+    ) -> tuple[str, int]:
+        try:
+            with open(self.log_path(service, instance_id), "rb") as handle:
+                if offset is not None:
+                    handle.seek(offset)
+                    data = handle.read()
+                elif tail is not None:
+                    data = b"".join(deque(handle, maxlen=max(tail, 0)))
+                else:
+                    data = handle.read()
+                end = handle.tell()
+        except FileNotFoundError:
+            return "", 0
+        return data.decode(errors="replace"), end
 
     async def stop(self, instance_id: str, timeout: float) -> None:
         pid = self.pid(instance_id)
-        if pid is None or self.exited(instance_id) is not None:
+        if pid is None or self._exited(instance_id) is not None:
             return
         try:
             os.kill(pid, signal.SIGTERM)  # the processor stops its own helpers
         except ProcessLookupError:
             return
         deadline = asyncio.get_running_loop().time() + timeout
-        while self.exited(instance_id) is None:
+        while self._exited(instance_id) is None:
             if asyncio.get_running_loop().time() > deadline:
                 self._signal_group(pid, signal.SIGKILL)
                 break
             await asyncio.sleep(0.05)
-        while self.exited(instance_id) is None:
+        while self._exited(instance_id) is None:
             await asyncio.sleep(0.05)
 
     def forget(self, instance_id: str) -> None:
-        child = self._children.pop(instance_id, None)
+        watched = self._instances.pop(instance_id, None)
+        child = watched.child if watched is not None else None
         if child is not None and child.poll() is None:
             child.kill()
             child.wait()
-        self._adopted.pop(instance_id, None)
-        self._killed.pop(instance_id, None)
+
+    async def close(self) -> None:
+        await self._http.aclose()
 
     @staticmethod
     def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -195,6 +288,3 @@ class LocalRuntime(Runtime):
             pass
         except PermissionError:
             os.kill(pid, sig)
-
-    def unix_socket(self, instance_id: str) -> str | None:
-        return unix_socket_name(instance_id)
