@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from openeas.processor_flags import (
     ACCEPTED_NO_EFFECT,
@@ -107,19 +108,23 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerOptions:
         _print_and_exit(parser, argv)
     parsed = validate(argv, parser)
     if parsed.problems or parsed.namespace is None:
-        for problem in parsed.problems:
-            sys.stderr.write(f"{parser.prog}: error: {problem.message}\n")
-        sys.exit(2)
+        _exit(parser, [problem.message for problem in parsed.problems])
     return _options(parsed.namespace)
 
 
 def _print_and_exit(parser: FlagParser, argv: list[str]) -> None:
-    """--help / --version: argparse prints and exits 0 (a bad flag before it is left to
-    :func:`validate`, which reports every problem)."""
+    """--help / --version: argparse prints and exits 0, unless a flag before it is bad
+    (argparse stops there, as tritonserver does)."""
     try:
         parser.parse_args(argv)
-    except FlagError:
-        pass
+    except FlagError as exc:
+        _exit(parser, [str(exc)])
+
+
+def _exit(parser: FlagParser, messages: list[str]) -> NoReturn:
+    for message in messages:
+        sys.stderr.write(f"{parser.prog}: error: {message}\n")
+    sys.exit(2)
 
 
 def _options(ns: argparse.Namespace) -> ServerOptions:
