@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from openeas.protocol import datatypes
 from openeas.protocol.errors import InvalidArgument
-from openeas.protocol.types import InferRequest, Tensor
+from openeas.protocol.types import InferRequest, RequestedOutput, Tensor
 from openeas.server.repository.config import ModelConfig
 
 
@@ -129,7 +129,7 @@ class RequestValidator:
         ):
             self._check_required(request)
         if request.outputs:
-            self._check_outputs(request)
+            self._check_outputs(request.outputs)
         return batch or 1
 
     def _input_error(self, tensor: Tensor, spec: _InputSpec | None) -> InvalidArgument:
@@ -175,8 +175,8 @@ class RequestValidator:
                 self._model, sorted(given), missing, len(self._required), len(self._inputs)
             )
 
-    def _check_outputs(self, request: InferRequest) -> None:
-        for output in request.outputs:
+    def _check_outputs(self, outputs: list[RequestedOutput]) -> None:
+        for output in outputs:
             if output.name not in self._outputs:
                 raise InvalidArgument(
                     f"unexpected inference output '{output.name}' for model '{self._model}'"
