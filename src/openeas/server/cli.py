@@ -20,7 +20,7 @@ from openeas.server.models import ControlMode, RepositoryOptions
 from openeas.server.options import ServerOptions, parse_args
 from openeas.storage import RepositoryMount, StorageError
 
-log = logging.getLogger("openeas.server")
+log = logging.getLogger(__name__)
 
 
 def setup_logging(options: ServerOptions) -> None:

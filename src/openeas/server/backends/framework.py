@@ -19,7 +19,7 @@ from openeas.protocol import datatypes
 from openeas.protocol.errors import InvalidArgument
 from openeas.server.repository.config import ModelConfig
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Default of ``--backend-config=<backend>,default-max-batch-size`` (as in Triton).
 DEFAULT_MAX_BATCH_SIZE = 4
@@ -284,7 +284,7 @@ def auto_complete(
     if batchable:
         if config.max_batch_size == 0:
             config.max_batch_size = default_max_batch_size(backend_config)
-            logger.warning(
+            log.warning(
                 "autofilled max_batch_size to %d for model '%s'",
                 config.max_batch_size,
                 config.name,

@@ -67,7 +67,7 @@ from openeas.server.backends.framework import (
 from openeas.server.backends.tensor_batch import TensorBatcher
 from openeas.server.repository.config import ModelConfig, default_model_filename
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: ``NodeArg.type`` of ONNX tensors -> Triton datatype.
 ONNX_TO_TRITON: dict[str, str] = {
@@ -291,7 +291,7 @@ def auto_complete(
     input_cnt = len(config.input) + len(config.batch_input)
     output_cnt = len(config.output)
     if input_cnt > 0 and output_cnt > 0:
-        logger.info(
+        log.info(
             "skipping model configuration auto-complete for '%s': inputs and outputs "
             "already specified", config.name,
         )
@@ -301,7 +301,7 @@ def auto_complete(
     if _supports_batching([*inputs, *outputs]):
         if config.max_batch_size == 0:
             config.max_batch_size = default_max_batch_size(backend_config)
-            logger.warning(
+            log.warning(
                 "autofilled max_batch_size to %d for model '%s' since batching is "
                 "supported but no max_batch_size is specified in model configuration. "
                 "Must specify max_batch_size to utilize autofill with a larger max batch "
@@ -524,7 +524,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         """Fill ``max_batch_size``, ``dynamic_batching`` and the I/O from the ONNX model."""
         if (len(config.input) + len(config.batch_input)) > 0 and len(config.output) > 0:
-            logger.info(
+            log.info(
                 "skipping model configuration auto-complete for '%s': inputs and outputs "
                 "already specified", config.name,
             )
@@ -570,7 +570,7 @@ class OnnxRuntimeBackend(Backend):
         )
         all_inputs = {**inputs, **initializers}
         string_inputs = {n for n, info in all_inputs.items() if info.datatype == "BYTES"}
-        logger.info(
+        log.info(
             "created onnxruntime session for instance '%s' of model '%s' version %s (%s)",
             instance_name, name, context.version, path,
         )
