@@ -426,6 +426,35 @@ def build_parser(defaults: Mapping[str, Any] | None = None) -> FlagParser:
     return p
 
 
+#: The model repository flag and its older spelling.
+REPOSITORY_FLAGS = ("--model-repository", "--model-store")
+
+
+@dataclass(frozen=True)
+class FlagValue:
+    """One value of a flag in argv: where the flag is, where its value is (the same
+    index for ``--flag=value``) and the value."""
+
+    flag_index: int
+    value_index: int
+    value: str
+
+
+def flag_values(argv: Sequence[str], flags: Sequence[str]) -> list[FlagValue]:
+    """Every value given to one of ``flags`` in ``argv``, in order, telling values from
+    options as argparse does (a flag without its value is left out)."""
+    found: list[FlagValue] = []
+    for index, tokens in _segments(list(argv)):
+        flag, sep, value = tokens[0].partition("=")
+        if flag not in flags:
+            continue
+        if sep:
+            found.append(FlagValue(index, index, value))
+        elif len(tokens) > 1:
+            found.append(FlagValue(index, index + 1, tokens[1]))
+    return found
+
+
 #: Flags that print something and exit instead of configuring the processor.
 INFORMATIONAL_FLAGS = frozenset({"-h", "--help", "--version"})
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")

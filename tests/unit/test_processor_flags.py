@@ -11,7 +11,13 @@ import pytest
 
 from openeas.platform.errors import SpecError
 from openeas.platform.spec import validate_spec
-from openeas.processor_flags import FlagProblem, validate
+from openeas.processor_flags import (
+    REPOSITORY_FLAGS,
+    FlagProblem,
+    FlagValue,
+    flag_values,
+    validate,
+)
 
 REPO = "--model-repository=/models"
 
@@ -151,3 +157,13 @@ def test_help_and_version_are_refused_by_the_spec_but_print_in_the_processor() -
         [sys.executable, "-m", "openeas.server.cli", "--version"], capture_output=True, text=True
     )
     assert process.returncode == 0 and "openeas-server" in process.stdout
+
+
+def test_flag_values_tell_values_from_options_as_argparse_does() -> None:
+    argv = ["--model-store", "/a", "--log-verbose=1", "--model-repository=/b"]
+    argv += ["--model-repository", "--id=x", "--model-repository", "-1"]
+    assert flag_values(argv, REPOSITORY_FLAGS) == [
+        FlagValue(0, 1, "/a"),
+        FlagValue(3, 3, "/b"),
+        FlagValue(6, 7, "-1"),  # a negative number is a value, as in argparse
+    ]

@@ -48,7 +48,6 @@ REFUSED_FLAGS = {
     "--grpc-server-key": "instances do not serve TLS behind the gateway",
     "--grpc-root-cert": "instances do not serve TLS behind the gateway",
 }
-_REPOSITORY_FLAGS = ("--model-repository", "--model-store")
 _TOKEN_PATTERN = re.compile(r"^[\x21-\x7e]{8,256}$")
 
 
@@ -151,16 +150,8 @@ class ServiceSpec(_Strict):
 
     def model_repositories(self) -> list[str]:
         """Every ``--model-repository``/``--model-store`` value, in order."""
-        found: list[str] = []
-        params = self.processor_params
-        for i, param in enumerate(params):
-            flag, sep, value = param.partition("=")
-            if flag in ("--model-repository", "--model-store"):
-                if sep:
-                    found.append(value)
-                elif i + 1 < len(params):
-                    found.append(params[i + 1])
-        return found
+        found = processor_flags.flag_values(self.processor_params, processor_flags.REPOSITORY_FLAGS)
+        return [flag.value for flag in found]
 
 
 def generate_token() -> str:
@@ -193,23 +184,18 @@ def _reason(error: dict[str, Any]) -> str:
 
 def _refused_params(params: list[str]) -> list[FieldError]:
     """Flags the platform owns or refuses, and repositories that climb with ``..``."""
-    problems: list[FieldError] = []
+    problems: list[tuple[int, str]] = []
     for i, param in enumerate(params):
-        flag, sep, value = param.partition("=")
-        field = f"processor_params[{i}]"
+        flag = param.partition("=")[0]
         if flag in PLATFORM_FLAGS:
-            problems.append(FieldError(field, f"{flag} is set by the platform per instance"))
+            problems.append((i, f"{flag} is set by the platform per instance"))
         elif flag in REFUSED_FLAGS:
-            problems.append(FieldError(field, f"{flag} is not allowed: {REFUSED_FLAGS[flag]}"))
-        elif flag in _REPOSITORY_FLAGS:
-            if not sep:  # the value is the next token; none: the processor's problem
-                if i + 1 == len(params) or params[i + 1].startswith("-"):
-                    continue
-                value, field = params[i + 1], f"processor_params[{i + 1}]"
-            problem = _repository_problem(value)
-            if problem:
-                problems.append(FieldError(field, problem))
-    return problems
+            problems.append((i, f"{flag} is not allowed: {REFUSED_FLAGS[flag]}"))
+    for found in processor_flags.flag_values(params, processor_flags.REPOSITORY_FLAGS):
+        problem = _repository_problem(found.value)
+        if problem:
+            problems.append((found.value_index, problem))
+    return [FieldError(f"processor_params[{i}]", reason) for i, reason in sorted(problems)]
 
 
 def _repository_problem(value: str) -> str | None:
