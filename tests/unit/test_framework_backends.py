@@ -12,7 +12,9 @@ from openeas.server.backends.framework import (
     auto_complete,
     check_control,
     check_io,
+    default_max_batch_size,
     int_setting,
+    optional_bool_setting,
 )
 from openeas.server.repository.config import parse_config_text
 
@@ -29,6 +31,29 @@ def test_int_setting_prefers_parameters_then_backend_config():
     bad = _config('name: "m" parameters { key: "A" value { string_value: "many" } }')
     with pytest.raises(InvalidArgument, match="parameter 'A' must be an integer >= 0, got 'many'"):
         int_setting(bad, {}, ("A",), 0)
+
+
+def test_the_settings_helpers_all_backends_share():
+    config = _config(
+        'name: "m" parameters [{ key: "B" value { string_value: "maybe" } }, '
+        '{ key: "N" value { string_value: "-3" } }, { key: "E" value { string_value: "" } }]'
+    )
+    with pytest.raises(
+        InvalidArgument, match="failed to convert 'maybe' of parameter 'B' to boolean value"
+    ):
+        optional_bool_setting(config, {}, ("B",))
+    assert optional_bool_setting(config, {"C": "on"}, ("C",)) is True
+    assert optional_bool_setting(config, {}, ("C",)) is None
+    assert optional_bool_setting(config, {}, ("E",)) is None
+    assert int_setting(config, {}, ("N",), 0, minimum=None) == -3
+    with pytest.raises(InvalidArgument, match="parameter 'N' must be an integer >= 0, got '-3'"):
+        int_setting(config, {}, ("N",), 0)
+    with pytest.raises(InvalidArgument, match="parameter 'X' must be an integer, got 'x'"):
+        int_setting(config, {"X": "x"}, ("X",), 0, minimum=None)
+    assert default_max_batch_size({}) == 4
+    assert default_max_batch_size({"default-max-batch-size": "-2"}) == 0
+    with pytest.raises(InvalidArgument, match="'default-max-batch-size'"):
+        default_max_batch_size({"default-max-batch-size": "many"})
 
 
 def test_auto_complete_fills_batching_and_io():

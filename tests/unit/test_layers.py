@@ -17,11 +17,8 @@ FORBIDDEN = {
     "gateway": ("openeas.server", "openeas.platform", "openeas.cli"),
     "platform": ("openeas.server", "openeas.cli"),
 }
-#: Imports still allowed across a layer, each with the work that removes it.
-EXCEPTIONS = {
-    # the processor's flags, checked by the platform: issue 19, item 2 moves them
-    ("platform", "openeas.server.options"),
-}
+#: Imports still allowed across a layer (layer, module), each with the work that removes it.
+EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _imports_of(path: Path) -> set[str]:

@@ -83,7 +83,7 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
         ("processor", ..., "processor", "required"),
         ("processor_params", [], "processor_params", "at least 1"),
         ("processor_params", "--model-repository=/m", "processor_params", "list"),
-        ("processor_params", ["--no-such-flag"], "processor_params", "--no-such-flag"),
+        ("processor_params", ["--no-such-flag"], "processor_params[0]", "--no-such-flag"),
         (
             "processor_params",
             ["--allow-grpc=true"],
@@ -93,7 +93,7 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
         (
             "processor_params",
             ["--model-repository=/m", "--allow-http=perhaps"],
-            "processor_params",
+            "processor_params[1]",
             "invalid boolean",
         ),
         (
@@ -171,7 +171,7 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
         (
             "processor_params",
             ["--model-repository=/m", "--log-verbose=x"],
-            "processor_params",
+            "processor_params[1]",
             "invalid integer",
         ),
         ("unknown_top", 1, "unknown_top", "unknown field"),

@@ -1,9 +1,7 @@
 import numpy as np
-import pytest
 
-from openeas.protocol.errors import InvalidArgument
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
-from openeas.server.cache import ResponseCache, parse_cache_config
+from openeas.server.cache import ResponseCache
 
 
 def _request(value: float) -> InferRequest:
@@ -40,10 +38,3 @@ def test_entries_larger_than_the_cache_are_not_stored_and_are_read_only():
     hit = small.get(key, _request(1), "1")
     assert hit is not None and hit.id == "r"
     assert not hit.outputs[0].data.flags.writeable
-
-
-def test_cache_config_parsing():
-    assert parse_cache_config(["local,size=1024"]) == 1024
-    assert parse_cache_config([]) == 0
-    with pytest.raises(InvalidArgument, match="local,size"):
-        parse_cache_config(["redis,host=x"])

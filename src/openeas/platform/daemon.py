@@ -36,7 +36,7 @@ from openeas.platform.resources import local_group
 from openeas.platform.runtimes.local import LocalRuntime
 from openeas.platform.store import Store
 
-log = logging.getLogger("openeas.platform")
+log = logging.getLogger(__name__)
 
 
 @dataclass

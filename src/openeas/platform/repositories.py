@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from openeas import processor_flags
 from openeas.platform.spec import ServiceSpec
 
 _URI_SCHEMES = ("oss://", "s3://")
@@ -30,21 +31,24 @@ def _apply_mounts(value: str, spec: ServiceSpec) -> str:
 
 
 def resolved_params(spec: ServiceSpec) -> list[str]:
-    """The processor flags with mounted paths replaced by their object-store URIs."""
-    out: list[str] = []
+    """The processor flags with mounted paths replaced by their object-store URIs (each
+    repository as one ``--model-repository=<value>``)."""
     params = spec.processor_params
-    skip = False
+    found = {
+        flag.flag_index: flag
+        for flag in processor_flags.flag_values(params, processor_flags.REPOSITORY_FLAGS)
+    }
+    out: list[str] = []
+    skip = -1
     for i, param in enumerate(params):
-        if skip:
-            skip = False
+        if i == skip:
             continue
-        flag, sep, value = param.partition("=")
-        if flag in ("--model-repository", "--model-store"):
-            if not sep and i + 1 < len(params):
-                value, skip = params[i + 1], True
-            out.append(f"--model-repository={_apply_mounts(value, spec)}")
-        else:
+        flag = found.get(i)
+        if flag is None:
             out.append(param)
+        else:
+            skip = flag.value_index
+            out.append(f"--model-repository={_apply_mounts(flag.value, spec)}")
     return out
 
 

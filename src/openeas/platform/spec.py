@@ -2,14 +2,14 @@
 
 ``validate_spec(doc)`` returns a :class:`ServiceSpec` or raises :class:`SpecError` listing
 every problem as ``field.path: reason``.  Unknown keys are errors.  ``processor_params``
-are checked by the processor's own flag parser (:mod:`openeas.server.options`), so the
-platform accepts exactly the flags ``openeas-server`` does; the flags the platform sets
-itself (ports, bind addresses) are refused.
+are checked by the processor's own flag schema (:mod:`openeas.processor_flags`), so the
+platform accepts exactly the flags ``openeas-server`` does and refuses the rest with the
+message the processor would print; on top, the flags the platform sets itself (ports, bind
+addresses) or must own (log files, TLS, climbing repositories) are refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from openeas import processor_flags
 from openeas.platform.auth import random_token
 from openeas.platform.errors import FieldError, SpecError
 
@@ -47,7 +48,6 @@ REFUSED_FLAGS = {
     "--grpc-server-key": "instances do not serve TLS behind the gateway",
     "--grpc-root-cert": "instances do not serve TLS behind the gateway",
 }
-_REPOSITORY_FLAGS = ("--model-repository", "--model-store")
 _TOKEN_PATTERN = re.compile(r"^[\x21-\x7e]{8,256}$")
 
 
@@ -150,16 +150,8 @@ class ServiceSpec(_Strict):
 
     def model_repositories(self) -> list[str]:
         """Every ``--model-repository``/``--model-store`` value, in order."""
-        found: list[str] = []
-        params = self.processor_params
-        for i, param in enumerate(params):
-            flag, sep, value = param.partition("=")
-            if flag in ("--model-repository", "--model-store"):
-                if sep:
-                    found.append(value)
-                elif i + 1 < len(params):
-                    found.append(params[i + 1])
-        return found
+        found = processor_flags.flag_values(self.processor_params, processor_flags.REPOSITORY_FLAGS)
+        return [flag.value for flag in found]
 
 
 def generate_token() -> str:
@@ -192,21 +184,18 @@ def _reason(error: dict[str, Any]) -> str:
 
 def _refused_params(params: list[str]) -> list[FieldError]:
     """Flags the platform owns or refuses, and repositories that climb with ``..``."""
-    problems: list[FieldError] = []
+    problems: list[tuple[int, str]] = []
     for i, param in enumerate(params):
-        flag, sep, value = param.partition("=")
-        field = f"processor_params[{i}]"
+        flag = param.partition("=")[0]
         if flag in PLATFORM_FLAGS:
-            problems.append(FieldError(field, f"{flag} is set by the platform per instance"))
+            problems.append((i, f"{flag} is set by the platform per instance"))
         elif flag in REFUSED_FLAGS:
-            problems.append(FieldError(field, f"{flag} is not allowed: {REFUSED_FLAGS[flag]}"))
-        elif flag in _REPOSITORY_FLAGS:
-            if not sep and i + 1 < len(params):
-                value, field = params[i + 1], f"processor_params[{i + 1}]"
-            problem = _repository_problem(value)
-            if problem:
-                problems.append(FieldError(field, problem))
-    return problems
+            problems.append((i, f"{flag} is not allowed: {REFUSED_FLAGS[flag]}"))
+    for found in processor_flags.flag_values(params, processor_flags.REPOSITORY_FLAGS):
+        problem = _repository_problem(found.value)
+        if problem:
+            problems.append((found.value_index, problem))
+    return [FieldError(f"processor_params[{i}]", reason) for i, reason in sorted(problems)]
 
 
 def _repository_problem(value: str) -> str | None:
@@ -226,27 +215,18 @@ def _repository_problem(value: str) -> str | None:
 
 
 def _check_processor_params(params: list[str]) -> list[FieldError]:
-    """Parse the flags with the processor's own parser; a list of problems."""
-    from openeas.server.options import build_parser
-
+    """Every problem of the flags: the platform's refusals, then what the processor itself
+    would refuse at start-up (the shared flag schema, with its very message)."""
     problems = _refused_params(params)
-    parser = build_parser()
-
-    def fail(message: str) -> None:
-        raise argparse.ArgumentError(None, message)
-
-    parser.error = fail  # type: ignore[method-assign]
-    try:
-        ns = parser.parse_args(params)
-    except argparse.ArgumentError as exc:
-        problems.append(FieldError("processor_params", str(exc)))
-        return problems
-    except SystemExit:  # --help / --version
-        problems.append(FieldError("processor_params", "--help and --version are not allowed"))
-        return problems
-    if not ns.model_repository:
-        problems.append(FieldError("processor_params", "--model-repository is required"))
-    if ns.allow_http is False:
+    refused = {problem.field for problem in problems}
+    parsed = processor_flags.validate(params)
+    for problem in parsed.problems:
+        where = "processor_params"
+        if problem.index is not None:
+            where = f"processor_params[{problem.index}]"
+        if where not in refused:  # one reason per flag: the platform's says more
+            problems.append(FieldError(where, problem.message))
+    if parsed.namespace is not None and parsed.namespace.allow_http is False:
         problems.append(
             FieldError("processor_params", "--allow-http=false: the platform needs HTTP")
         )

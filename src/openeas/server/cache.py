@@ -15,25 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from openeas.protocol import datatypes
-from openeas.protocol.errors import InvalidArgument
 from openeas.protocol.types import InferRequest, InferResponse, Tensor
-
-
-def parse_cache_config(values: list[str]) -> int:
-    """The cache size in bytes from ``--cache-config`` values (``local,size=N``); 0 = off."""
-    size = 0
-    for value in values:
-        kind, _, setting = value.partition(",")
-        key, sep, number = setting.partition("=")
-        if kind != "local" or key != "size" or not sep:
-            raise InvalidArgument(f"invalid --cache-config '{value}': expected local,size=<bytes>")
-        try:
-            size = int(number)
-        except ValueError:
-            raise InvalidArgument(f"invalid --cache-config size '{number}'") from None
-        if size < 0:
-            raise InvalidArgument("--cache-config size must be >= 0")
-    return size
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from openeas.server.options import ServerOptions, parse_args
 from openeas.storage import RepositoryMount, StorageError
 from openeas.transport.sockets import UnixHttpServer, bind_socket, bind_unix_socket
 
-log = logging.getLogger("openeas.server")
+log = logging.getLogger(__name__)
 
 
 def setup_logging(options: ServerOptions) -> None:

@@ -197,7 +197,8 @@ class DataPlane:
         return None
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, schedule and post-process one request.
+        """Validate, schedule and post-process one request (through the response cache
+        when the model uses it); its statistics are recorded here, once.
 
         Raises :class:`DecoupledModelError` for a decoupled model (use :meth:`infer_stream`).
         """
@@ -205,20 +206,18 @@ class DataPlane:
         if model.scheduler.decoupled:
             raise DecoupledModelError(model.name)
         shm_outputs = self._resolve_shared_memory(request)
-        if model.cached and self.cache is not None and shm_outputs is None:
-            return await self._infer_cached(model, request, self.cache)
+        cache = self.cache if model.cached and shm_outputs is None else None
         start = time.monotonic_ns()
         try:
             batch_size = model.validate(request)
-            scheduler = model.scheduler
-            response = scheduler.infer_now(request, batch_size)
-            if response is None:
-                response = await scheduler.infer(request, batch_size)
-            response.model_version = model.version_str
-            if request.outputs and _classifies(request):
-                _classify(response, request, model)
-            if shm_outputs:
-                write_outputs(response, shm_outputs)
+            if cache is not None:
+                response = await self._infer_cached(model, request, batch_size, cache, start)
+            else:
+                scheduler = model.scheduler
+                response = scheduler.infer_now(request, batch_size)
+                if response is None:
+                    response = await scheduler.infer(request, batch_size)
+                _postprocess(model, request, response, shm_outputs)
         except InferenceError as exc:
             model.stats.record_failure(time.monotonic_ns() - start, _failure_reason(exc))
             raise
@@ -226,30 +225,26 @@ class DataPlane:
         return response
 
     async def _infer_cached(
-        self, model: LoadedVersion, request: InferRequest, cache: ResponseCache
+        self,
+        model: LoadedVersion,
+        request: InferRequest,
+        batch_size: int,
+        cache: ResponseCache,
+        start: int,
     ) -> InferResponse:
-        """:meth:`infer` through the response cache (hits skip the model entirely)."""
-        start = time.monotonic_ns()
-        try:
-            batch_size = model.validate(request)
-            key = cache.key(request, model.version_str)
-            cached = cache.get(key, request, model.version_str)
-            if cached is not None:
-                model.stats.cache_hit.add(time.monotonic_ns() - start)
-                model.stats.record_success(time.monotonic_ns() - start)
-                return cached
-            lookup_ns = time.monotonic_ns() - start
-            response = await model.scheduler.infer(request, batch_size)
-            response.model_version = model.version_str
-            if request.outputs and any(o.classification for o in request.outputs):
-                _classify(response, request, model)
-            insert_start = time.monotonic_ns()
-            cache.put(key, response)
-            model.stats.cache_miss.add(lookup_ns + time.monotonic_ns() - insert_start)
-        except InferenceError as exc:
-            model.stats.record_failure(time.monotonic_ns() - start, _failure_reason(exc))
-            raise
-        model.stats.record_success(time.monotonic_ns() - start)
+        """A validated request through the response cache (hits skip the model entirely);
+        the cache's own hit and miss times are recorded here."""
+        key = cache.key(request, model.version_str)
+        cached = cache.get(key, request, model.version_str)
+        if cached is not None:
+            model.stats.cache_hit.add(time.monotonic_ns() - start)
+            return cached
+        lookup_ns = time.monotonic_ns() - start
+        response = await model.scheduler.infer(request, batch_size)
+        _postprocess(model, request, response, None)
+        insert_start = time.monotonic_ns()
+        cache.put(key, response)
+        model.stats.cache_miss.add(lookup_ns + time.monotonic_ns() - insert_start)
         return response
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[StreamItem]:
@@ -272,7 +267,6 @@ class DataPlane:
             yield await self.infer(request), True
             return
         shm_outputs = self._resolve_shared_memory(request)
-        classify = bool(request.outputs) and any(o.classification for o in request.outputs)
         start = time.monotonic_ns()
         failed = False
         try:
@@ -291,11 +285,7 @@ class DataPlane:
                     raise
                 if isinstance(response, InferResponse):
                     try:
-                        response.model_version = model.version_str
-                        if classify:
-                            _classify(response, request, model)
-                        if shm_outputs:
-                            write_outputs(response, shm_outputs)
+                        _postprocess(model, request, response, shm_outputs)
                     except InferenceError as exc:
                         response = exc
                 if isinstance(response, InferenceError):
@@ -408,6 +398,21 @@ class DataPlane:
 def _failure_reason(error: InferenceError) -> str:
     """The ``reason`` label of nv_inference_request_failure for an error."""
     return "REJECTED" if isinstance(error, QueueRejected) else "BACKEND"
+
+
+def _postprocess(
+    model: LoadedVersion,
+    request: InferRequest,
+    response: InferResponse,
+    shm_outputs: list[OutputTarget] | None,
+) -> None:
+    """What every response of a model gets: its version, the classification the request
+    asked for, and the shared-memory regions its outputs go to."""
+    response.model_version = model.version_str
+    if request.outputs and _classifies(request):
+        _classify(response, request, model)
+    if shm_outputs:
+        write_outputs(response, shm_outputs)
 
 
 def _classifies(request: InferRequest) -> bool:

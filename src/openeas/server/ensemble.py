@@ -85,8 +85,31 @@ class EnsemblePlan:
 
 def build_plan(config: ModelConfig) -> EnsemblePlan:
     """Check the graph of an ensemble config; raises InvalidArgument naming the problem."""
-    name = config.name
-    where = f"ensemble '{name}'"
+    where = f"ensemble '{config.name}'"
+    inputs = _check_declared(config, where)
+    producer: dict[str, int] = {}
+    steps = [
+        _plan_step(config.name, where, index, raw, inputs, producer)
+        for index, raw in enumerate(config.ensemble_scheduling.step)
+    ]
+    depends = [_dependencies(where, step, inputs, producer) for step in steps]
+    for output in config.output:
+        if output.name not in producer and output.name not in inputs:
+            raise InvalidArgument(
+                f"{where}: ensemble output '{output.name}' is not produced by any step"
+            )
+    _check_acyclic(where, steps, depends)
+    return EnsemblePlan(
+        name=config.name,
+        steps=tuple(steps),
+        depends=tuple(depends),
+        producer=producer,
+        outputs=tuple(t.name for t in config.output),
+    )
+
+
+def _check_declared(config: ModelConfig, where: str) -> set[str]:
+    """An ensemble has steps, inputs and outputs; the names of its inputs."""
     if not config.HasField("ensemble_scheduling") or not config.ensemble_scheduling.step:
         raise InvalidArgument(f"{where} must specify at least one step in 'ensemble_scheduling'")
     inputs = {t.name for t in config.input}
@@ -94,65 +117,69 @@ def build_plan(config: ModelConfig) -> EnsemblePlan:
         raise InvalidArgument(f"{where} must specify at least one input")
     if not config.output:
         raise InvalidArgument(f"{where} must specify at least one output")
+    return inputs
 
-    steps: list[Step] = []
-    producer: dict[str, int] = {}
-    for index, raw in enumerate(config.ensemble_scheduling.step):
-        label = f"step {index} (model '{raw.model_name}')"
-        if not raw.model_name:
-            raise InvalidArgument(f"{where}: step {index} must specify 'model_name'")
-        if raw.model_name == name:
-            raise InvalidArgument(
-                f"{where}: {label} refers to the ensemble itself, which makes a cycle"
-            )
-        if not raw.input_map:
-            raise InvalidArgument(f"{where}: {label} must map at least one input")
-        if not raw.output_map:
-            raise InvalidArgument(f"{where}: {label} must map at least one output")
-        for model_output, tensor in sorted(raw.output_map.items()):
-            if tensor in inputs:
-                raise InvalidArgument(
-                    f"{where}: {label} maps output '{model_output}' to '{tensor}', which is "
-                    "already an ensemble input"
-                )
-            if tensor in producer:
-                raise InvalidArgument(
-                    f"{where}: tensor '{tensor}' is produced by both step {producer[tensor]} "
-                    f"and {label}"
-                )
-            producer[tensor] = index
-        version = raw.model_version
-        steps.append(
-            Step(
-                index=index,
-                model_name=raw.model_name,
-                model_version="" if version < 0 else str(version),
-                inputs=tuple(sorted(raw.input_map.items())),
-                outputs=tuple(sorted(raw.output_map.items())),
-            )
+
+def _plan_step(
+    name: str,
+    where: str,
+    index: int,
+    raw: mc.ModelEnsembling.Step,
+    inputs: set[str],
+    producer: dict[str, int],
+) -> Step:
+    """One checked step; records the tensors it produces in ``producer``."""
+    label = f"step {index} (model '{raw.model_name}')"
+    if not raw.model_name:
+        raise InvalidArgument(f"{where}: step {index} must specify 'model_name'")
+    if raw.model_name == name:
+        raise InvalidArgument(
+            f"{where}: {label} refers to the ensemble itself, which makes a cycle"
         )
-
-    depends: list[frozenset[int]] = []
-    for step in steps:
-        deps: set[int] = set()
-        for model_input, tensor in step.inputs:
-            if tensor in inputs:
-                continue
-            if tensor not in producer:
-                raise InvalidArgument(
-                    f"{where}: {step.label} consumes tensor '{tensor}' (for its input "
-                    f"'{model_input}'), which is neither an ensemble input nor produced by "
-                    "any step"
-                )
-            deps.add(producer[tensor])
-        depends.append(frozenset(deps))
-
-    for output in config.output:
-        if output.name not in producer and output.name not in inputs:
+    if not raw.input_map:
+        raise InvalidArgument(f"{where}: {label} must map at least one input")
+    if not raw.output_map:
+        raise InvalidArgument(f"{where}: {label} must map at least one output")
+    for model_output, tensor in sorted(raw.output_map.items()):
+        if tensor in inputs:
             raise InvalidArgument(
-                f"{where}: ensemble output '{output.name}' is not produced by any step"
+                f"{where}: {label} maps output '{model_output}' to '{tensor}', which is "
+                "already an ensemble input"
             )
+        if tensor in producer:
+            raise InvalidArgument(
+                f"{where}: tensor '{tensor}' is produced by both step {producer[tensor]} "
+                f"and {label}"
+            )
+        producer[tensor] = index
+    return Step(
+        index=index,
+        model_name=raw.model_name,
+        model_version="" if raw.model_version < 0 else str(raw.model_version),
+        inputs=tuple(sorted(raw.input_map.items())),
+        outputs=tuple(sorted(raw.output_map.items())),
+    )
 
+
+def _dependencies(
+    where: str, step: Step, inputs: set[str], producer: dict[str, int]
+) -> frozenset[int]:
+    """The steps that produce ``step``'s inputs (ensemble inputs need none)."""
+    deps: set[int] = set()
+    for model_input, tensor in step.inputs:
+        if tensor in inputs:
+            continue
+        if tensor not in producer:
+            raise InvalidArgument(
+                f"{where}: {step.label} consumes tensor '{tensor}' (for its input "
+                f"'{model_input}'), which is neither an ensemble input nor produced by "
+                "any step"
+            )
+        deps.add(producer[tensor])
+    return frozenset(deps)
+
+
+def _check_acyclic(where: str, steps: list[Step], depends: list[frozenset[int]]) -> None:
     sorter = graphlib.TopologicalSorter({step.index: depends[step.index] for step in steps})
     try:
         sorter.prepare()
@@ -161,17 +188,22 @@ def build_plan(config: ModelConfig) -> EnsemblePlan:
         labels = ", ".join(steps[index].label for index in sorted(set(cycle)))
         raise InvalidArgument(f"{where}: the steps form a cycle: {labels}") from None
 
-    return EnsemblePlan(
-        name=name,
-        steps=tuple(steps),
-        depends=tuple(depends),
-        producer=producer,
-        outputs=tuple(t.name for t in config.output),
-    )
-
 
 def _datatype(tensor: mc.ModelInput | mc.ModelOutput) -> str:
     return datatypes.config_to_triton(mc.DataType.Name(tensor.data_type))
+
+
+@dataclass
+class _TensorTypes:
+    """Each ensemble tensor's datatype and where it comes from (for the messages)."""
+
+    types: dict[str, str]
+    origin: dict[str, str]
+
+    def mismatch(self, tensor: str, expected: str) -> str | None:
+        """The tensor's datatype when it is known and not ``expected``."""
+        given = self.types.get(tensor)
+        return given if given is not None and given != expected else None
 
 
 def check_composing(
@@ -187,60 +219,78 @@ def check_composing(
     composing model accepts the ensemble's batch size.
     """
     where = f"ensemble '{config.name}'"
-    types: dict[str, str] = {t.name: _datatype(t) for t in config.input}
-    where_from: dict[str, str] = {t.name: "ensemble input" for t in config.input}
-    for step in plan.steps:
+    known = _TensorTypes(
+        types={t.name: _datatype(t) for t in config.input},
+        origin={t.name: "ensemble input" for t in config.input},
+    )
+    for step in plan.steps:  # first every producer's types, then every consumer's check
         model, decoupled = composing[(step.model_name, step.model_version)]
-        if decoupled:
-            raise InvalidArgument(
-                f"{where}: {step.label} is decoupled, which an ensemble step cannot be"
-            )
-        if config.max_batch_size > 0 and model.max_batch_size < config.max_batch_size:
-            raise InvalidArgument(
-                f"{where} allows maximum batch size {config.max_batch_size}, but its "
-                f"{step.label} only allows {model.max_batch_size}"
-            )
-        for tensor in model.output:
-            types_out = _datatype(tensor)
-            for model_output, name in step.outputs:
-                if model_output == tensor.name:
-                    types[name] = types_out
-                    where_from[name] = f"output '{model_output}' of {step.label}"
-        outputs = {t.name for t in model.output}
-        for model_output, _ in step.outputs:
-            if model_output not in outputs:
-                raise InvalidArgument(
-                    f"{where}: {step.label} maps output '{model_output}', which the model "
-                    "does not have"
-                )
+        _check_step_model(where, config, step, model, decoupled)
+        _record_outputs(where, step, model, known)
     for step in plan.steps:
         model, _ = composing[(step.model_name, step.model_version)]
-        specs = {t.name: t for t in model.input}
-        for model_input, tensor in step.inputs:
-            spec = specs.get(model_input)
-            if spec is None:
-                raise InvalidArgument(
-                    f"{where}: {step.label} maps input '{model_input}', which the model "
-                    "does not have"
-                )
-            expected = _datatype(spec)
-            given = types.get(tensor)
-            if given is not None and given != expected:
-                raise InvalidArgument(
-                    f"{where}: {step.label} input '{model_input}' expects {expected}, but "
-                    f"tensor '{tensor}' ({where_from[tensor]}) is {given}"
-                )
-        fed = {model_input for model_input, _ in step.inputs}
-        missing = [t.name for t in model.input if not t.optional and t.name not in fed]
-        if missing:
-            raise InvalidArgument(f"{where}: {step.label} does not map required input(s) {missing}")
+        _check_step_inputs(where, step, model, known)
     for output in config.output:
-        given = types.get(output.name)
-        if given is not None and given != _datatype(output):
+        given = known.mismatch(output.name, _datatype(output))
+        if given is not None:
             raise InvalidArgument(
                 f"{where}: output '{output.name}' is declared {_datatype(output)}, but "
-                f"{where_from[output.name]} is {given}"
+                f"{known.origin[output.name]} is {given}"
             )
+
+
+def _check_step_model(
+    where: str, config: ModelConfig, step: Step, model: ModelConfig, decoupled: bool
+) -> None:
+    """A composing model answers once and takes the ensemble's batch size."""
+    if decoupled:
+        raise InvalidArgument(
+            f"{where}: {step.label} is decoupled, which an ensemble step cannot be"
+        )
+    if config.max_batch_size > 0 and model.max_batch_size < config.max_batch_size:
+        raise InvalidArgument(
+            f"{where} allows maximum batch size {config.max_batch_size}, but its "
+            f"{step.label} only allows {model.max_batch_size}"
+        )
+
+
+def _record_outputs(where: str, step: Step, model: ModelConfig, known: _TensorTypes) -> None:
+    """The datatypes of the tensors ``step`` produces; its mapped outputs must exist."""
+    for tensor in model.output:
+        datatype = _datatype(tensor)
+        for model_output, name in step.outputs:
+            if model_output == tensor.name:
+                known.types[name] = datatype
+                known.origin[name] = f"output '{model_output}' of {step.label}"
+    outputs = {t.name for t in model.output}
+    for model_output, _ in step.outputs:
+        if model_output not in outputs:
+            raise InvalidArgument(
+                f"{where}: {step.label} maps output '{model_output}', which the model does not have"
+            )
+
+
+def _check_step_inputs(where: str, step: Step, model: ModelConfig, known: _TensorTypes) -> None:
+    """``step``'s mapped inputs exist with the datatype of what feeds them; the required
+    ones are all fed."""
+    specs = {t.name: t for t in model.input}
+    for model_input, tensor in step.inputs:
+        spec = specs.get(model_input)
+        if spec is None:
+            raise InvalidArgument(
+                f"{where}: {step.label} maps input '{model_input}', which the model does not have"
+            )
+        expected = _datatype(spec)
+        given = known.mismatch(tensor, expected)
+        if given is not None:
+            raise InvalidArgument(
+                f"{where}: {step.label} input '{model_input}' expects {expected}, but "
+                f"tensor '{tensor}' ({known.origin[tensor]}) is {given}"
+            )
+    fed = {model_input for model_input, _ in step.inputs}
+    missing = [t.name for t in model.input if not t.optional and t.name not in fed]
+    if missing:
+        raise InvalidArgument(f"{where}: {step.label} does not map required input(s) {missing}")
 
 
 def _step_error(ensemble: str, step: Step, exc: InferenceError) -> InferenceError:
@@ -316,15 +366,7 @@ class EnsembleExecutor:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     step = running.pop(task)
-                    response = task.result()
-                    for model_output, name in step.outputs:
-                        tensor = response.output(model_output)
-                        if tensor is None:
-                            raise InternalError(
-                                f"in ensemble '{plan.name}', {step.label} returned no "
-                                f"output '{model_output}'"
-                            )
-                        values[name] = Tensor(name, tensor.datatype, tensor.shape, tensor.data)
+                    self._store_outputs(step, task.result(), values)
                     for deps in waiting.values():
                         deps.discard(step.index)
         finally:
@@ -333,15 +375,37 @@ class EnsembleExecutor:
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()  # retrieved: only the first failure is reported
+        return self._response(request, wanted, values)
+
+    def _store_outputs(
+        self, step: Step, response: InferResponse, values: dict[str, Tensor]
+    ) -> None:
+        """A finished step's outputs, under their ensemble tensor names."""
+        for model_output, name in step.outputs:
+            tensor = response.output(model_output)
+            if tensor is None:
+                raise InternalError(
+                    f"in ensemble '{self._plan.name}', {step.label} returned no "
+                    f"output '{model_output}'"
+                )
+            values[name] = Tensor(name, tensor.datatype, tensor.shape, tensor.data)
+
+    def _response(
+        self, request: InferRequest, wanted: tuple[str, ...], values: dict[str, Tensor]
+    ) -> InferResponse:
         outputs: list[Tensor] = []
         for name in wanted:
             tensor = values.get(name)
             if tensor is None:  # an ensemble input passed through that was not given
-                raise InvalidArgument(f"in ensemble '{plan.name}', output '{name}' has no value")
+                raise InvalidArgument(
+                    f"in ensemble '{self._plan.name}', output '{name}' has no value"
+                )
             if tensor.parameters:
                 tensor = Tensor(name, tensor.datatype, tensor.shape, tensor.data)
             outputs.append(tensor)
-        return InferResponse(model_name=plan.name, model_version="", id=request.id, outputs=outputs)
+        return InferResponse(
+            model_name=self._plan.name, model_version="", id=request.id, outputs=outputs
+        )
 
     async def _run_step(
         self, step: Step, values: dict[str, Tensor], request: InferRequest

@@ -306,12 +306,7 @@ class ModelManager:
         polled = False
         try:
             if files:
-                if config_json is None:
-                    raise InvalidArgument(
-                        f"failed to load '{name}': a model config must be provided with "
-                        "'config' when loading from 'file:' parameters"
-                    )
-                temp_dir = _write_override_files(name, files)
+                temp_dir = _write_override_files(name, files, config_json)
                 model_dir = temp_dir / name
             else:
                 model_dir = find_model(self.options.roots, name)
@@ -362,20 +357,7 @@ class ModelManager:
             *(self._load_version(name, version, config, model_dir, plan) for version in versions),
             return_exceptions=True,
         )
-        new: dict[int, LoadedVersion] = {}
-        failures: list[str] = []
-        for version, result in zip(versions, results, strict=True):
-            if isinstance(result, LoadedVersion):
-                new[version] = result
-                record.states[version] = (ModelState.READY, "")
-            else:
-                reason = (
-                    str(result)
-                    if isinstance(result, InferenceError)
-                    else (f"{type(result).__name__}: {result}")
-                )
-                record.states[version] = (ModelState.UNAVAILABLE, reason)
-                failures.append(f"version {version} is at UNAVAILABLE state: {reason};")
+        new, failures = _tally(record, versions, results)
         old = record.loaded
         if failures and old:
             # As in Triton: when a reload fails for any reason, the loaded model stays
@@ -694,8 +676,36 @@ def _read_labels(config: ModelConfig, model_dir: Path) -> dict[str, list[str]]:
     return labels
 
 
-def _write_override_files(name: str, files: dict[str, bytes]) -> Path:
-    """Lay out ``file:<path>`` load parameters as a model directory in a temp dir."""
+def _tally(
+    record: _Record, versions: list[int], results: list[LoadedVersion | BaseException]
+) -> tuple[dict[int, LoadedVersion], list[str]]:
+    """The versions that loaded, and a reason per version that did not (each version's
+    state set accordingly)."""
+    new: dict[int, LoadedVersion] = {}
+    failures: list[str] = []
+    for version, result in zip(versions, results, strict=True):
+        if isinstance(result, LoadedVersion):
+            new[version] = result
+            record.states[version] = (ModelState.READY, "")
+            continue
+        reason = (
+            str(result)
+            if isinstance(result, InferenceError)
+            else f"{type(result).__name__}: {result}"
+        )
+        record.states[version] = (ModelState.UNAVAILABLE, reason)
+        failures.append(f"version {version} is at UNAVAILABLE state: {reason};")
+    return new, failures
+
+
+def _write_override_files(name: str, files: dict[str, bytes], config_json: str | None) -> Path:
+    """Lay out ``file:<path>`` load parameters as a model directory in a temp dir (they
+    come with a ``config``)."""
+    if config_json is None:
+        raise InvalidArgument(
+            f"failed to load '{name}': a model config must be provided with "
+            "'config' when loading from 'file:' parameters"
+        )
     root = Path(tempfile.mkdtemp(prefix="openeas-override-"))
     model_dir = (root / name).resolve()
     model_dir.mkdir()

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from openeas.protocol import datatypes
 from openeas.protocol.errors import InvalidArgument
-from openeas.protocol.types import InferRequest
+from openeas.protocol.types import InferRequest, RequestedOutput, Tensor
 from openeas.server.repository.config import ModelConfig
 
 
@@ -104,60 +104,80 @@ class RequestValidator:
         """Validate inputs and requested outputs; return the request's batch size.
 
         Inputs whose config has ``reshape`` are reshaped in place to what the model expects.
+        This runs per request: the passing path stays inline, each failure is a helper.
         """
-        model = self._model
         batched = self._max_batch > 0
-        seen_batch: int | None = None
+        batch = 0  # 0 until the first input: every input's first dim must be the same
         for tensor in request.inputs:
             spec = self._inputs.get(tensor.name)
-            if spec is None:
-                raise InvalidArgument(
-                    f"unexpected inference input '{tensor.name}' for model '{model}'"
-                )
-            if tensor.datatype != spec.datatype:
-                raise InvalidArgument(
-                    f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but "
-                    f"model '{model}' expects '{spec.datatype}'"
-                )
+            if spec is None or tensor.datatype != spec.datatype:
+                raise self._input_error(tensor, spec)
             shape = tensor.shape
             if batched:
-                if not shape:
-                    raise no_batch_dimension_error(tensor.name, model)
-                this_batch = shape[0]
-                if seen_batch is not None and this_batch != seen_batch:
-                    raise InvalidArgument(
-                        f"input '{tensor.name}' batch size does not match other inputs for "
-                        f"'{model}'"
-                    )
-                seen_batch = this_batch
-                if this_batch < 1 or this_batch > self._max_batch:
-                    raise InvalidArgument(
-                        f"inference request batch-size must be <= {self._max_batch} for '{model}'"
-                    )
+                if not shape or not 0 < shape[0] <= self._max_batch or batch not in (0, shape[0]):
+                    raise self._batch_error(tensor, batch)
+                batch = shape[0]
                 check = tuple(shape[1:])
             else:
                 check = tuple(shape)
-            ok = check == spec.dims if spec.fixed else _dims_match(spec.dims, check)
-            if not ok and not (spec.reshape is not None and _dims_match(spec.reshape, check)):
-                raise shape_error(tensor.name, model, spec.dims, list(shape), batched)
             if spec.reshape is not None:
-                target = ([shape[0]] if batched else []) + list(spec.reshape)
-                tensor.data = tensor.data.reshape(target)
-                tensor.shape = list(tensor.data.shape)
-
+                self._reshape(tensor, spec, check, batched)
+            elif not (check == spec.dims if spec.fixed else _dims_match(spec.dims, check)):
+                raise shape_error(tensor.name, self._model, spec.dims, list(shape), batched)
         if len(request.inputs) != len(self._required) or any(
             request.input(name) is None for name in self._required
         ):
-            given = {tensor.name for tensor in request.inputs}
-            missing = [name for name in self._required if name not in given]
-            if missing:
-                raise missing_inputs_error(
-                    model, sorted(given), missing, len(self._required), len(self._inputs)
-                )
+            self._check_required(request)
         if request.outputs:
-            for output in request.outputs:
-                if output.name not in self._outputs:
-                    raise InvalidArgument(
-                        f"unexpected inference output '{output.name}' for model '{model}'"
-                    )
-        return seen_batch if seen_batch is not None else 1
+            self._check_outputs(request.outputs)
+        return batch or 1
+
+    def _input_error(self, tensor: Tensor, spec: _InputSpec | None) -> InvalidArgument:
+        """An input the model does not have, or of another datatype."""
+        if spec is None:
+            return InvalidArgument(
+                f"unexpected inference input '{tensor.name}' for model '{self._model}'"
+            )
+        return InvalidArgument(
+            f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but "
+            f"model '{self._model}' expects '{spec.datatype}'"
+        )
+
+    def _batch_error(self, tensor: Tensor, batch: int) -> InvalidArgument:
+        """No batch dimension, one unlike the other inputs', or one out of range."""
+        if not tensor.shape:
+            return no_batch_dimension_error(tensor.name, self._model)
+        if batch not in (0, tensor.shape[0]):
+            return InvalidArgument(
+                f"input '{tensor.name}' batch size does not match other inputs for '{self._model}'"
+            )
+        return InvalidArgument(
+            f"inference request batch-size must be <= {self._max_batch} for '{self._model}'"
+        )
+
+    def _reshape(
+        self, tensor: Tensor, spec: _InputSpec, check: tuple[int, ...], batched: bool
+    ) -> None:
+        """An input with ``reshape``: it may match its dims or the reshape; the model gets
+        the reshape (behind the batch dimension)."""
+        assert spec.reshape is not None
+        if not _dims_match(spec.dims, check) and not _dims_match(spec.reshape, check):
+            raise shape_error(tensor.name, self._model, spec.dims, list(tensor.shape), batched)
+        target = ([tensor.shape[0]] if batched else []) + list(spec.reshape)
+        tensor.data = tensor.data.reshape(target)
+        tensor.shape = list(tensor.data.shape)
+
+    def _check_required(self, request: InferRequest) -> None:
+        given = {tensor.name for tensor in request.inputs}
+        missing = [name for name in self._required if name not in given]
+        if missing:
+            raise missing_inputs_error(
+                self._model, sorted(given), missing, len(self._required), len(self._inputs)
+            )
+
+    def _check_outputs(self, outputs: list[RequestedOutput]) -> None:
+        for output in outputs:
+            if output.name not in self._outputs:
+                raise InvalidArgument(
+                    f"unexpected inference output '{output.name}' for model '{self._model}'"
+                )

@@ -39,7 +39,7 @@ from openeas.storage.errors import InvalidStorageURI, StorageError, StorageUnava
 from openeas.storage.factory import open_store
 from openeas.storage.uri import StorageURI, check_relative_key, parse_uri
 
-log = logging.getLogger("openeas.storage")
+log = logging.getLogger(__name__)
 
 #: Older snapshots kept besides ``current`` (a model load that started just before a
 #: swap may still be reading one).

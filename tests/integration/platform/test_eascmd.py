@@ -185,6 +185,15 @@ def test_logs_follow_prints_new_lines(platform: Platform, service: dict[str, str
             {"processor_params": ["--model-repository=/x", "--nope=1"]},
             "unrecognized arguments: --nope=1",
         ),
+        (  # what the processor would exit on at start-up, with its message (issue 19)
+            {"processor_params": ["--model-repository=/x", "--load-model=m"]},
+            "processor_params[1]: --load-model requires --model-control-mode=explicit",
+        ),
+        (
+            {"processor_params": ["--model-repository=/x", "--cache-config=redis"]},
+            "processor_params[1]: argument --cache-config: invalid value 'redis', expected "
+            "local,size=<bytes>",
+        ),
         ({"metadata": {"instance": -1}}, "metadata.instance"),
         (
             {"metadata": {"resource": "eas-r-nothere"}},

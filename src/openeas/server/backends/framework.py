@@ -19,7 +19,7 @@ from openeas.protocol import datatypes
 from openeas.protocol.errors import InvalidArgument
 from openeas.server.repository.config import ModelConfig
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Default of ``--backend-config=<backend>,default-max-batch-size`` (as in Triton).
 DEFAULT_MAX_BATCH_SIZE = 4
@@ -68,9 +68,10 @@ def int_setting(
     keys: Sequence[str],
     default: int,
     *,
-    minimum: int = 0,
+    minimum: int | None = 0,
 ) -> int:
-    """An integer setting (see :func:`setting`); a bad value is a load error naming it."""
+    """An integer setting (see :func:`setting`), at least ``minimum`` (None: any); a bad
+    value is a load error naming it."""
     found = setting(config, backend_config, *keys)
     if found is None or found[1] == "":
         return default
@@ -78,11 +79,12 @@ def int_setting(
     try:
         number = int(value)
     except ValueError:
-        number = minimum - 1
-    if number < minimum:
+        number = None
+    if number is None or (minimum is not None and number < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
         raise InvalidArgument(
-            f"unable to load model '{config.name}': parameter '{key}' must be an integer "
-            f">= {minimum}, got '{value}'"
+            f"unable to load model '{config.name}': parameter '{key}' must be an integer"
+            f"{bound}, got '{value}'"
         )
     return number
 
@@ -90,26 +92,67 @@ def int_setting(
 def bool_setting(
     config: ModelConfig, backend_config: Mapping[str, str], keys: Sequence[str], default: bool
 ) -> bool:
-    """A boolean setting ("true"/"on"/"yes"/"1" or their opposites)."""
+    """A boolean setting ("true"/"on"/"yes"/"1" or their opposites), else ``default``."""
+    value = optional_bool_setting(config, backend_config, keys)
+    return default if value is None else value
+
+
+def optional_bool_setting(
+    config: ModelConfig, backend_config: Mapping[str, str], keys: Sequence[str]
+) -> bool | None:
+    """A boolean setting, or None when it is not set (or empty); a bad value is a load
+    error with Triton's message."""
     found = setting(config, backend_config, *keys)
     if found is None or found[1] == "":
-        return default
+        return None
     key, value = found
     if value.lower() in _TRUE:
         return True
     if value.lower() in _FALSE:
         return False
     raise InvalidArgument(
-        f"unable to load model '{config.name}': parameter '{key}' must be true or false, "
-        f"got '{value}'"
+        f"unable to load model '{config.name}': failed to convert '{value}' of parameter "
+        f"'{key}' to boolean value"
     )
+
+
+def default_max_batch_size(backend_config: Mapping[str, str]) -> int:
+    """``--backend-config=<backend>,default-max-batch-size`` (4 when unset): the
+    ``max_batch_size`` that auto-complete gives a model that can batch."""
+    value = backend_config.get("default-max-batch-size", str(DEFAULT_MAX_BATCH_SIZE))
+    try:
+        return max(int(value), 0)
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid backend config value '{value}' for 'default-max-batch-size'"
+        ) from None
 
 
 # -- checking the config against the model ----------------------------------------------
 
 
-def _shape(dims: Sequence[int]) -> str:
+def shape_text(dims: Sequence[int]) -> str:
+    """A shape as Triton prints it in load errors: ``[-1,16]``."""
     return "[" + ",".join(str(int(d)) for d in dims) + "]"
+
+
+def datatype_error(
+    config: ModelConfig, kind: str, name: str, config_type: str, model_type: str
+) -> InvalidArgument:
+    """Triton's load error for an input/output whose datatype is not the model's."""
+    return InvalidArgument(
+        f"unable to load model '{config.name}', configuration expects datatype {config_type} "
+        f"for {kind} '{name}', model provides {model_type}"
+    )
+
+
+def batch_dim_error(model: str, tensor: str, model_dims: Sequence[int]) -> InvalidArgument:
+    """Triton's load error for a batching model whose tensor has no -1 first dimension."""
+    return InvalidArgument(
+        f"model '{model}', tensor '{tensor}': for the model to support batching the "
+        f"shape should have at least 1 dimension and the first dimension must be -1; "
+        f"but shape expected by the model is {shape_text(model_dims)}"
+    )
 
 
 def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> None:
@@ -122,10 +165,8 @@ def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> No
     name = config.name
     config_type = mc.DataType.Name(io.data_type)
     if tensor.datatype is not None and datatypes.config_to_triton(config_type) != tensor.datatype:
-        model_type = datatypes.triton_to_config(tensor.datatype)
-        raise InvalidArgument(
-            f"unable to load model '{name}', configuration expects datatype {config_type} "
-            f"for {kind} '{io.name}', model provides {model_type}"
+        raise datatype_error(
+            config, kind, io.name, config_type, datatypes.triton_to_config(tensor.datatype)
         )
     if tensor.datatype is None:
         raise InvalidArgument(
@@ -137,12 +178,8 @@ def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> No
     dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
     full = ([-1] if config.max_batch_size > 0 else []) + dims
     model = list(tensor.dims)
-    if config.max_batch_size > 0 and (not model or model[0] not in (-1,)):
-        raise InvalidArgument(
-            f"model '{name}', tensor '{io.name}': for the model to support batching the "
-            f"shape should have at least 1 dimension and the first dimension must be -1; "
-            f"but shape expected by the model is {_shape(model)}"
-        )
+    if config.max_batch_size > 0 and (not model or model[0] != -1):
+        raise batch_dim_error(name, io.name, model)
     if not model and dims == [1] and not io.HasField("reshape"):
         return  # a scalar described as dims [1], as Triton allows
     ok = len(model) == len(full) and all(
@@ -151,8 +188,8 @@ def check_io(config: ModelConfig, kind: str, io: Any, tensor: ModelTensor) -> No
     if not ok:
         raise InvalidArgument(
             f"model '{name}', tensor '{io.name}': the model expects {len(model)} dimensions "
-            f"(shape {_shape(model)}) but the model configuration specifies {len(full)} "
-            f"dimensions (shape {_shape(full)})"
+            f"(shape {shape_text(model)}) but the model configuration specifies {len(full)} "
+            f"dimensions (shape {shape_text(full)})"
         )
 
 
@@ -176,8 +213,8 @@ def check_control(config: ModelConfig, name: str, datatype: str, tensor: ModelTe
     model = list(tensor.dims)
     if len(model) != len(full) or any(m not in (c, -1) for m, c in zip(model, full, strict=True)):
         raise InvalidArgument(
-            f"{prefix}: the model expects shape {_shape(model)} but control inputs have "
-            f"shape {_shape(full)}"
+            f"{prefix}: the model expects shape {shape_text(model)} but control inputs have "
+            f"shape {shape_text(full)}"
         )
 
 
@@ -203,7 +240,7 @@ def require_io(config: ModelConfig, backend: str) -> None:
 # -- auto-complete ----------------------------------------------------------------------
 
 
-def _complete_io(config: ModelConfig, field: Any, tensors: Sequence[ModelTensor]) -> None:
+def complete_io(config: ModelConfig, field: Any, tensors: Sequence[ModelTensor]) -> None:
     for tensor in tensors:
         if tensor.datatype is None:
             raise InvalidArgument(
@@ -246,14 +283,8 @@ def auto_complete(
     batchable = bool(every) and all(t.dims and t.dims[0] == -1 for t in every)
     if batchable:
         if config.max_batch_size == 0:
-            value = backend_config.get("default-max-batch-size", str(DEFAULT_MAX_BATCH_SIZE))
-            try:
-                config.max_batch_size = max(int(value), 0)
-            except ValueError:
-                raise InvalidArgument(
-                    f"invalid backend config value '{value}' for 'default-max-batch-size'"
-                ) from None
-            logger.warning(
+            config.max_batch_size = default_max_batch_size(backend_config)
+            log.warning(
                 "autofilled max_batch_size to %d for model '%s'",
                 config.max_batch_size,
                 config.name,
@@ -266,6 +297,6 @@ def auto_complete(
             f"while non-zero max_batch_size is specified"
         )
     if not config.input:
-        _complete_io(config, config.input, inputs)
+        complete_io(config, config.input, inputs)
     if not config.output:
-        _complete_io(config, config.output, outputs)
+        complete_io(config, config.output, outputs)

@@ -53,10 +53,21 @@ from openeas.server.backends.base import (
     ModelContext,
     ModelInstance,
 )
+from openeas.server.backends.framework import (
+    ModelTensor,
+    batch_dim_error,
+    complete_io,
+    datatype_error,
+    default_max_batch_size,
+    int_setting,
+    optional_bool_setting,
+    setting,
+    shape_text,
+)
 from openeas.server.backends.tensor_batch import TensorBatcher
 from openeas.server.repository.config import ModelConfig, default_model_filename
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: ``NodeArg.type`` of ONNX tensors -> Triton datatype.
 ONNX_TO_TRITON: dict[str, str] = {
@@ -77,13 +88,9 @@ ONNX_TO_TRITON: dict[str, str] = {
 #: Triton datatype -> ``NodeArg.type``.
 TRITON_TO_ONNX: dict[str, str] = {v: k for k, v in ONNX_TO_TRITON.items()}
 
-#: Default of ``--backend-config=onnxruntime,default-max-batch-size``.
-DEFAULT_MAX_BATCH_SIZE = 4
 MODEL_FILENAME = "model.onnx"
 
 _ORT_MESSAGE = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*(\d+)\s*:\s*\w+\s*:\s*(.*)$", re.S)
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 # -- model metadata ---------------------------------------------------------------------
@@ -105,6 +112,10 @@ class TensorInfo:
         dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
         return cls(arg.name, arg.type, dims)
 
+    def model_tensor(self) -> ModelTensor:
+        """This tensor as the framework helpers (auto-complete) take it."""
+        return ModelTensor(self.name, self.datatype, tuple(self.dims), self.onnx_type)
+
     @property
     def is_tensor(self) -> bool:
         return self.onnx_type.startswith("tensor(")
@@ -125,10 +136,6 @@ def _infos(args: Sequence[Any]) -> dict[str, TensorInfo]:
     return {arg.name: TensorInfo.from_node_arg(arg) for arg in args}
 
 
-def _shape_str(dims: Sequence[int]) -> str:
-    return "[" + ",".join(str(int(d)) for d in dims) + "]"
-
-
 def resolve_model_path(version_dir: Path, filename: str) -> Path:
     """The ONNX file for ``filename`` in ``version_dir`` (``<dir>/model.onnx`` for a dir)."""
     path = version_dir / (filename or MODEL_FILENAME)
@@ -138,48 +145,6 @@ def resolve_model_path(version_dir: Path, filename: str) -> Path:
 
 
 # -- options ----------------------------------------------------------------------------
-
-
-def _setting(
-    config: ModelConfig, backend_config: Mapping[str, str], key: str
-) -> str | None:
-    """A config ``parameters`` value, else the backend-config default, else None."""
-    if key in config.parameters:
-        return config.parameters[key].string_value.strip()
-    value = backend_config.get(key)
-    return value.strip() if isinstance(value, str) else value
-
-
-def _int_setting(
-    config: ModelConfig, backend_config: Mapping[str, str], key: str, default: int
-) -> int:
-    value = _setting(config, backend_config, key)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument(
-            f"unable to load model '{config.name}': parameter '{key}' must be an integer, "
-            f"got '{value}'"
-        ) from None
-
-
-def _bool_setting(
-    config: ModelConfig, backend_config: Mapping[str, str], key: str
-) -> bool | None:
-    value = _setting(config, backend_config, key)
-    if value is None:
-        return None
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise InvalidArgument(
-        f"unable to load model '{config.name}': failed to convert '{value}' of parameter "
-        f"'{key}' to boolean value"
-    )
 
 
 def graph_optimization_level(level: int) -> ort.GraphOptimizationLevel:
@@ -204,7 +169,7 @@ def session_options(
         int(config.optimization.graph.level) if config.HasField("optimization") else 0
     )
 
-    mode = _int_setting(config, backend_config, "execution_mode", 0)
+    mode = int_setting(config, backend_config, ("execution_mode",), 0, minimum=None)
     if mode not in (0, 1):
         raise InvalidArgument(
             f"unable to load model '{name}': invalid configuration value provided. Expected "
@@ -214,25 +179,26 @@ def session_options(
         ort.ExecutionMode.ORT_SEQUENTIAL if mode == 0 else ort.ExecutionMode.ORT_PARALLEL
     )
 
-    intra = _int_setting(config, backend_config, "intra_op_thread_count", 0)
+    intra = int_setting(config, backend_config, ("intra_op_thread_count",), 0, minimum=None)
     if intra > 0:
         options.intra_op_num_threads = intra
-    inter = _int_setting(config, backend_config, "inter_op_thread_count", 0)
+    inter = int_setting(config, backend_config, ("inter_op_thread_count",), 0, minimum=None)
     if inter > 0:
         options.inter_op_num_threads = inter
 
-    arena = _bool_setting(config, backend_config, "enable_mem_arena")
+    arena = optional_bool_setting(config, backend_config, ("enable_mem_arena",))
     if arena is not None:
         options.enable_cpu_mem_arena = arena
-    pattern = _bool_setting(config, backend_config, "enable_mem_pattern")
+    pattern = optional_bool_setting(config, backend_config, ("enable_mem_pattern",))
     if pattern is not None:
         options.enable_mem_pattern = pattern
     # ORT's session config entries ("session.*", e.g. session.intra_op.allow_spinning or
     # Triton's session.use_device_allocator_for_initializers) pass through as given.
     keys = {k for k in (*backend_config, *config.parameters) if k.startswith("session.")}
     for key in sorted(keys):
-        value = _setting(config, backend_config, key)
-        if value is not None:
+        found = setting(config, backend_config, key)
+        if found is not None:
+            value = found[1]
             try:
                 options.add_session_config_entry(key, value)
             except Exception as exc:  # ORT raises its own Fail/InvalidArgument types
@@ -254,10 +220,9 @@ def session_options(
         raise InvalidArgument(f"unknown Execution Accelerator '{accelerator.name}' is requested")
 
     run_options = ort.RunOptions()
-    key = "memory.enable_memory_arena_shrinkage"
-    value = _setting(config, backend_config, key)
-    if value is not None:
-        run_options.add_run_config_entry(key, value)
+    found = setting(config, backend_config, "memory.enable_memory_arena_shrinkage")
+    if found is not None:
+        run_options.add_run_config_entry(*found)
     return options, run_options
 
 
@@ -306,29 +271,6 @@ def _check_tensor_types(model_name: str, infos: Sequence[TensorInfo]) -> None:
             )
 
 
-def _complete_io(
-    config: ModelConfig,
-    field: Any,
-    infos: Sequence[TensorInfo],
-) -> None:
-    for info in infos:
-        if info.datatype is None:
-            raise Unsupported(
-                f"unable to auto-complete model '{config.name}': ONNX datatype "
-                f"'{info.onnx_type}' of '{info.name}' has no Triton equivalent"
-            )
-        io = field.add()
-        io.name = info.name
-        io.data_type = mc.DataType.Value(info.config_type)
-        dims = info.dims[1:] if config.max_batch_size > 0 else info.dims
-        if dims:
-            io.dims.extend(dims)
-        else:
-            io.dims.append(1)
-            if config.max_batch_size > 0:
-                io.reshape.SetInParent()  # empty reshape: a scalar per batch item
-
-
 def auto_complete(
     config: ModelConfig,
     inputs: Sequence[TensorInfo],
@@ -349,7 +291,7 @@ def auto_complete(
     input_cnt = len(config.input) + len(config.batch_input)
     output_cnt = len(config.output)
     if input_cnt > 0 and output_cnt > 0:
-        logger.info(
+        log.info(
             "skipping model configuration auto-complete for '%s': inputs and outputs "
             "already specified", config.name,
         )
@@ -358,15 +300,8 @@ def auto_complete(
 
     if _supports_batching([*inputs, *outputs]):
         if config.max_batch_size == 0:
-            value = backend_config.get("default-max-batch-size", str(DEFAULT_MAX_BATCH_SIZE))
-            try:
-                default = int(value)
-            except ValueError:
-                raise InvalidArgument(
-                    f"invalid backend config value '{value}' for 'default-max-batch-size'"
-                ) from None
-            config.max_batch_size = max(default, 0)
-            logger.warning(
+            config.max_batch_size = default_max_batch_size(backend_config)
+            log.warning(
                 "autofilled max_batch_size to %d for model '%s' since batching is "
                 "supported but no max_batch_size is specified in model configuration. "
                 "Must specify max_batch_size to utilize autofill with a larger max batch "
@@ -381,9 +316,9 @@ def auto_complete(
         )
 
     if input_cnt == 0:
-        _complete_io(config, config.input, inputs)
+        complete_io(config, config.input, [info.model_tensor() for info in inputs])
     if output_cnt == 0:
-        _complete_io(config, config.output, outputs)
+        complete_io(config, config.output, [info.model_tensor() for info in outputs])
 
 
 # -- validation -------------------------------------------------------------------------
@@ -400,12 +335,7 @@ def _compare_dims(
     """Triton's ``CompareDimsSupported``: config dims against the model's dims."""
     if max_batch_size > 0:
         if len(model_dims) == 0 or model_dims[0] != -1:
-            raise InvalidArgument(
-                f"model '{model_name}', tensor '{tensor_name}': for the model to support "
-                f"batching the shape should have at least 1 dimension and the first "
-                f"dimension must be -1; but shape expected by the model is "
-                f"{_shape_str(model_dims)}"
-            )
+            raise batch_dim_error(model_name, tensor_name, model_dims)
         full = [-1, *dims]
         ok = len(model_dims) == len(full) and all(
             m == f for m, f in zip(model_dims, full, strict=True) if compare_exact or m != -1
@@ -413,10 +343,10 @@ def _compare_dims(
         if not ok:
             raise InvalidArgument(
                 f"model '{model_name}', tensor '{tensor_name}': the model expects "
-                f"{len(model_dims)} dimensions (shape {_shape_str(model_dims)}) but the model "
+                f"{len(model_dims)} dimensions (shape {shape_text(model_dims)}) but the model "
                 f"configuration specifies {len(full)} dimensions (an initial batch dimension "
                 f"because max_batch_size > 0 followed by the explicit tensor shape, making "
-                f"complete shape {_shape_str(full)})"
+                f"complete shape {shape_text(full)})"
             )
     else:
         ok = len(model_dims) == len(dims) and all(
@@ -425,8 +355,8 @@ def _compare_dims(
         if not ok:
             raise InvalidArgument(
                 f"model '{model_name}', tensor '{tensor_name}': the model expects "
-                f"{len(model_dims)} dimensions (shape {_shape_str(model_dims)}) but the model "
-                f"configuration specifies {len(dims)} dimensions (shape {_shape_str(dims)})"
+                f"{len(model_dims)} dimensions (shape {shape_text(model_dims)}) but the model "
+                f"configuration specifies {len(dims)} dimensions (shape {shape_text(dims)})"
             )
 
 
@@ -452,10 +382,7 @@ def _check_io(
             f"unsupported datatype {config_type} for {kind} '{io.name}' for model '{name}'"
         )
     if TRITON_TO_ONNX[datatype] != info.onnx_type:
-        raise InvalidArgument(
-            f"unable to load model '{name}', configuration expects datatype {config_type} "
-            f"for {kind} '{io.name}', model provides {info.config_type}"
-        )
+        raise datatype_error(config, kind, io.name, config_type, info.config_type)
     has_reshape = io.HasField("reshape")
     dims = list(io.reshape.shape) if has_reshape else list(io.dims)
     if info.dims:
@@ -465,7 +392,7 @@ def _check_io(
         raise InvalidArgument(
             f"unable to load model '{name}', scalar tensor '{io.name}', should only provide "
             f"1 in the model configuration when the model doesn't support batching. Model "
-            f"configuration provided: {_shape_str(dims)}."
+            f"configuration provided: {shape_text(dims)}."
         )
     return None if has_reshape else io.name
 
@@ -597,7 +524,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         """Fill ``max_batch_size``, ``dynamic_batching`` and the I/O from the ONNX model."""
         if (len(config.input) + len(config.batch_input)) > 0 and len(config.output) > 0:
-            logger.info(
+            log.info(
                 "skipping model configuration auto-complete for '%s': inputs and outputs "
                 "already specified", config.name,
             )
@@ -643,7 +570,7 @@ class OnnxRuntimeBackend(Backend):
         )
         all_inputs = {**inputs, **initializers}
         string_inputs = {n for n, info in all_inputs.items() if info.datatype == "BYTES"}
-        logger.info(
+        log.info(
             "created onnxruntime session for instance '%s' of model '%s' version %s (%s)",
             instance_name, name, context.version, path,
         )

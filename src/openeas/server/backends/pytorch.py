@@ -60,7 +60,7 @@ from openeas.server.backends.tensor_batch import TensorBatcher, config_datatype
 from openeas.server.repository.config import ModelConfig, default_model_filename
 from openeas.server.sequence.config import control_specs
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MODEL_FILENAME = "model.pt"
 _INDEXED = re.compile(r"^(.*)__(\d+)$")
@@ -236,7 +236,7 @@ def _set_threads(config: ModelConfig, backend_config: Mapping[str, str]) -> None
             except RuntimeError:  # torch allows it once, before inter-op work started
                 _interop_set = torch.get_num_interop_threads()
         if inter > 0 and _interop_set != inter:
-            logger.warning(
+            log.warning(
                 "model '%s' asks for INTER_OP_THREAD_COUNT=%d but torch's inter-op pool is "
                 "already %d threads (it is process-wide and set once)",
                 config.name,
@@ -391,7 +391,7 @@ class PyTorchBackend(Backend):
             config, context.backend_config, ("DISABLE_OPTIMIZED_EXECUTION",), False
         )
         inference_mode = bool_setting(config, context.backend_config, ("INFERENCE_MODE",), True)
-        logger.info(
+        log.info(
             "loaded TorchScript model for instance '%s' of model '%s' version %s (%s, "
             "forward args %s)",
             instance_name,

@@ -71,6 +71,11 @@ class IOSpec:
         """The dims the model sees (``reshape`` when there is one, else ``dims``)."""
         return self.dims if self.reshape is None else self.reshape
 
+    def reshape_accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether a tensor of ``shape`` (after any batch dimension) fits the reshape, when
+        there is one (-1 matches any size)."""
+        return self.reshape is not None and _dims_match(self.reshape, shape)
+
 
 _NUMPY_DTYPES = {
     name: datatypes.to_numpy_dtype(name)
@@ -266,61 +271,75 @@ class TensorBatcher:
         """Validate ``request`` against the config; return its batch size.
 
         The batch size is the first dimension of its inputs when the model batches, else 1.
+        This runs per request: the passing path stays inline, each failure is a helper.
         """
         names = {t.name for t in request.inputs}
         missing = [n for n in self.required_inputs if n not in names]
         if missing:
-            got = [t.name for t in request.inputs]
             raise missing_inputs_error(
-                self.model_name, got, missing, len(self.required_inputs), len(self.inputs)
+                self.model_name,
+                [t.name for t in request.inputs],
+                missing,
+                len(self.required_inputs),
+                len(self.inputs),
             )
+        batching = self.batching
         batch_size = -1
         for tensor in request.inputs:
             shape = tensor.data.shape
             spec = self.inputs.get(tensor.name)
-            if spec is None:
-                if tensor.name not in self.extra_inputs:
-                    raise InvalidArgument(
-                        f"unexpected inference input '{tensor.name}' for model "
-                        f"'{self.model_name}'"
-                    )
-            elif tensor.datatype != spec.datatype:
-                raise InvalidArgument(
-                    f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but "
-                    f"model '{self.model_name}' expects '{spec.datatype}'"
-                )
-            if self.batching:
-                if len(shape) == 0:
-                    raise no_batch_dimension_error(tensor.name, self.model_name)
-                if batch_size < 0:
-                    batch_size = int(shape[0])
-                elif shape[0] != batch_size:
-                    raise InvalidArgument(
-                        f"inference input '{tensor.name}' batch size does not match other "
-                        f"inputs for '{self.model_name}'"
-                    )
+            if spec is None or tensor.datatype != spec.datatype:
+                self._check_unlisted(tensor, spec)
+            if batching:
+                if not shape or (batch_size >= 0 and shape[0] != batch_size):
+                    raise self._batch_error(tensor)
+                batch_size = shape[0]  # ndarray shapes hold ints
             if spec is not None:
-                body = shape[1:] if self.batching else shape
+                body = shape[1:] if batching else shape
                 # The server's request validation may already have applied a config
                 # ``reshape``, so the model-side shape is accepted too.
                 if (
                     body != spec.dims
                     and not _dims_match(spec.dims, body)
-                    and not (spec.reshape is not None and _dims_match(spec.reshape, body))
+                    and not spec.reshape_accepts(body)
                 ):
                     raise shape_error(
-                        tensor.name, self.model_name, spec.dims, list(shape), self.batching
+                        tensor.name, self.model_name, spec.dims, list(shape), batching
                     )
+        return self._batch_size(batch_size)
+
+    def _batch_size(self, first_dim: int) -> int:
+        """The request's batch size from its inputs' first dimension (-1: no inputs)."""
         if not self.batching:
             return 1
-        if batch_size < 0:
-            batch_size = 1
-        if batch_size > self.max_batch_size:
+        if first_dim > self.max_batch_size:
             raise InvalidArgument(
                 f"inference request batch-size must be <= {self.max_batch_size} for "
                 f"'{self.model_name}'"
             )
-        return batch_size
+        return first_dim if first_dim >= 0 else 1
+
+    def _check_unlisted(self, tensor: Tensor, spec: IOSpec | None) -> None:
+        """An input the config does not list (fine for a scheduler's extra inputs), or
+        one of another datatype."""
+        if spec is None:
+            if tensor.name not in self.extra_inputs:
+                raise InvalidArgument(
+                    f"unexpected inference input '{tensor.name}' for model '{self.model_name}'"
+                )
+        elif tensor.datatype != spec.datatype:
+            raise InvalidArgument(
+                f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but "
+                f"model '{self.model_name}' expects '{spec.datatype}'"
+            )
+
+    def _batch_error(self, tensor: Tensor) -> InvalidArgument:
+        if len(tensor.data.shape) == 0:
+            return no_batch_dimension_error(tensor.name, self.model_name)
+        return InvalidArgument(
+            f"inference input '{tensor.name}' batch size does not match other "
+            f"inputs for '{self.model_name}'"
+        )
 
     # -- merge / split ------------------------------------------------------------------
 
@@ -353,12 +372,7 @@ class TensorBatcher:
             requested = [self.requested_outputs(r) for r in requests]
         else:
             requested = list(requested)
-        if all(names is self.all_outputs for names in requested):
-            output_names = self.all_outputs
-        else:
-            wanted = set(requested[0]) if len(requested) == 1 else set().union(*requested)
-            output_names = [n for n in self.outputs if n in wanted]
-
+        output_names = self._output_names(requested)
         first = requests[0]
         if len(requests) == 1:
             if self._reshaped_inputs:
@@ -372,26 +386,7 @@ class TensorBatcher:
                 f"{len(requests)} requests"
             )
         names = [t.name for t in first.inputs]
-        inputs: dict[str, np.ndarray] = {}
-        for name in names:
-            parts: list[np.ndarray] = []
-            for index, request in enumerate(requests):
-                tensor = request.input(name)
-                if tensor is None:
-                    raise InvalidArgument(
-                        f"cannot batch requests for model '{self.model_name}': request "
-                        f"{index} has no input '{name}'"
-                    )
-                parts.append(self._model_input(tensor))
-            base = parts[0]
-            for index, part in enumerate(parts[1:], start=1):
-                if part.shape[1:] != base.shape[1:] or part.dtype != base.dtype:
-                    raise InvalidArgument(
-                        f"cannot batch requests for model '{self.model_name}': input "
-                        f"'{name}' of request {index} has shape {list(part.shape)} "
-                        f"({part.dtype}), request 0 has {list(base.shape)} ({base.dtype})"
-                    )
-            inputs[name] = np.concatenate(parts, axis=0)
+        inputs = {name: self._merge_input(name, requests) for name in names}
         for index, request in enumerate(requests[1:], start=1):
             if len(request.inputs) != len(names):
                 raise InvalidArgument(
@@ -399,6 +394,35 @@ class TensorBatcher:
                     f"has inputs {[t.name for t in request.inputs]}, request 0 has {names}"
                 )
         return Batch(inputs, list(batch_sizes), output_names, requested)
+
+    def _output_names(self, requested: list[list[str]]) -> list[str]:
+        """The outputs a batch computes: every one some request asked for, in config order."""
+        if all(names is self.all_outputs for names in requested):
+            return self.all_outputs
+        wanted = set(requested[0]) if len(requested) == 1 else set().union(*requested)
+        return [n for n in self.outputs if n in wanted]
+
+    def _merge_input(self, name: str, requests: Sequence[InferRequest]) -> np.ndarray:
+        """Input ``name`` of every request, concatenated; each must have it, with the same
+        shape after the batch dimension and the same dtype."""
+        parts: list[np.ndarray] = []
+        for index, request in enumerate(requests):
+            tensor = request.input(name)
+            if tensor is None:
+                raise InvalidArgument(
+                    f"cannot batch requests for model '{self.model_name}': request "
+                    f"{index} has no input '{name}'"
+                )
+            parts.append(self._model_input(tensor))
+        base = parts[0]
+        for index, part in enumerate(parts[1:], start=1):
+            if part.shape[1:] != base.shape[1:] or part.dtype != base.dtype:
+                raise InvalidArgument(
+                    f"cannot batch requests for model '{self.model_name}': input "
+                    f"'{name}' of request {index} has shape {list(part.shape)} "
+                    f"({part.dtype}), request 0 has {list(base.shape)} ({base.dtype})"
+                )
+        return np.concatenate(parts, axis=0)
 
     def _client_output(self, name: str, array: np.ndarray) -> np.ndarray:
         spec = self.outputs[name]

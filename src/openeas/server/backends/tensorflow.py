@@ -68,7 +68,7 @@ from openeas.server.sequence.config import control_specs
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402 - after the logging default above
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 GRAPHDEF = "tensorflow_graphdef"
 SAVEDMODEL = "tensorflow_savedmodel"
@@ -289,7 +289,7 @@ def _graphdef_io(
             f"{len(config.input)} inputs, model provides at most {len(placeholders)}"
         )
     if not config.input or not config.output:
-        logger.warning(
+        log.warning(
             "model '%s' (tensorflow_graphdef) lists %d inputs and %d outputs in its "
             "configuration; a GraphDef is not auto-completed, so only the listed tensors "
             "are served",
@@ -488,7 +488,7 @@ class TensorFlowBackend(Backend):
             session.close()
             raise
         batcher = TensorBatcher(config, context.version)
-        logger.info(
+        log.info(
             "created tensorflow session for instance '%s' of model '%s' version %s (%s, "
             "intra_op=%d inter_op=%d)",
             instance_name,

@@ -1,7 +1,8 @@
 """The HTTP/REST front end: Triton's v2 API as a raw ASGI application.
 
 Routing is a split of the path and a few comparisons: the infer path is the hot one and
-goes through no framework.  Every handler decodes, calls the data plane, encodes.  The
+goes through no framework; every other path is looked up in a small route table
+(:data:`_ROUTES`).  Every handler decodes, calls the data plane, encodes.  The
 infer path is also served through the HTTP server's direct interface
 (:class:`~openeas.server.frontends.httpserver.DirectApp`), which answers it with one
 pre-formatted byte string instead of ASGI messages.
@@ -12,7 +13,8 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -159,69 +161,62 @@ class HttpFrontend:
         return 200, head, payload
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method: str = scope["method"]
+        """Every path but the hot infer one: a lookup in :data:`_ROUTES`."""
         parts = scope["path"].strip("/").split("/")
-        if not parts or parts[0] != "v2":
+        if parts[0] != "v2":
             raise NotFound("Not Found")
-        n = len(parts)
-        if n == 1:
-            _allow(method, "GET")
-            return await send_json(send, self.dataplane.server_metadata())
-        section = parts[1]
-        if section == "models":
-            return await self._models(scope, receive, send, method, parts)
-        if section == "health" and n == 3 and parts[2] in ("live", "ready"):
-            _allow(method, "GET")
-            ok = self.dataplane.live() if parts[2] == "live" else self.dataplane.ready()
-            return await send_response(send, 200 if ok else 400)
-        if section == "repository":
-            return await self._repository(receive, send, method, parts)
-        if section == "logging" and n == 2:
-            return await self._logging(receive, send, method)
-        if section == "trace" and n == 3 and parts[2] == "setting":
-            return await self._trace(receive, send, method, None)
-        if section in ("systemsharedmemory", "cudasharedmemory"):
-            return await self._shared_memory(receive, send, method, parts)
-        raise NotFound("Not Found")
+        found = _find_route(parts[1:])
+        if found is None:
+            raise NotFound("Not Found")
+        handler, params = found
+        await handler(self, _Call(scope, receive, send, scope["method"], params))
 
-    async def _models(
-        self, scope: Scope, receive: Receive, send: Send, method: str, parts: list[str]
-    ) -> None:
-        n = len(parts)
-        if n == 3 and parts[2] == "stats":
-            _allow(method, "GET")
-            return await send_json(send, self.dataplane.statistics())
-        if n < 3:
-            raise NotFound("Not Found")
-        name = parts[2]
-        version = ""
-        rest = parts[3:]
-        if len(rest) >= 2 and rest[0] == "versions":
-            version = rest[1]
-            rest = rest[2:]
-        action = rest[0] if rest else ""
-        if len(rest) > 1 and not (len(rest) == 2 and rest == ["trace", "setting"]):
-            raise NotFound("Not Found")
-        if action == "infer":
-            _allow(method, "POST")
-            return await self._infer(scope, receive, send, name, version)
-        if action == "":
-            _allow(method, "GET")
-            return await send_json(send, self.dataplane.model_metadata(name, version))
-        if action == "ready":
-            _allow(method, "GET")
-            if not self.dataplane.model_ready(name, version):
-                raise InvalidArgument("Model version not ready")  # Triton's 400 and text
-            return await send_response(send, 200)
-        if action == "config":
-            _allow(method, "GET")
-            return await send_json(send, self.dataplane.model_config(name, version))
-        if action == "stats":
-            _allow(method, "GET")
-            return await send_json(send, self.dataplane.statistics(name, version))
-        if action == "trace" and rest[1:] == ["setting"]:
-            return await self._trace(receive, send, method, name)
-        raise NotFound("Not Found")
+    # -- the routes' handlers (see _ROUTES); each checks its method ---------------------
+
+    async def _server_metadata(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_json(call.send, self.dataplane.server_metadata())
+
+    async def _live(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_response(call.send, 200 if self.dataplane.live() else 400)
+
+    async def _ready(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_response(call.send, 200 if self.dataplane.ready() else 400)
+
+    async def _all_statistics(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_json(call.send, self.dataplane.statistics())
+
+    async def _model_infer(self, call: _Call) -> None:
+        """An infer path the hot path did not take (a trailing slash, or a wrong method)."""
+        _allow(call.method, "POST")
+        await self._infer(call.scope, call.receive, call.send, *_model_of(call))
+
+    async def _model_metadata(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_json(call.send, self.dataplane.model_metadata(*_model_of(call)))
+
+    async def _model_ready(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        if not self.dataplane.model_ready(*_model_of(call)):
+            raise InvalidArgument("Model version not ready")  # Triton's 400 and text
+        await send_response(call.send, 200)
+
+    async def _model_config(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_json(call.send, self.dataplane.model_config(*_model_of(call)))
+
+    async def _model_statistics(self, call: _Call) -> None:
+        _allow(call.method, "GET")
+        await send_json(call.send, self.dataplane.statistics(*_model_of(call)))
+
+    async def _model_trace(self, call: _Call) -> None:
+        await self._trace(call.receive, call.send, call.method, call.params["model"])
+
+    async def _server_trace(self, call: _Call) -> None:
+        await self._trace(call.receive, call.send, call.method, None)
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str
@@ -252,29 +247,35 @@ class HttpFrontend:
             config.max_batch_size > 0,
         )
 
-    async def _repository(
-        self, receive: Receive, send: Send, method: str, parts: list[str]
-    ) -> None:
-        n = len(parts)
-        if n == 3 and parts[2] == "index":
-            _allow(method, "POST")
-            body = await self._json_body(receive)
-            ready = body.get("ready", False)
-            if not isinstance(ready, bool):
-                raise InvalidArgument("'ready' must be a boolean")
-            return await send_json(send, self.dataplane.repository_index(ready))
-        if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
-            _allow(method, "POST")
-            body = await self._json_body(receive)
-            params = body.get("parameters", {})
-            if not isinstance(params, dict):
-                raise InvalidArgument("'parameters' must be a JSON object")
-            if parts[4] == "load":
-                await self.dataplane.load_model(parts[3], params)
-            else:
-                await self.dataplane.unload_model(parts[3], params)
-            return await send_response(send, 200, b"", JSON_HEADERS)
-        raise NotFound("Not Found")
+    async def _repository_index(self, call: _Call) -> None:
+        _allow(call.method, "POST")
+        body = await self._json_body(call.receive)
+        ready = body.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidArgument("'ready' must be a boolean")
+        await send_json(call.send, self.dataplane.repository_index(ready))
+
+    async def _repository_load(self, call: _Call) -> None:
+        params = await self._repository_parameters(call)
+        await self.dataplane.load_model(call.params["model"], params)
+        await send_response(call.send, 200, b"", JSON_HEADERS)
+
+    async def _repository_unload(self, call: _Call) -> None:
+        params = await self._repository_parameters(call)
+        await self.dataplane.unload_model(call.params["model"], params)
+        await send_response(call.send, 200, b"", JSON_HEADERS)
+
+    async def _repository_parameters(self, call: _Call) -> dict[str, Any]:
+        """The ``parameters`` of a POSTed load/unload body."""
+        _allow(call.method, "POST")
+        body = await self._json_body(call.receive)
+        params = body.get("parameters", {})
+        if not isinstance(params, dict):
+            raise InvalidArgument("'parameters' must be a JSON object")
+        return params
+
+    async def _logging_route(self, call: _Call) -> None:
+        await self._logging(call.receive, call.send, call.method)
 
     async def _logging(self, receive: Receive, send: Send, method: str) -> None:
         if method == "GET":
@@ -292,21 +293,21 @@ class HttpFrontend:
         body = await self._json_body(receive)
         return await send_json(send, self.dataplane.trace_settings.update(body, model))
 
-    async def _shared_memory(
-        self, receive: Receive, send: Send, method: str, parts: list[str]
-    ) -> None:
+    async def _system_shared_memory(self, call: _Call) -> None:
+        await self._shared_memory(call, cuda=False)
+
+    async def _cuda_shared_memory_route(self, call: _Call) -> None:
+        await self._shared_memory(call, cuda=True)
+
+    async def _shared_memory(self, call: _Call, cuda: bool) -> None:
         """``/v2/(system|cuda)sharedmemory[/region/<name>]/(status|register|unregister)``."""
-        cuda = parts[1] == "cudasharedmemory"
-        n = len(parts)
-        if n == 3:
-            name, action = "", parts[2]
-        elif n == 5 and parts[2] == "region" and parts[3]:
-            name, action = parts[3], parts[4]
-        else:
-            raise NotFound("Not Found")
-        if action not in ("status", "register", "unregister"):
+        name, action = call.params.get("region", ""), call.params["action"]
+        if action not in ("status", "register", "unregister") or (
+            "region" in call.params and not name
+        ):
             raise NotFound("Not Found")
         self.dataplane.check_shared_memory_allowed()
+        send, method = call.send, call.method
         if action == "status":
             _allow(method, "GET")
             if cuda:
@@ -316,7 +317,7 @@ class HttpFrontend:
         if cuda:
             self._cuda_shared_memory(name, action)
         elif action == "register":
-            body = await self._json_body(receive)
+            body = await self._json_body(call.receive)
             self.dataplane.system_shm_register(
                 name, body.get("key"), body.get("offset"), body.get("byte_size")
             )
@@ -343,6 +344,85 @@ class HttpFrontend:
         if not isinstance(doc, dict):
             raise InvalidArgument("the request body must be a JSON object")
         return doc
+
+
+@dataclass(slots=True)
+class _Call:
+    """One request on a non-infer route, with the path segments its route captured."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    method: str
+    params: dict[str, str]
+
+
+_Handler = Callable[[HttpFrontend, _Call], Awaitable[None]]
+
+
+def _model_of(call: _Call) -> tuple[str, str]:
+    """(model name, version; "" for the latest) of a ``/v2/models/<m>[/versions/<v>]`` route."""
+    return call.params["model"], call.params.get("version", "")
+
+
+def _routes() -> dict[tuple[int, str], list[tuple[tuple[str, ...], _Handler]]]:
+    """The non-infer routes: the path segments after ``/v2`` ("{x}" captures one) and
+    their handler, indexed by (segment count, first segment); the first match wins."""
+    F = HttpFrontend  # noqa: N806 - short, for the table
+    table: list[tuple[str, _Handler]] = [
+        ("", F._server_metadata),
+        ("health/live", F._live),
+        ("health/ready", F._ready),
+        ("models/stats", F._all_statistics),
+        ("repository/index", F._repository_index),
+        ("repository/models/{model}/load", F._repository_load),
+        ("repository/models/{model}/unload", F._repository_unload),
+        ("logging", F._logging_route),
+        ("trace/setting", F._server_trace),
+    ]
+    model_actions: list[tuple[str, _Handler]] = [
+        ("", F._model_metadata),
+        ("/infer", F._model_infer),
+        ("/ready", F._model_ready),
+        ("/config", F._model_config),
+        ("/stats", F._model_statistics),
+        ("/trace/setting", F._model_trace),
+    ]
+    for model in ("models/{model}", "models/{model}/versions/{version}"):
+        table += [(model + suffix, handler) for suffix, handler in model_actions]
+    shared_memory: list[tuple[str, _Handler]] = [
+        ("systemsharedmemory", F._system_shared_memory),
+        ("cudasharedmemory", F._cuda_shared_memory_route),
+    ]
+    for kind, shm in shared_memory:
+        table += [(f"{kind}/{{action}}", shm), (f"{kind}/region/{{region}}/{{action}}", shm)]
+    index: dict[tuple[int, str], list[tuple[tuple[str, ...], _Handler]]] = {}
+    for path, handler in table:
+        pattern = tuple(path.split("/")) if path else ()
+        index.setdefault((len(pattern), pattern[0] if pattern else ""), []).append(
+            (pattern, handler)
+        )
+    return index
+
+
+def _find_route(parts: list[str]) -> tuple[_Handler, dict[str, str]] | None:
+    """The handler of the path segments after ``/v2`` and what its pattern captured."""
+    for pattern, handler in _ROUTES.get((len(parts), parts[0] if parts else ""), ()):
+        params = _captures(pattern, parts)
+        if params is not None:
+            return handler, params
+    return None
+
+
+def _captures(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+    """What ``{name}`` segments capture; every other segment must be equal."""
+    params: dict[str, str] = {}
+    for want, got in zip(pattern, parts, strict=True):
+        if want.startswith("{"):
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
 
 
 def _allow(method: str, expected: str) -> None:
@@ -375,3 +455,6 @@ def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes | None]:
     if b"deflate" in offered:
         return zlib.compress(payload), b"deflate"
     return payload, None
+
+
+_ROUTES = _routes()

@@ -50,7 +50,7 @@ from openeas.server.backends.python import _runtime, convert
 from openeas.server.backends.python import triton_python_backend_utils as pb_utils
 from openeas.server.repository.config import ModelConfig, config_to_dict, config_to_json
 
-_LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The name model files import.
 PB_UTILS_MODULE = "triton_python_backend_utils"
@@ -218,7 +218,7 @@ class PythonModelInstance(ModelInstance):
     def revoke_inline(self, reason: str) -> None:
         """Never run this instance's model code on the server's event loop again."""
         if self.inline_capable:
-            _LOG.error("model instance '%s' no longer runs inline: %s", self._instance_name, reason)
+            log.error("model instance '%s' no longer runs inline: %s", self._instance_name, reason)
         self.inline_capable = False
 
     @property
@@ -329,7 +329,7 @@ class PythonModelInstance(ModelInstance):
         except Exception as exc:
             timing.compute_infer_ns = time.perf_counter_ns() - inputs_done
             message = self._failure(_format_exception(exc))
-            _LOG.info("%s", message)
+            log.info("%s", message)
             return [InternalError(message) for _ in requests]
         infer_done = time.perf_counter_ns()
         timing.compute_infer_ns = infer_done - inputs_done
@@ -373,7 +373,7 @@ class PythonModelInstance(ModelInstance):
             result = self._call(self._model.execute, pb_requests)
         except Exception as exc:
             message = self._failure(_format_exception(exc))
-            _LOG.info("%s", message)
+            log.info("%s", message)
             result = None
             for stream in streams:
                 stream.close_with(InternalError(message))
@@ -426,7 +426,7 @@ class PythonModelInstance(ModelInstance):
             try:
                 self._call(finalize)
             except Exception as exc:
-                _LOG.error(
+                log.error(
                     "finalize of model instance '%s' failed: %s",
                     self._instance_name,
                     _format_exception(exc),
@@ -444,7 +444,7 @@ class PythonModelInstance(ModelInstance):
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             except Exception:  # pragma: no cover - best effort on teardown
-                _LOG.debug(
+                log.debug(
                     "closing the event loop of '%s' failed", self._instance_name, exc_info=True
                 )
             finally:
