@@ -58,7 +58,7 @@ from openeas.platform.store import InstanceRecord, ServiceRecord, Store
 
 __all__ = ["Backoff", "Reconciler", "Tuning", "counts", "instance_shape"]
 
-log = logging.getLogger("openeas.platform")
+log = logging.getLogger(__name__)
 
 #: The spec fields that shape an instance's process; other changes keep instances running.
 _INSTANCE_METADATA = ("cpu", "memory", "gpu", "gpu_memory", "resource")

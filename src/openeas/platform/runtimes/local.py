@@ -33,7 +33,7 @@ import psutil
 from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
 from openeas.protocol import instance_token
 
-log = logging.getLogger("openeas.platform")
+log = logging.getLogger(__name__)
 
 INSTANCE_ENV = "OPENEAS_INSTANCE_ID"
 _THREAD_ENV = (
