@@ -1,13 +1,11 @@
 """gRPC over TLS and mutual TLS (``--grpc-use-ssl``, ``--grpc-use-ssl-mutual``).
 
-Certificates come from the ``openssl`` command line: a CA, a server certificate for
-127.0.0.1 and a client certificate, all signed by the CA.
+Certificates come from the ``openssl`` command line (:mod:`openeas.testing.certs`): a CA,
+a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,33 +15,16 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from openeas.server.options import parse_args
+from openeas.testing.certs import HAVE_OPENSSL, make_certificates
 from openeas.testing.onnx_models import write_identity_model, write_model_config
 from openeas.testing.server import ServerProcess, start_server
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _signed(name: str, cn: str, extensions: str, cwd: Path) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj",
-             f"/CN={cn}", "-out", f"{name}.csr", cwd=cwd)  # fmt: skip
-    (cwd / f"{name}.ext").write_text(extensions)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out",
-             f"{name}.pem", cwd=cwd)  # fmt: skip
+pytestmark = pytest.mark.skipif(not HAVE_OPENSSL, reason="needs openssl")
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-subj",
-             "/CN=openeas test CA", "-days", "2", "-out", "ca.pem", cwd=d)  # fmt: skip
-    _signed("server", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n", d)
-    _signed("client", "client", "extendedKeyUsage=clientAuth\n", d)
-    return d
+    return make_certificates(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

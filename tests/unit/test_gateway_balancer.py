@@ -1,4 +1,5 @@
-"""ServiceState: least outstanding choice, rotation of ties, limits, queue, sequences."""
+"""ServiceState: least outstanding choice, rotation of ties, limits, queue, sequences;
+the platform's rule for the per-instance limit (``rpc.worker_threads``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 from openeas.gateway.balancer import RateLimiter, ServiceState
 from openeas.gateway.deadline import Deadline, Expired
 from openeas.gateway.errors import NoInstance, QueueFull, RateLimited, ServiceNotFound
-from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.gateway.routes import (
+    DEFAULT_MAX_CONCURRENCY,
+    RouteTable,
+    ServiceLimits,
+    ServiceRoute,
+    Upstream,
+)
+from openeas.platform.reconciler import gateway_limits
+from openeas.platform.spec import Metadata, ServiceSpec
 
 UPS = tuple(Upstream(f"i{n}", "127.0.0.1", 9000 + n) for n in range(3))
 
@@ -112,3 +121,51 @@ def test_sequences_stick_until_end_or_idle() -> None:
     # an instance that is gone drops its sequences
     state.bind_sequence(6, Upstream("gone", "h", 1))
     assert state.sequence_upstream(route, 6) is None and 6 not in state.sequences
+
+
+# -- rpc.worker_threads bounds what one instance is sent (platform/reconciler.py) ------
+
+
+def _metadata(**rpc: int) -> Metadata:
+    return Metadata.model_validate({f"rpc.{key}": value for key, value in rpc.items()})
+
+
+def test_worker_threads_bound_what_an_instance_is_sent() -> None:
+    limits = gateway_limits(_metadata(worker_threads=1, max_queue_size=2, keepalive=9000))
+    assert (limits.max_concurrency, limits.max_queue_size, limits.keepalive_ms) == (1, 2, 9000)
+    # unset: up to 32 in flight per instance (pipelining keeps a fast instance busy)
+    assert gateway_limits(_metadata()).max_concurrency == DEFAULT_MAX_CONCURRENCY == 32
+    # and it stays unset through the store (a spec is kept as its JSON)
+    doc = {"name": "s", "processor": "triton", "processor_params": ["--model-repository=/m"]}
+    stored = ServiceSpec.model_validate(doc).to_json()
+    assert "rpc.worker_threads" not in stored["metadata"]
+    assert gateway_limits(ServiceSpec.model_validate(stored).metadata).max_concurrency == 32
+
+
+def test_a_flood_beyond_worker_threads_and_queue_is_refused_at_once() -> None:
+    # rpc.worker_threads 1, rpc.max_queue_size 2, one instance, 20 requests at once:
+    # one is sent, two wait, the other 17 get QueueFull (450) without waiting
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        state = _state(gateway_limits(_metadata(worker_threads=1, max_queue_size=2)), UPS[:1])
+        deadline = Deadline(loop, loop.time() + 30)
+
+        async def request() -> str:
+            upstream = await state.choose(deadline)
+            state.routes.acquire(upstream.instance_id)
+            return upstream.instance_id
+
+        tasks = [asyncio.ensure_future(request()) for _ in range(20)]
+        await asyncio.sleep(0)  # every request has been admitted or refused by now
+        refused = [t for t in tasks if t.done() and isinstance(t.exception(), QueueFull)]
+        sent = [t for t in tasks if t.done() and not t.exception()]
+        assert (len(sent), len(state.waiters), len(refused)) == (1, 2, 17)
+        assert state.routes.in_flight("i0") == 1
+        for _ in range(2):  # each release lets the oldest waiting request in
+            state.release(UPS[0])
+            await asyncio.sleep(0)
+            assert state.routes.in_flight("i0") == 1
+        assert all(t.done() for t in tasks) and not state.waiters
+        deadline.cancel()
+
+    asyncio.run(scenario())

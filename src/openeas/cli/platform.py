@@ -8,13 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from openeas.home import openeas_home
 from openeas.platform.logs import ACCESS_MODES, LogOptions
 from openeas.platform.logs import configure as configure_logs
+
+if TYPE_CHECKING:
+    from openeas.gateway import GatewayTls
 
 _PORT = click.IntRange(1, 65535)
 
@@ -36,6 +41,40 @@ def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeo
             pass
         time.sleep(0.1)
     raise click.ClickException(f"the platform did not answer within {timeout:.0f}s (log: {log})")
+
+
+_PEM = click.Path(exists=True, dir_okay=False, resolve_path=True)
+
+
+def tls_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--tls-cert``/``--tls-key`` (turn them into a GatewayTls with :func:`gateway_tls`)."""
+    command = click.option("--tls-key", type=_PEM, help="the private key (PEM) of --tls-cert")(
+        command
+    )
+    return click.option(
+        "--tls-cert",
+        type=_PEM,
+        help="serve HTTPS and gRPC over TLS on the gateway's ports with this certificate "
+        "chain (PEM; needs --tls-key)",
+    )(command)
+
+
+def gateway_tls(cert: str | None, key: str | None) -> GatewayTls | None:
+    """The gateway's TLS files, loaded once now so that a bad one names its flag."""
+    from openeas.gateway import GatewayTls
+
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    if key is None:
+        raise click.UsageError("--tls-cert needs --tls-key")
+    tls = GatewayTls(cert, key)
+    try:
+        tls.contexts()
+    except OSError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--tls-cert' / '--tls-key'") from None
+    return tls
 
 
 @click.command()
@@ -117,6 +156,7 @@ def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeo
     show_default=True,
     help="with --access-log=sampled: log one request in this many",
 )
+@tls_options
 def up(
     host: str,
     api_port: int,
@@ -138,6 +178,8 @@ def up(
     log_backups: int,
     access_log: str,
     access_log_sample: int,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Start the control plane, gateway and local runtime (foreground unless --detach)."""
     from openeas.platform.daemon import PlatformOptions, running_platform, serve
@@ -149,6 +191,7 @@ def up(
         raise click.ClickException(
             f"a platform is already running (pid {running['pid']}, API {running['api']})"
         )
+    tls = gateway_tls(tls_cert, tls_key)
     os.umask(0o077)  # logs, database and credentials are the platform user's only
     logs = openeas_home() / "logs"
     if detach:
@@ -175,6 +218,7 @@ def up(
         cpus=cpus,
         memory_mb=memory,
         gpus=gpus,
+        tls=tls,
         tuning=Tuning(
             backoff_base=restart_backoff,
             backoff_reset=restart_backoff_reset,

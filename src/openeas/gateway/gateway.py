@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -16,11 +18,28 @@ from openeas.gateway.routes import RouteTable
 from openeas.transport.grpc_transport import GrpcServer
 from openeas.transport.http1 import HttpLimits
 from openeas.transport.sockets import bind_socket
+from openeas.transport.tls import ALPN_H2, ALPN_HTTP1, server_context
 
 log = logging.getLogger(__name__)
 
 #: Largest request body (and gRPC message) the gateway accepts.
 MAX_BODY_SIZE = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayTls:
+    """The certificate chain and private key (PEM files) both ports serve TLS with."""
+
+    cert: str
+    key: str
+
+    def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """The HTTP port's context (ALPN ``http/1.1``) and the gRPC port's (``h2``);
+        :class:`~openeas.transport.tls.TlsFileError` when the files cannot be used."""
+        return (
+            server_context(self.cert, self.key, [ALPN_HTTP1]),
+            server_context(self.cert, self.key, [ALPN_H2]),
+        )
 
 
 class Gateway:
@@ -30,6 +49,9 @@ class Gateway:
     naming the port when one is taken; port 0 picks a free one, see :attr:`http_port`),
     ``await stop()`` stops accepting and lets in-flight requests finish.  Services are
     read from ``routes`` per request; :attr:`registry` holds the per-service metrics.
+    With ``tls`` both ports serve TLS only: HTTPS on the HTTP port, gRPC over TLS on the
+    gRPC port (a certificate or key that cannot be used fails ``start()`` before
+    anything is bound, with :class:`~openeas.transport.tls.TlsFileError`).
     """
 
     def __init__(
@@ -40,8 +62,10 @@ class Gateway:
         http_port: int = 8080,
         grpc_port: int = 8081,
         http_limits: HttpLimits | None = None,
+        tls: GatewayTls | None = None,
     ) -> None:
         self.routes = routes
+        self.tls = tls
         #: What one HTTP client may make the gateway hold (header sizes, timeouts, ...).
         self.http_limits = http_limits or HttpLimits()
         self.host = host
@@ -68,6 +92,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Bind the HTTP and gRPC ports and start serving."""
+        http_tls, grpc_tls = self.tls.contexts() if self.tls is not None else (None, None)
         sock = bind_socket(self.host, self._http_port)
         self.core.start()
         http = GatewayHttpServer(
@@ -81,22 +106,23 @@ class Gateway:
             head_check=functools.partial(check_head, self.core),
         )
         try:
-            await http.start()
-            self._grpc = await self._start_grpc()
+            await http.start(http_tls)
+            self._grpc = await self._start_grpc(grpc_tls)
         except BaseException:
             await http.stop(0)
             sock.close()
             await self.core.close()
             raise
         self._http = http
-        log.info("gateway serving HTTP on %s:%d, gRPC on %s:%d",
-                 self.host, self.http_port, self.host, self.grpc_port)  # fmt: skip
+        log.info("gateway serving %s on %s:%d, gRPC%s on %s:%d",
+                 "HTTPS" if http_tls else "HTTP", self.host, self.http_port,
+                 " over TLS" if grpc_tls else "", self.host, self.grpc_port)  # fmt: skip
 
-    async def _start_grpc(self) -> GrpcServer:
+    async def _start_grpc(self, tls: ssl.SSLContext | None) -> GrpcServer:
         sock = bind_socket(self.host, self._grpc_port)
         server = GrpcServer(GatewayGrpcFront(self.core).methods(), max_message_size=MAX_BODY_SIZE)
         try:
-            await server.start(sock)
+            await server.start(sock, tls)
         except BaseException:
             sock.close()
             raise

@@ -30,6 +30,11 @@ class Upstream:
     token: str | None = field(default=None, repr=False)
 
 
+#: Requests the gateway sends one instance at once when the service sets no
+#: ``rpc.worker_threads`` (enough to pipeline 16 deep to a fast instance).
+DEFAULT_MAX_CONCURRENCY = 32
+
+
 @dataclass(frozen=True)
 class ServiceLimits:
     """The service's ``metadata.rpc`` settings that the gateway enforces."""
@@ -41,8 +46,9 @@ class ServiceLimits:
     #: Queries per second; 429 beyond it (None: unlimited).
     rate_limit: float | None = None
     #: Requests the gateway sends one instance at once; more wait in the gateway's queue
-    #: (bounded by ``max_queue_size``) for the first instance with a free slot.
-    max_concurrency: int = 32
+    #: (bounded by ``max_queue_size``) for the first instance with a free slot.  The
+    #: platform sets it to the service's ``rpc.worker_threads`` when the spec has one.
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,15 @@ class Endpoints:
     intranet_host: str
     http_port: int
     grpc_port: int
+    #: the gateway serves TLS (``openeas up --tls-cert``): HTTPS URLs, gRPC over TLS
+    tls: bool = False
 
     def for_service(self, name: str) -> dict[str, str]:
+        scheme = "https" if self.tls else "http"
+        path = f"{self.http_port}/api/predict/{name}"
         return {
-            "internet_endpoint": f"http://{self.public_host}:{self.http_port}/api/predict/{name}",
-            "intranet_endpoint": f"http://{self.intranet_host}:{self.http_port}/api/predict/{name}",
+            "internet_endpoint": f"{scheme}://{self.public_host}:{path}",
+            "intranet_endpoint": f"{scheme}://{self.intranet_host}:{path}",
             "grpc_endpoint": f"{self.public_host}:{self.grpc_port}",
         }
 

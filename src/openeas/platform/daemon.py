@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import uvicorn
 
-from openeas.gateway import Gateway, RouteTable
+from openeas.gateway import Gateway, GatewayTls, RouteTable
 from openeas.home import openeas_home, secure_home
 from openeas.platform.api import create_app
 from openeas.platform.auth import load_or_create_admin_key
@@ -54,13 +54,15 @@ class PlatformOptions:
     cpus: int | None = None
     memory_mb: int | None = None
     gpus: int | None = None
+    #: the gateway's certificate and key: HTTPS and gRPC over TLS on its ports
+    tls: GatewayTls | None = None
     tuning: Tuning = field(default_factory=Tuning)
 
     def endpoints(self) -> Endpoints:
         wildcard = self.host in ("0.0.0.0", "::", "")
         public = self.public_host or (socket.gethostname() if wildcard else self.host)
         intranet = self.intranet_host or ("127.0.0.1" if wildcard else self.host)
-        return Endpoints(public, intranet, self.http_port, self.grpc_port)
+        return Endpoints(public, intranet, self.http_port, self.grpc_port, self.tls is not None)
 
 
 def running_platform() -> dict[str, Any] | None:
@@ -108,7 +110,11 @@ async def serve(options: PlatformOptions) -> None:
     reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning)
     await reconciler.adopt()
     gateway = Gateway(
-        routes, host=options.host, http_port=options.http_port, grpc_port=options.grpc_port
+        routes,
+        host=options.host,
+        http_port=options.http_port,
+        grpc_port=options.grpc_port,
+        tls=options.tls,
     )
     control = ControlPlane(store, reconciler, [group], options.endpoints())
     app = create_app(control, {key.id: key}, [gateway.registry, platform_registry(store)])

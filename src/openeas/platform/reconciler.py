@@ -23,7 +23,12 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 
-from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute
+from openeas.gateway.routes import (
+    DEFAULT_MAX_CONCURRENCY,
+    RouteTable,
+    ServiceLimits,
+    ServiceRoute,
+)
 from openeas.platform.auth import random_token
 from openeas.platform.errors import NotFoundError
 from openeas.platform.plan import (
@@ -52,7 +57,7 @@ from openeas.platform.plan import (
 from openeas.platform.repositories import RepositoryError, resolved_params, sync_repositories
 from openeas.platform.resources import Demand, ResourceGroup, pick_cores, pick_gpus
 from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
-from openeas.platform.spec import ServiceSpec
+from openeas.platform.spec import Metadata, ServiceSpec
 from openeas.platform.status import InstanceStatus
 from openeas.platform.store import InstanceRecord, ServiceRecord, Store
 
@@ -100,6 +105,24 @@ def counts(service_instances: list[InstanceRecord], version: int, target: int) -
         if i.version == version and i.ready and i.status == InstanceStatus.RUNNING
     )
     return {"total": target, "running": min(running, target), "pending": max(target - running, 0)}
+
+
+def gateway_limits(m: Metadata) -> ServiceLimits:
+    """The ``rpc.*`` limits the gateway enforces (docs/gateway.md, "Queue").
+
+    Set, ``rpc.worker_threads`` is what one instance may be sent at once, so that
+    requests beyond it wait in the gateway's queue, where ``rpc.max_queue_size`` and its
+    450 apply, rather than inside the processor.  Unset, the gateway keeps up to
+    DEFAULT_MAX_CONCURRENCY requests per instance in flight: pipelined, they keep a fast
+    model's instance busy (the throughput of benchmarks/gateway.py), and the queue fills
+    only once every instance holds that many.
+    """
+    return ServiceLimits(
+        keepalive_ms=m.rpc_keepalive,
+        max_queue_size=m.rpc_max_queue_size,
+        rate_limit=float(m.rpc_rate_limit) if m.rpc_rate_limit else None,
+        max_concurrency=m.rpc_worker_threads or DEFAULT_MAX_CONCURRENCY,
+    )
 
 
 def _demand(spec: ServiceSpec) -> Demand:
@@ -285,11 +308,7 @@ class Reconciler:
             instances=m.instance,
             demand=_demand(spec),
             resource=m.resource,
-            limits=ServiceLimits(
-                keepalive_ms=m.rpc_keepalive,
-                max_queue_size=m.rpc_max_queue_size,
-                rate_limit=float(m.rpc_rate_limit) if m.rpc_rate_limit else None,
-            ),
+            limits=gateway_limits(m),
         )
         key = (name, version)
         observed = ObservedService(

@@ -102,7 +102,9 @@ class Metadata(_Strict):
     rpc_keepalive: int = Field(5000, ge=1, le=3_600_000, alias="rpc.keepalive")
     rpc_max_queue_size: int = Field(64, ge=1, le=1_000_000, alias="rpc.max_queue_size")
     rpc_rate_limit: int | None = Field(None, ge=1, alias="rpc.rate_limit")
-    rpc_worker_threads: int = Field(5, ge=1, le=1024, alias="rpc.worker_threads")
+    #: Requests one instance works on at once (EAS's default is 5).  Unset (None), the
+    #: gateway forwards up to 32 per instance: see reconciler.gateway_limits().
+    rpc_worker_threads: int | None = Field(None, ge=1, le=1024, alias="rpc.worker_threads")
     rpc_batching: bool = Field(False, alias="rpc.batching")
     rpc_max_batch_size: int | None = Field(None, ge=1, alias="rpc.max_batch_size")
     rpc_max_batch_timeout: int | None = Field(None, ge=0, alias="rpc.max_batch_timeout")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import generate_latest
 
-from openeas.gateway import Gateway, RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.gateway import Gateway, GatewayTls, RouteTable, ServiceLimits, ServiceRoute, Upstream
 from openeas.testing.server import ServerProcess
 from openeas.transport.http1 import HttpLimits
 
@@ -38,8 +38,10 @@ class GatewayThread:
         http_port: int = 0,
         grpc_port: int = 0,
         http_limits: HttpLimits | None = None,
+        tls: GatewayTls | None = None,
     ) -> None:
         self.routes = RouteTable()
+        self._tls = tls
         self._http_limits = http_limits
         self._host = host
         self._ports = (http_port, grpc_port)
@@ -79,6 +81,7 @@ class GatewayThread:
             http_port=http_port,
             grpc_port=grpc_port,
             http_limits=self._http_limits,
+            tls=self._tls,
         )
         try:
             await gateway.start()
@@ -161,7 +164,8 @@ class GatewayThread:
         return self.gateway.grpc_port
 
     def http_url(self, service: str) -> str:
-        """The tritonclient HTTP url of a service: ``127.0.0.1:PORT/api/predict/<name>``."""
+        """The tritonclient HTTP url of a service: ``127.0.0.1:PORT/api/predict/<name>``
+        (with TLS, tritonclient's ``ssl=True`` makes it HTTPS)."""
         return f"127.0.0.1:{self.http_port}/api/predict/{service}"
 
     @property

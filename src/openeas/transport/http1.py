@@ -37,6 +37,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -583,10 +584,16 @@ class Http1Server:
         if not self.in_flight and self.draining:
             self._idle.set()
 
-    async def start(self) -> None:
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        """Accept connections on the socket (HTTPS with ``tls``: a TLS handshake that
+        takes longer than a request head may is dropped)."""
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(
-            lambda: self.connection_type(self), sock=self.sock, backlog=2048
+            lambda: self.connection_type(self),
+            sock=self.sock,
+            backlog=2048,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.header_timeout if tls is not None else None,
         )
 
     async def stop(self, timeout: float) -> None:

@@ -30,6 +30,7 @@ from openeas.transport.grpc_call import Method, kind_of
 from openeas.transport.grpc_transport import GrpcServer
 from openeas.transport.http2_peer import Http2Limits
 from openeas.transport.sockets import bind_socket
+from openeas.transport.tls import ALPN_H2, TlsFileError, server_context
 
 log = logging.getLogger(__name__)
 
@@ -406,24 +407,20 @@ def http2_limits(options: ServerOptions) -> Http2Limits:
 def tls_context(options: ServerOptions) -> ssl.SSLContext:
     """The server's TLS settings from the ``--grpc-*ssl*`` flags (HTTP/2 by ALPN).
 
-    OSError names the file that cannot be read or does not hold what it should.
+    OSError names the flag and the file that cannot be read or does not hold what it
+    should.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["h2"])
     try:
-        context.load_cert_chain(options.grpc_server_cert, options.grpc_server_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise OSError(
-            f"cannot load the gRPC TLS certificate '{options.grpc_server_cert}' with key "
-            f"'{options.grpc_server_key}': {exc}"
-        ) from None
-    if options.grpc_use_ssl_mutual:
-        try:
-            context.load_verify_locations(options.grpc_root_cert)
-        except (OSError, ssl.SSLError) as exc:
-            raise OSError(
-                f"cannot load the gRPC root certificate '{options.grpc_root_cert}': {exc}"
-            ) from None
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+        return server_context(
+            options.grpc_server_cert,
+            options.grpc_server_key,
+            [ALPN_H2],
+            client_ca=options.grpc_root_cert if options.grpc_use_ssl_mutual else None,
+        )
+    except TlsFileError as exc:
+        flags = (
+            "--grpc-root-cert"
+            if exc.what == "client_ca"
+            else "--grpc-server-cert, --grpc-server-key"
+        )
+        raise OSError(f"gRPC TLS ({flags}): {exc}") from None
