@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 
 from prometheus_client import CollectorRegistry
 
@@ -40,8 +41,12 @@ class Gateway:
         http_port: int = 8080,
         grpc_port: int = 8081,
         http_limits: HttpLimits | None = None,
+        listening: tuple[socket.socket, socket.socket] | None = None,
     ) -> None:
         self.routes = routes
+        #: already listening (HTTP, gRPC) sockets to serve instead of binding the ports:
+        #: a supervisor that keeps them open across gateway restarts hands them over
+        self._listening = listening
         #: What one HTTP client may make the gateway hold (header sizes, timeouts, ...).
         self.http_limits = http_limits or HttpLimits()
         self.host = host
@@ -68,7 +73,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Bind the HTTP and gRPC ports and start serving."""
-        sock = bind_socket(self.host, self._http_port)
+        sock = self._socket(0, self._http_port)
         self.core.start()
         http = GatewayHttpServer(
             functools.partial(HttpExchange, self.core),
@@ -92,8 +97,13 @@ class Gateway:
         log.info("gateway serving HTTP on %s:%d, gRPC on %s:%d",
                  self.host, self.http_port, self.host, self.grpc_port)  # fmt: skip
 
+    def _socket(self, which: int, port: int) -> socket.socket:
+        if self._listening is not None:
+            return self._listening[which]
+        return bind_socket(self.host, port)
+
     async def _start_grpc(self) -> GrpcServer:
-        sock = bind_socket(self.host, self._grpc_port)
+        sock = self._socket(1, self._grpc_port)
         server = GrpcServer(GatewayGrpcFront(self.core).methods(), max_message_size=MAX_BODY_SIZE)
         try:
             await server.start(sock)

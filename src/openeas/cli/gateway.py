@@ -1,0 +1,126 @@
+"""``openeas gateway``: a gateway process that follows a control plane's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import click
+
+from openeas.home import openeas_home
+
+_PORT = click.IntRange(1, 65535)
+
+
+def _fds(value: str | None) -> tuple[int, int, int | None] | None:
+    if not value:
+        return None
+    try:
+        fds = [int(f) for f in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("comma-separated file descriptors") from None
+    if len(fds) not in (2, 3):
+        raise click.BadParameter("HTTP,gRPC[,metrics] file descriptors")
+    return fds[0], fds[1], fds[2] if len(fds) == 3 else None
+
+
+@click.command()
+@click.option("--api", required=True, help="the control plane's API, e.g. http://HOST:9090")
+@click.option(
+    "--credential",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the gateway credential file (a copy of the control plane's "
+    "$OPENEAS_HOME/gateway-credential) [default: $OPENEAS_HOME/gateway-credential]",
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="bind address")
+@click.option("--http-port", type=_PORT, default=8080, show_default=True, help="HTTP port")
+@click.option("--grpc-port", type=_PORT, default=8081, show_default=True, help="gRPC port")
+@click.option("--metrics-port", type=_PORT, help="serve this gateway's Prometheus metrics here")
+@click.option(
+    "--snapshot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="where the last routes are kept (mode 0600) [default: $OPENEAS_HOME/routes.json]",
+)
+@click.option("--gateway-id", help="this gateway's name to the control plane [default: host name]")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--access-log", type=click.Choice(["off", "all", "sampled"]), default="off")
+@click.option("--access-log-sample", type=click.IntRange(1), default=100)
+@click.option("--log-max-bytes", type=click.IntRange(1024), default=10 * 2**20, hidden=True)
+@click.option("--log-backups", type=click.IntRange(0), default=5, hidden=True)
+@click.option("--inherit-fds", hidden=True, help="HTTP,gRPC[,metrics] listening sockets")
+def gateway(
+    api: str,
+    credential: Path | None,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int | None,
+    snapshot: Path | None,
+    gateway_id: str | None,
+    log_level: str,
+    access_log: str,
+    access_log_sample: int,
+    log_max_bytes: int,
+    log_backups: int,
+    inherit_fds: str | None,
+) -> None:
+    """Run a gateway (HTTP and gRPC) whose routes follow the control plane at --api.
+
+    It keeps the last routes on disk and serves from them while the API is down.
+    """
+    from openeas.gateway.follower import read_credential
+    from openeas.gateway.process import GatewayOptions, run_gateway
+    from openeas.platform.logs import LogOptions
+    from openeas.platform.logs import configure as configure_logs
+
+    os.umask(0o077)  # the snapshot holds tokens
+    home = openeas_home()
+    parent = os.environ.get("OPENEAS_SUPERVISOR_PID")
+    if parent and inherit_fds:
+        from openeas.platform.supervisor import die_with_parent
+
+        die_with_parent(int(parent))
+    credential = credential or home / "gateway-credential"
+    try:
+        token = read_credential(credential)
+    except (OSError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"--credential {credential}: {exc}") from None
+    fds = _fds(inherit_fds)
+    listener = configure_logs(
+        LogOptions(
+            level=log_level,
+            max_bytes=log_max_bytes,
+            backups=log_backups,
+            access=access_log,
+            access_sample=access_log_sample,
+            access_file=home / "logs" / "access.log",
+        )
+    )
+    options = GatewayOptions(
+        api=api,
+        token=token,
+        snapshot=snapshot or home / "routes.json",
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        fds=fds[:2] if fds else None,
+        metrics_port=metrics_port,
+        metrics_fd=fds[2] if fds else None,
+        gateway_id=gateway_id,
+    )
+    import uvloop
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_gateway(options))
+    except OSError as exc:
+        raise click.ClickException(f"the gateway could not start: {exc}") from None
+    finally:
+        if listener is not None:
+            listener.stop()
