@@ -90,3 +90,18 @@ def test_pending_requests_sums_the_processors_gauge() -> None:
     )
     assert pending_requests(page) == 3
     assert pending_requests("") == 0
+
+
+def test_closing_the_feed_answers_waiting_watches_at_once() -> None:
+    """A stopping control plane must not wait for the gateways' long polls."""
+
+    async def scenario() -> None:
+        feed = RouteFeed(RouteTable())
+        feed.ready = True
+        waiting = asyncio.create_task(feed.watch(feed.version, 30, "gw"))
+        await asyncio.sleep(0.01)
+        feed.close()
+        await asyncio.wait_for(waiting, 1)
+        assert not feed.ready  # later watches: 503 until a new control plane is ready
+
+    asyncio.run(scenario())

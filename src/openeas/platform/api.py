@@ -78,7 +78,7 @@ def _route_watch(app: FastAPI, feed: RouteFeed, token: str | None, signed: Any) 
         since: str = "", timeout: float = Query(0.0, ge=0), gateway: str = Query("", max_length=200)
     ) -> dict[str, Any]:
         if not feed.ready:
-            raise NotReadyError("the control plane is starting: routes are not published yet")
+            raise NotReadyError("the control plane is starting or stopping: no routes now")
         return await feed.watch(since, timeout, gateway or "anonymous")
 
 

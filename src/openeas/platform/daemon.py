@@ -137,7 +137,12 @@ async def serve(options: PlatformOptions) -> None:
     )
     server = _Server(
         uvicorn.Config(
-            app, host=options.host, port=options.api_port, log_level="warning", lifespan="off"
+            app,
+            host=options.host,
+            port=options.api_port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=5,
         )
     )
     stop = asyncio.Event()
@@ -153,6 +158,7 @@ async def serve(options: PlatformOptions) -> None:
         await asyncio.wait({api, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
     finally:
+        feed.close()  # the gateways' long polls would hold the API's graceful stop
         server.should_exit = True
         with contextlib.suppress(BaseException):
             await api

@@ -56,6 +56,12 @@ class RouteFeed:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def close(self) -> None:
+        """Answer every waiting watch now (a stopping API would wait for them); later
+        watches get 503, as before the first pass."""
+        self.ready = False
+        self._on_change()
+
     def _acked(self, since: str) -> int:
         epoch, _, n = since.partition(".")
         return int(n) if epoch == self.epoch and n.isdigit() else -1

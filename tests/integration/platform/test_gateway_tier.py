@@ -87,7 +87,7 @@ class Load:
                 assert result.as_numpy("OUTPUT0") is not None
                 self.ok += 1
             except Exception as exc:  # every failure is reported by the test
-                self.failures.append(f"{protocol}: {exc!r}")
+                self.failures.append(f"{protocol}: {type(exc).__name__}: {exc}")
                 client.close()
                 client, call = self._client(protocol)
         client.close()
