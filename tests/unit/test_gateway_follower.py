@@ -105,3 +105,12 @@ def test_closing_the_feed_answers_waiting_watches_at_once() -> None:
         assert not feed.ready  # later watches: 503 until a new control plane is ready
 
     asyncio.run(scenario())
+
+
+def test_workers_divide_a_services_limits_among_them() -> None:
+    from openeas.gateway.follower import worker_share
+
+    shared = worker_share(ROUTE, 3).limits
+    assert (shared.max_queue_size, shared.max_concurrency) == (1, 2)  # rounded up
+    assert shared.rate_limit == 5.0 / 3 and shared.keepalive_ms == 3000
+    assert worker_share(ROUTE, 1) == ROUTE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -53,6 +54,14 @@ def _fds(value: str | None) -> tuple[int, int, int | None] | None:
 @click.option("--access-log-sample", type=click.IntRange(1), default=100)
 @click.option("--log-max-bytes", type=click.IntRange(1024), default=10 * 2**20, hidden=True)
 @click.option("--log-backups", type=click.IntRange(0), default=5, hidden=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="gateway processes sharing the ports (and each service's limits)",
+)
+@click.option("--access-log-file", type=click.Path(dir_okay=False, path_type=Path), hidden=True)
 @click.option("--inherit-fds", hidden=True, help="HTTP,gRPC[,metrics] listening sockets")
 def gateway(
     api: str,
@@ -68,11 +77,15 @@ def gateway(
     access_log_sample: int,
     log_max_bytes: int,
     log_backups: int,
+    workers: int,
+    access_log_file: Path | None,
     inherit_fds: str | None,
 ) -> None:
     """Run a gateway (HTTP and gRPC) whose routes follow the control plane at --api.
 
-    It keeps the last routes on disk and serves from them while the API is down.
+    It keeps the last routes on disk and serves from them while the API is down.  With
+    --workers N, this process holds the ports and runs N gateway processes on them,
+    restarting any that dies; each enforces 1/N of every service's limits.
     """
     from openeas.gateway.follower import read_credential
     from openeas.gateway.process import GatewayOptions, run_gateway
@@ -92,6 +105,10 @@ def gateway(
     except (OSError, ValueError, KeyError) as exc:
         raise click.ClickException(f"--credential {credential}: {exc}") from None
     fds = _fds(inherit_fds)
+    if workers > 1 and fds is None:
+        configure_logs(LogOptions(level=log_level))
+        _run_workers(click.get_current_context(), credential, home)
+        return
     listener = configure_logs(
         LogOptions(
             level=log_level,
@@ -99,7 +116,7 @@ def gateway(
             backups=log_backups,
             access=access_log,
             access_sample=access_log_sample,
-            access_file=home / "logs" / "access.log",
+            access_file=access_log_file or home / "logs" / "access.log",
         )
     )
     options = GatewayOptions(
@@ -113,6 +130,7 @@ def gateway(
         metrics_port=metrics_port,
         metrics_fd=fds[2] if fds else None,
         gateway_id=gateway_id,
+        workers=workers,
     )
     import uvloop
 
@@ -124,3 +142,44 @@ def gateway(
     finally:
         if listener is not None:
             listener.stop()
+
+
+#: flags a worker takes from its parent's command line as they are
+_WORKER_FLAGS = (
+    "api", "http_port", "grpc_port", "snapshot", "log_level", "access_log",
+    "access_log_sample", "log_max_bytes", "log_backups", "workers",
+)  # fmt: skip
+
+
+def _run_workers(ctx: click.Context, credential: Path, home: Path) -> None:
+    """Hold the listening sockets and supervise ``--workers`` gateway processes on them.
+
+    They share each socket's accept queue (rather than SO_REUSEPORT sockets of their
+    own), so a worker that dies loses no queued connection: the others, and its
+    replacement, accept them.
+    """
+    from openeas.platform.supervisor import Component, Supervisor, cli
+    from openeas.transport.sockets import bind_socket
+
+    p = ctx.params
+    host, gateway_id = p["host"], p["gateway_id"] or socket.gethostname()
+    try:
+        http, grpc = bind_socket(host, p["http_port"]), bind_socket(host, p["grpc_port"])
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+    common = [
+        f"--{name.replace('_', '-')}={p[name]}" for name in _WORKER_FLAGS if p[name] is not None
+    ]
+    workers = []
+    for i in range(p["workers"]):
+        listening = [http, grpc]
+        if p["metrics_port"] is not None:  # worker i: metrics on --metrics-port + i
+            listening.append(bind_socket(host, p["metrics_port"] + i))
+        fds = tuple(s.fileno() for s in listening)
+        argv = cli(
+            "gateway", *common, f"--credential={credential}", f"--host={host}",
+            f"--gateway-id={gateway_id}-{i}", f"--inherit-fds={','.join(map(str, fds))}",
+            f"--access-log-file={home / 'logs' / f'access-{i}.log'}",
+        )  # fmt: skip
+        workers.append(Component(f"gateway-{i}", argv, pass_fds=fds))
+    Supervisor(None, workers).run()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -90,6 +91,22 @@ def snapshot(routes: RouteTable, version: str) -> dict[str, Any]:
     return {"version": version, "services": [route_to_json(r) for r in routes.services()]}
 
 
+def worker_share(route: ServiceRoute, workers: int) -> ServiceRoute:
+    """The route as one of ``workers`` gateway processes on the same ports enforces it:
+    the service's rate, queue and per-instance concurrency divided among them (rounded
+    up), so that together they keep the service's limits."""
+    if workers <= 1:
+        return route
+    limits = route.limits
+    shared = dataclasses.replace(
+        limits,
+        max_queue_size=-(-limits.max_queue_size // workers),
+        rate_limit=None if limits.rate_limit is None else limits.rate_limit / workers,
+        max_concurrency=-(-limits.max_concurrency // workers),
+    )
+    return dataclasses.replace(route, limits=shared)
+
+
 def apply_snapshot(table: RouteTable, services: Iterable[ServiceRoute]) -> None:
     """Make ``table`` hold exactly ``services`` (unchanged routes are not republished)."""
     wanted = {route.name: route for route in services}
@@ -106,7 +123,7 @@ def apply_snapshot(table: RouteTable, services: Iterable[ServiceRoute]) -> None:
 def save_snapshot(path: Path, doc: dict[str, Any]) -> None:
     """Write atomically, owner-only (a reader never sees half a file)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers share the file
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # an older temporary file may have had another mode
     with os.fdopen(fd, "w") as handle:
@@ -150,6 +167,7 @@ class RouteFollower:
         *,
         gateway_id: str | None = None,
         poll_timeout: float = POLL_TIMEOUT,
+        workers: int = 1,
     ) -> None:
         self.table = table
         self.api = api.rstrip("/") if "://" in api else f"http://{api.rstrip('/')}"
@@ -158,6 +176,8 @@ class RouteFollower:
         #: gateway to have applied a route change before it stops a drained instance
         self.gateway_id = gateway_id or socket.gethostname()
         self.poll_timeout = poll_timeout
+        #: gateway processes sharing the ports (and the limits: see :func:`worker_share`)
+        self.workers = workers
         self.version = ""
         self._headers = {"Authorization": f"Bearer {token}"}
         self._task: asyncio.Task[None] | None = None
@@ -170,7 +190,7 @@ class RouteFollower:
         if saved is None:
             return False
         self.version, services = saved
-        apply_snapshot(self.table, services)
+        apply_snapshot(self.table, [worker_share(r, self.workers) for r in services])
         self.loaded.set()
         log.info("routes of %d services loaded from %s", len(services), self.snapshot_path)
         return True
@@ -220,7 +240,7 @@ class RouteFollower:
         version = str(doc["version"])
         if version == self.version:
             return
-        services = [route_from_json(s) for s in doc["services"]]
+        services = [worker_share(route_from_json(s), self.workers) for s in doc["services"]]
         apply_snapshot(self.table, services)
         self.version = version
         self.loaded.set()

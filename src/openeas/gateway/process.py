@@ -44,6 +44,8 @@ class GatewayOptions:
     metrics_fd: int | None = None
     gateway_id: str | None = None
     stop_grace: float = 30.0
+    #: gateway processes serving the same ports (this is one of them)
+    workers: int = 1
 
 
 def _listening(fds: tuple[int, int] | None) -> tuple[socket.socket, socket.socket] | None:
@@ -76,7 +78,12 @@ async def run_gateway(options: GatewayOptions) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish."""
     routes = RouteTable()
     follower = RouteFollower(
-        routes, options.api, options.token, options.snapshot, gateway_id=options.gateway_id
+        routes,
+        options.api,
+        options.token,
+        options.snapshot,
+        gateway_id=options.gateway_id,
+        workers=options.workers,
     )
     if not follower.load():  # no saved routes: the API's first snapshot, then serve
         follower.start()

@@ -96,7 +96,9 @@ def _forward(name: str, stream: IO[bytes]) -> None:
 
 @dataclass
 class Supervisor:
-    info: dict[str, Any]
+    #: what platform.json says besides the components (None: no platform.json, e.g. the
+    #: workers of `openeas gateway --workers N`)
+    info: dict[str, Any] | None
     components: list[Component] = field(default_factory=list)
     stopping: bool = False
 
@@ -120,6 +122,8 @@ class Supervisor:
         self.write_info()
 
     def write_info(self) -> None:
+        if self.info is None:
+            return
         info = {**self.info, "components": {c.name: c.to_json() for c in self.components}}
         path = runtime_info_path()
         tmp = path.with_name(path.name + ".tmp")
@@ -181,6 +185,8 @@ class Supervisor:
                 log.warning("%s did not stop within %.0fs: killed", comp.name, comp.stop_timeout)
                 process.kill()
                 process.wait()
+        if self.info is None:
+            return
         with contextlib.suppress(FileNotFoundError, ValueError):
             path = runtime_info_path()
             if json.loads(path.read_text()).get("pid") == os.getpid():
@@ -202,7 +208,7 @@ class SupervisedPlatform:
     stop_grace: float = 30.0
 
 
-def _cli(*args: str) -> list[str]:
+def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "openeas.cli.main", *args]
 
 
@@ -220,7 +226,7 @@ def supervise(options: SupervisedPlatform, home: Path) -> None:
     metrics_url = f"http://127.0.0.1:{metrics.getsockname()[1]}/metrics"
     control = Component(
         "control-plane",
-        _cli(
+        cli(
             "up", "--component=control-plane", f"--host={options.host}",
             f"--api-port={options.api_port}", f"--http-port={options.http_port}",
             f"--grpc-port={options.grpc_port}", f"--gateway-metrics={metrics_url}",
@@ -230,7 +236,7 @@ def supervise(options: SupervisedPlatform, home: Path) -> None:
     )  # fmt: skip
     gateway = Component(
         "gateway",
-        _cli(
+        cli(
             "gateway", f"--api={api}", f"--credential={gateway_credential_path()}",
             f"--host={options.host}", f"--http-port={options.http_port}",
             f"--grpc-port={options.grpc_port}", f"--inherit-fds={','.join(map(str, fds))}",

@@ -203,3 +203,50 @@ def test_a_gateway_started_while_the_control_plane_is_down_serves_its_saved_rout
         load.more()
     assert len(load.failures) <= 2, load.failures
     assert not [f for f in load.failures if "404" in f or "not exist" in f], load.failures
+
+
+def test_more_gateways_with_workers_follow_the_api_and_share_the_ports(
+    platform: Platform, token: str
+) -> None:
+    """``openeas gateway --workers 2`` elsewhere: both workers serve on the same ports; a
+    killed worker is replaced while the other one goes on; SIGTERM stops them all."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from openeas.testing.server import free_port
+
+    http, grpc = free_port(), free_port()
+    log = open(platform.home / "workers.log", "wb")  # noqa: SIM115 - the child's
+    parent = subprocess.Popen(
+        [
+            sys.executable, "-m", "openeas.cli.main", "gateway", "--workers=2",
+            f"--api=http://127.0.0.1:{platform.api_port}", "--host=127.0.0.1",
+            f"--http-port={http}", f"--grpc-port={grpc}", "--gateway-id=elsewhere",
+            f"--snapshot={platform.home / 'elsewhere.json'}",
+        ],
+        env=platform.env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    other = Platform(platform.home, platform.api_port, http, grpc, [])
+    try:
+
+        def serving(n: int) -> bool:
+            text = (platform.home / "workers.log").read_text(errors="replace")
+            return text.count("gateway serving HTTP") >= n
+
+        wait_until(lambda: serving(2), timeout=30, what="two workers serving")
+        [first, _] = psutil.Process(parent.pid).children()
+        with Load(other, token, ("http", "grpc")) as load:
+            load.more()
+            os.kill(first.pid, signal.SIGKILL)
+            wait_until(lambda: serving(3), timeout=10, what="the killed worker replaced")
+            load.more()
+        assert len(load.failures) <= 2, load.failures
+        assert not [f for f in load.failures if "refused" in f.lower()], load.failures
+    finally:
+        children = psutil.Process(parent.pid).children()
+        parent.terminate()
+        assert parent.wait(60) == 0, (platform.home / "workers.log").read_text()
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
