@@ -75,7 +75,9 @@ def _route_watch(app: FastAPI, feed: RouteFeed, token: str | None, signed: Any) 
         dependencies=[Depends(authenticate)],
     )
     async def routes(
-        since: str = "", timeout: float = Query(0.0, ge=0), gateway: str = Query("", max_length=200)
+        since: str = Query("", max_length=100),
+        timeout: float = Query(0.0, ge=0),
+        gateway: str = Query("", max_length=200),
     ) -> dict[str, Any]:
         if not feed.ready:
             raise NotReadyError("the control plane is starting or stopping: no routes now")

@@ -95,11 +95,3 @@ class RouteFeed:
             for g in self._gateways.values()
             if max(g.seen, g.watching_until) + GATEWAY_TTL > now
         )
-
-    def gateways(self) -> dict[str, dict[str, Any]]:
-        """What ``openeas status`` shows of the following gateways."""
-        now = time.monotonic()
-        return {
-            name: {"acked": f"{self.epoch}.{g.acked}", "seen_s_ago": round(now - g.seen, 1)}
-            for name, g in self._gateways.items()
-        }
