@@ -48,3 +48,28 @@ def test_a_replayed_request_is_refused_with_401() -> None:
     assert "replayed" in replay.json()["message"]
     fresh = sign(KEY, "GET", "/api/v1/resources", b"")
     assert client.get("/api/v1/resources", headers=fresh).status_code == 200
+
+
+def test_the_route_watch_waits_for_the_first_pass_and_takes_the_gateway_credential() -> None:
+    """Before the reconciler's first pass a snapshot would miss services (a gateway would
+    answer 404 for them): 503 until then, and the gateway keeps what it has."""
+    from openeas.gateway.routes import RouteTable, ServiceRoute
+    from openeas.platform.routefeed import RouteFeed
+
+    routes = RouteTable()
+    feed = RouteFeed(routes)
+    app = create_app(_BrokenControl(), {KEY.id: KEY}, feed=feed, gateway_token="gw-secret")  # type: ignore[arg-type]
+    client = TestClient(app)
+    bearer = {"Authorization": "Bearer gw-secret"}
+    path = "/api/v1/gateway/routes"
+    assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+    not_yet = client.get(path, headers=bearer)
+    assert not_yet.status_code == 503 and not_yet.json()["code"] == "NotReady"
+    routes.update(ServiceRoute("svc", "tok"))
+    feed.ready = True
+    answer = client.get(path, headers=bearer).json()
+    assert answer["version"] == feed.version and answer["services"][0]["token"] == "tok"
+    signed = client.get(path, headers=sign(KEY, "GET", path, b""))  # the admin key too
+    assert signed.status_code == 200
+    # The credential reads routes, nothing else.
+    assert client.get("/api/v1/resources", headers=bearer).status_code == 401

@@ -15,6 +15,7 @@ import pytest
 from openeas.gateway.routes import RouteTable
 from openeas.platform.reconciler import Reconciler, Tuning
 from openeas.platform.resources import ResourceGroup
+from openeas.platform.routefeed import RouteFeed
 from openeas.platform.spec import validate_spec
 from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 from openeas.platform.store import Store
@@ -231,3 +232,42 @@ async def test_a_readiness_answer_counts_only_for_its_tick(h: Harness) -> None:
     await h.reconciler._observe([inst])
     _, observed = h.reconciler._snapshot(h.store.service("svc"))
     assert [(i.probe, i.exit) for i in observed.instances] == [(None, None)]
+
+
+async def _drain_the_first_instance(h: Harness, pending: int) -> tuple[str, RouteFeed]:
+    """A gateway follows; an update replaces the one instance, which has ``pending``
+    requests; returns once the instance is out of the routes."""
+    feed = RouteFeed(h.routes)
+    h.reconciler.feed = feed
+    h.runtime.auto_ready = True
+    h.create()
+    await h.until(lambda: h.status() == ServiceStatus.RUNNING)
+    [old] = h.ids()
+    await feed.watch(feed.version, 0, "gw")  # the gateway is up to date
+    h.runtime.set_pending(old, pending)
+    doc = h.store.spec("svc", 1)
+    doc["metadata"]["memory"] = 200  # a new process shape: a new instance replaces it
+    h.store.add_version("svc", doc)
+    h.store.set_status("svc", ServiceStatus.UPDATING)
+    await h.until(lambda: old not in h.routed() and len(h.routed()) == 1)
+    return old, feed
+
+
+async def test_a_drained_instance_waits_for_every_gateway_to_route_around_it(h: Harness) -> None:
+    """Across processes a gateway may still send requests to it until it has applied the
+    routes without it."""
+    old, feed = await _drain_the_first_instance(h, pending=0)
+    await h.ticks(5)
+    assert ("stop", old) not in h.runtime.calls
+    await feed.watch(feed.version, 0, "gw")  # the gateway applied the new routes
+    await h.until(lambda: ("stop", old) in h.runtime.calls)
+
+
+async def test_a_drained_instance_waits_for_its_own_pending_requests(h: Harness) -> None:
+    old, feed = await _drain_the_first_instance(h, pending=2)
+    await feed.watch(feed.version, 0, "gw")
+    await h.ticks(5)
+    assert ("stop", old) not in h.runtime.calls  # two requests still in flight on it
+    h.runtime.set_pending(old, 0)
+    await h.until(lambda: ("stop", old) in h.runtime.calls)
+    await h.until(lambda: old not in h.ids())

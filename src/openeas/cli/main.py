@@ -1,7 +1,7 @@
 """``openeas``: one command for the pieces of OpenEAS.
 
-``serve`` runs the triton processor (``openeas-server``), ``up``/``down`` the platform
-(control plane, gateway, local runtime), ``cp``/``ls`` talk to the object store, ``models``
+``serve`` runs the triton processor (``openeas-server``), ``up``/``down``/``status`` the
+platform (control plane, gateway, local runtime), ``gateway`` one more gateway, ``cp``/``ls`` talk to the object store, ``models``
 fetches example models, and ``eas`` is ``eascmd``.
 """
 
@@ -21,6 +21,8 @@ _LAZY_COMMANDS = {
     "models": ("openeas.cli.models", "models"),
     "up": ("openeas.cli.platform", "up"),
     "down": ("openeas.cli.platform", "down"),
+    "status": ("openeas.cli.platform", "status"),
+    "gateway": ("openeas.cli.gateway", "gateway"),
     "eas": ("openeas.cli.eascmd", "main"),
 }
 

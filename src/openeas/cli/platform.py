@@ -1,4 +1,5 @@
-"""``openeas up`` / ``openeas down``: start and stop the platform on this machine."""
+"""``openeas up`` / ``down`` / ``status``: the platform on this machine (a supervisor with
+a control-plane process and a gateway process, see :mod:`openeas.platform.supervisor`)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,14 @@ def gateway_tls(cert: str | None, key: str | None) -> GatewayTls | None:
     help="with --access-log=sampled: log one request in this many",
 )
 @tls_options
+@click.option(
+    "--component",
+    type=click.Choice(["all", "control-plane"]),
+    default="all",
+    hidden=True,
+    help="control-plane: run only the control plane (what the supervisor starts)",
+)
+@click.option("--gateway-metrics", hidden=True, help="the gateway's metrics URL (supervisor)")
 def up(
     host: str,
     api_port: int,
@@ -180,13 +189,21 @@ def up(
     access_log_sample: int,
     tls_cert: str | None,
     tls_key: str | None,
+    component: str,
+    gateway_metrics: str | None,
 ) -> None:
-    """Start the control plane, gateway and local runtime (foreground unless --detach)."""
+    """Start the control plane, gateway and local runtime (foreground unless --detach).
+
+    The control plane and the gateway run as two processes under a supervisor that
+    restarts either within a second; `openeas status` shows them.
+    """
     from openeas.platform.daemon import PlatformOptions, running_platform, serve
     from openeas.platform.errors import PlatformError
     from openeas.platform.reconciler import Tuning
 
-    running = running_platform()
+    if component == "control-plane":
+        _control_plane_only()
+    running = None if component == "control-plane" else running_platform()
     if running is not None:
         raise click.ClickException(
             f"a platform is already running (pid {running['pid']}, API {running['api']})"
@@ -197,17 +214,14 @@ def up(
     if detach:
         _detach(host, api_port, http_port, grpc_port, log_file or logs / "platform.log", timeout)
         return
-    listener = configure_logs(
-        LogOptions(
-            level=log_level,
-            file=log_file,
-            max_bytes=log_max_bytes,
-            backups=log_backups,
-            access=access_log,
-            access_sample=access_log_sample,
-            access_file=logs / "access.log",
-        )
+    log_options = LogOptions(
+        level=log_level, file=log_file, max_bytes=log_max_bytes, backups=log_backups
     )
+    if component == "all":
+        ctx = click.get_current_context()
+        _supervise(ctx, log_options, access_log, access_log_sample)
+        return
+    configure_logs(LogOptions(level=log_level))  # stderr: the supervisor forwards it
     options = PlatformOptions(
         host=host,
         api_port=api_port,
@@ -224,6 +238,7 @@ def up(
             backoff_reset=restart_backoff_reset,
             crashloop_restarts=crashloop_restarts,
         ),
+        gateway_metrics=gateway_metrics,
     )
     import uvloop
 
@@ -232,9 +247,54 @@ def up(
             runner.run(serve(options))
     except PlatformError as exc:
         raise click.ClickException(str(exc)) from None
-    finally:
-        if listener is not None:
-            listener.stop()
+
+
+def _control_plane_only() -> None:
+    """The control-plane component: dies with its supervisor (when it has one)."""
+    from openeas.platform.supervisor import die_with_parent
+
+    parent = os.environ.get("OPENEAS_SUPERVISOR_PID")
+    if parent:
+        die_with_parent(int(parent))
+
+
+#: ``openeas up`` flags that the control-plane component takes as they are
+_CONTROL_PLANE_FLAGS = (
+    "public_host", "intranet_host", "cpus", "memory", "gpus", "restart_backoff",
+    "restart_backoff_reset", "crashloop_restarts", "log_level", "tls_cert", "tls_key",
+)  # fmt: skip
+
+
+def _supervise(
+    ctx: click.Context, log_options: LogOptions, access_log: str, access_sample: int
+) -> None:
+    """Run the supervisor with the control-plane and gateway processes (see
+    :mod:`openeas.platform.supervisor`)."""
+    from openeas.platform.errors import PlatformError
+    from openeas.platform.supervisor import SupervisedPlatform, supervise
+
+    p = ctx.params
+    control_args = [
+        f"--{name.replace('_', '-')}={p[name]}"
+        for name in _CONTROL_PLANE_FLAGS
+        if p[name] is not None
+    ]
+    gateway_args = [
+        f"--log-level={p['log_level']}",
+        f"--access-log={access_log}",
+        f"--access-log-sample={access_sample}",
+        f"--log-max-bytes={log_options.max_bytes}",
+        f"--log-backups={log_options.backups}",
+        *(f"--{name.replace('_', '-')}={p[name]}" for name in ("tls_cert", "tls_key") if p[name]),
+    ]
+    options = SupervisedPlatform(
+        p["host"], p["api_port"], p["http_port"], p["grpc_port"], control_args, gateway_args
+    )
+    configure_logs(log_options)
+    try:
+        supervise(options, openeas_home())
+    except (PlatformError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _detach(
@@ -269,6 +329,36 @@ def _detach(
     click.echo(f"     logs: {log_path}")
 
 
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print the runtime info as JSON")
+def status(as_json: bool) -> None:
+    """The platform's processes: components, pids, uptime, restarts."""
+    import json
+
+    from openeas.platform.daemon import running_platform
+
+    running = running_platform()
+    if running is None:
+        raise click.ClickException("no platform is running")
+    if as_json:
+        click.echo(json.dumps(running, indent=2))
+        return
+    click.echo(f"supervisor  pid {running['pid']}  API {running['api']}  "
+               f"gateway :{running['gateway_http']} (HTTP) :{running['gateway_grpc']} (gRPC)")  # fmt: skip
+    rows = [["COMPONENT", "PID", "STATE", "UPTIME", "RESTARTS"]]
+    now = time.time()
+    for name, comp in running.get("components", {}).items():
+        alive = comp["pid"] is not None and _alive(int(comp["pid"]))
+        uptime = f"{now - comp['started_at']:.0f}s" if alive else "-"
+        rows.append(
+            [name, str(comp["pid"]), "running" if alive else "restarting", uptime,
+             str(comp["restarts"])]
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def _alive(pid: int) -> bool:
     import psutil
 
@@ -281,7 +371,10 @@ def _alive(pid: int) -> bool:
 @click.command()
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="seconds to wait")
 def down(timeout: float) -> None:
-    """Stop the platform gracefully (its instances stop; services come back on `up`)."""
+    """Stop the platform gracefully (its instances stop; services come back on `up`).
+
+    The supervisor stops the control plane (which stops the instances), then the gateway.
+    """
     from openeas.platform.daemon import running_platform
 
     running = running_platform()

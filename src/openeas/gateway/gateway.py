@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 
@@ -63,9 +64,13 @@ class Gateway:
         grpc_port: int = 8081,
         http_limits: HttpLimits | None = None,
         tls: GatewayTls | None = None,
+        listening: tuple[socket.socket, socket.socket] | None = None,
     ) -> None:
         self.routes = routes
         self.tls = tls
+        #: already listening (HTTP, gRPC) sockets to serve instead of binding the ports:
+        #: a supervisor that keeps them open across gateway restarts hands them over
+        self._listening = listening
         #: What one HTTP client may make the gateway hold (header sizes, timeouts, ...).
         self.http_limits = http_limits or HttpLimits()
         self.host = host
@@ -93,7 +98,7 @@ class Gateway:
     async def start(self) -> None:
         """Bind the HTTP and gRPC ports and start serving."""
         http_tls, grpc_tls = self.tls.contexts() if self.tls is not None else (None, None)
-        sock = bind_socket(self.host, self._http_port)
+        sock = self._socket(0, self._http_port)
         self.core.start()
         http = GatewayHttpServer(
             functools.partial(HttpExchange, self.core),
@@ -118,8 +123,13 @@ class Gateway:
                  "HTTPS" if http_tls else "HTTP", self.host, self.http_port,
                  " over TLS" if grpc_tls else "", self.host, self.grpc_port)  # fmt: skip
 
+    def _socket(self, which: int, port: int) -> socket.socket:
+        if self._listening is not None:
+            return self._listening[which]
+        return bind_socket(self.host, port)
+
     async def _start_grpc(self, tls: ssl.SSLContext | None) -> GrpcServer:
-        sock = bind_socket(self.host, self._grpc_port)
+        sock = self._socket(1, self._grpc_port)
         server = GrpcServer(GatewayGrpcFront(self.core).methods(), max_message_size=MAX_BODY_SIZE)
         try:
             await server.start(sock, tls)

@@ -10,7 +10,7 @@ Everything runs on one event loop: no locks are needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -71,18 +71,25 @@ class RouteTable:
         self._routes: dict[str, ServiceRoute] = {}
         self._in_flight: dict[str, int] = {}
         self.version = 0
+        #: called after every change (the control plane wakes its route watchers)
+        self.listeners: list[Callable[[], None]] = []
 
     # -- written by the control plane -------------------------------------------------
 
     def update(self, route: ServiceRoute) -> None:
         """Publish (or replace) a service's route."""
         self._routes[route.name] = route
-        self.version += 1
+        self._changed()
 
     def remove(self, name: str) -> None:
         """Stop routing to a service (unknown names are ignored)."""
         if self._routes.pop(name, None) is not None:
-            self.version += 1
+            self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        for listener in self.listeners:
+            listener()
 
     def in_flight(self, instance_id: str) -> int:
         """Requests the gateway has sent to this instance and not yet finished."""

@@ -6,8 +6,25 @@ Layers, bottom up: :mod:`spec` (EAS service JSON), :mod:`store` (SQLite state),
 Python client) and :mod:`daemon` (``openeas up``).
 """
 
-from openeas.platform.client import PlatformClient
-from openeas.platform.errors import PlatformError, SpecError
-from openeas.platform.spec import ServiceSpec, validate_spec
+from __future__ import annotations
 
-__all__ = ["PlatformClient", "PlatformError", "ServiceSpec", "SpecError", "validate_spec"]
+import importlib
+from typing import Any
+
+#: Re-exports, imported on first use: a gateway process that only needs
+#: :mod:`openeas.platform.logs` does not pay for pydantic and httpx at start-up.
+_EXPORTS = {
+    "PlatformClient": "openeas.platform.client",
+    "PlatformError": "openeas.platform.errors",
+    "SpecError": "openeas.platform.errors",
+    "ServiceSpec": "openeas.platform.spec",
+    "validate_spec": "openeas.platform.spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'openeas.platform' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -16,9 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from openeas import __version__
-from openeas.platform.auth import AccessKey, NonceCache, verify
+from openeas.platform.auth import AccessKey, NonceCache, verify, verify_bearer
 from openeas.platform.control import ControlPlane
 from openeas.platform.errors import FieldError, PlatformError
+from openeas.platform.routefeed import RouteFeed
 from openeas.platform.spec import parse_spec_text
 from openeas.platform.status import ServiceStatus
 
@@ -41,12 +42,59 @@ async def _json_body(request: Request) -> Any:
     return parse_spec_text(body.decode(errors="replace") or "null")
 
 
+async def _scrape(url: str) -> bytes:
+    """Another process's metrics page; empty when it does not answer (a restarting
+    gateway must not fail the control plane's page)."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(url)
+    except httpx.HTTPError:
+        return b""
+    return response.content if response.status_code == 200 else b""
+
+
+class NotReadyError(PlatformError):
+    status = 503
+    code = "NotReady"
+
+
+def _route_watch(app: FastAPI, feed: RouteFeed, token: str | None, signed: Any) -> None:
+    """``GET /api/v1/gateway/routes``: see :mod:`openeas.gateway.follower`."""
+
+    async def authenticate(request: Request) -> None:
+        if token is not None and request.headers.get("authorization", "").startswith("Bearer "):
+            verify_bearer(dict(request.headers), token)
+        else:
+            await signed(request)
+
+    @app.get(
+        PREFIX + "/gateway/routes",
+        summary="The route table (a long poll with since=VERSION)",
+        dependencies=[Depends(authenticate)],
+    )
+    async def routes(
+        since: str = Query("", max_length=100),
+        timeout: float = Query(0.0, ge=0),
+        gateway: str = Query("", max_length=200),
+    ) -> dict[str, Any]:
+        if not feed.ready:
+            raise NotReadyError("the control plane is starting or stopping: no routes now")
+        return await feed.watch(since, timeout, gateway or "anonymous")
+
+
 def create_app(
     control: ControlPlane,
     keys: dict[str, AccessKey],
     registries: list[CollectorRegistry] | None = None,
+    feed: RouteFeed | None = None,
+    gateway_token: str | None = None,
+    scrape: list[str] | None = None,
 ) -> FastAPI:
-    """The API application over ``control``, accepting requests signed with ``keys``."""
+    """The API application over ``control``, accepting requests signed with ``keys``;
+    the route watch (``feed``) takes ``gateway_token`` as a bearer token too.  ``/metrics``
+    adds the pages at the ``scrape`` URLs (the gateway process's metrics)."""
     app = FastAPI(title="OpenEAS control plane", version=__version__)
     nonces = NonceCache()
 
@@ -74,6 +122,7 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         text = b"".join(generate_latest(r) for r in registries or [])
+        text += b"".join([await _scrape(url) for url in scrape or []])
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     api = APIRouter(prefix=PREFIX, dependencies=[Depends(authenticate)])
@@ -142,6 +191,8 @@ def create_app(
         return control.resources()
 
     app.include_router(api)
+    if feed is not None:
+        _route_watch(app, feed, gateway_token, authenticate)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

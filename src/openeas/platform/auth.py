@@ -78,6 +78,32 @@ def load_or_create_admin_key(path: Path | None = None) -> AccessKey:
     return key
 
 
+def gateway_credential_path() -> Path:
+    return openeas_home() / "gateway-credential"
+
+
+def load_or_create_gateway_token(path: Path | None = None) -> str:
+    """The gateway credential: a bearer token that reads the route watch (and nothing
+    else), created (mode 0600, JSON ``{"token": ...}``) when the file does not exist yet.
+    A gateway on another machine gets a copy of this file (see docs/gateway.md)."""
+    path = path or gateway_credential_path()
+    if path.exists():
+        return str(json.loads(path.read_text())["token"])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = random_token(30)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"token": token}, handle)
+    return token
+
+
+def verify_bearer(headers: dict[str, str], token: str) -> None:
+    """AuthError unless ``headers`` carry ``Authorization: Bearer <token>``."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+        raise AuthError("the route watch requires the gateway credential (Authorization: Bearer)")
+
+
 def load_key(path: Path) -> AccessKey:
     doc = json.loads(path.read_text())
     return AccessKey(doc["access_key_id"], doc["access_key_secret"])

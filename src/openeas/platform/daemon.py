@@ -1,10 +1,12 @@
-"""Run the platform in one asyncio loop: REST API, reconciler, local runtime, gateway.
+"""The control plane in one asyncio loop: REST API, route watch, reconciler, local runtime.
 
-``serve(options)`` is what ``openeas up`` runs in the foreground.  SIGTERM/SIGINT stop it
-gracefully: the API and gateway close and every instance is stopped, while each service's
-desired state stays in the database, so the next ``openeas up`` brings back the services
-that should run.  A control plane that dies without that (SIGKILL, a crash) leaves its
-instances running; the next one re-adopts them.
+``serve(options)`` is what ``openeas up`` runs as its control-plane component, under the
+supervisor (:mod:`openeas.platform.supervisor`) that also runs the gateway process.
+SIGTERM/SIGINT stop it gracefully: the API closes and every instance is stopped, while
+each service's desired state stays in the database, so the next ``openeas up`` brings
+back the services that should run.  A control plane that dies without that (SIGKILL, a
+crash) leaves its instances running, and the gateways keep serving them from their
+routes; the next control plane (the supervisor starts one at once) re-adopts them.
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ from typing import Any
 import psutil
 import uvicorn
 
-from openeas.gateway import Gateway, GatewayTls, RouteTable
+from openeas.gateway import GatewayTls, RouteTable
 from openeas.home import openeas_home, secure_home
 from openeas.platform.api import create_app
-from openeas.platform.auth import load_or_create_admin_key
+from openeas.platform.auth import load_or_create_admin_key, load_or_create_gateway_token
 from openeas.platform.client import runtime_info_path
 from openeas.platform.control import ControlPlane, Endpoints
 from openeas.platform.errors import PlatformError
 from openeas.platform.metrics import platform_registry
 from openeas.platform.reconciler import Reconciler, Tuning
 from openeas.platform.resources import local_group
+from openeas.platform.routefeed import RouteFeed
 from openeas.platform.runtimes.local import LocalRuntime
 from openeas.platform.store import Store
 
@@ -57,6 +60,8 @@ class PlatformOptions:
     #: the gateway's certificate and key: HTTPS and gRPC over TLS on its ports
     tls: GatewayTls | None = None
     tuning: Tuning = field(default_factory=Tuning)
+    #: the gateway process's metrics page, added to the API's ``/metrics``
+    gateway_metrics: str | None = None
 
     def endpoints(self) -> Endpoints:
         wildcard = self.host in ("0.0.0.0", "::", "")
@@ -90,82 +95,74 @@ async def _serve_api(server: uvicorn.Server) -> None:
         await server.serve()
 
 
+def _check_alone(home: Any) -> None:
+    """PlatformError when another platform runs for this home (its supervisor, our parent,
+    is the one that is expected)."""
+    other = running_platform()
+    if other is not None and other["pid"] not in (os.getpid(), os.getppid()):
+        raise PlatformError(f"a platform (pid {other['pid']}) is already running for {home}")
+
+
+async def _wait_listening(server: uvicorn.Server, api: asyncio.Task[None], where: str) -> None:
+    while not server.started:
+        if api.done():
+            raise PlatformError(f"the API could not listen on {where}")
+        await asyncio.sleep(0.02)
+
+
 async def serve(options: PlatformOptions) -> None:
-    """Run the platform until SIGTERM/SIGINT."""
+    """Run the control plane until SIGTERM/SIGINT."""
     home = openeas_home()
     # Everything the platform (and its instances) creates is owner-only from here on.
     os.umask(0o077)
     for fixed in secure_home(home):
         log.warning("file permissions too open: %s", fixed)
-    other = running_platform()
-    if other is not None and other["pid"] != os.getpid():
-        raise PlatformError(f"a platform (pid {other['pid']}) is already running for {home}")
+    _check_alone(home)
     key = load_or_create_admin_key()
     store = Store(home / "platform.db")
     for repair in store.check():
         log.warning("platform.db repaired: %s", repair)
     routes = RouteTable()
+    feed = RouteFeed(routes)
     group = local_group(options.cpus, options.memory_mb, options.gpus)
     runtime = LocalRuntime(home / "logs" / "instances")
-    reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning)
+    reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning, feed=feed)
     await reconciler.adopt()
-    gateway = Gateway(
-        routes,
-        host=options.host,
-        http_port=options.http_port,
-        grpc_port=options.grpc_port,
-        tls=options.tls,
-    )
     control = ControlPlane(store, reconciler, [group], options.endpoints())
-    app = create_app(control, {key.id: key}, [gateway.registry, platform_registry(store)])
+    app = create_app(
+        control,
+        {key.id: key},
+        [platform_registry(store)],
+        feed=feed,
+        gateway_token=load_or_create_gateway_token(),
+        scrape=[options.gateway_metrics] if options.gateway_metrics else None,
+    )
     server = _Server(
         uvicorn.Config(
-            app, host=options.host, port=options.api_port, log_level="warning", lifespan="off"
+            app,
+            host=options.host,
+            port=options.api_port,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=5,
         )
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await gateway.start()
-    except OSError as exc:
-        store.close()
-        raise PlatformError(f"the gateway could not start: {exc}") from None
     reconciler.start()
     api = asyncio.create_task(_serve_api(server))
     try:
-        while not server.started:
-            if api.done():
-                raise PlatformError(
-                    f"the API could not listen on {options.host}:{options.api_port}"
-                )
-            await asyncio.sleep(0.02)
-        info = {
-            "pid": os.getpid(),
-            "api": f"http://{'127.0.0.1' if options.host in ('0.0.0.0', '') else options.host}:{options.api_port}",
-            "gateway_http": options.http_port,
-            "gateway_grpc": options.grpc_port,
-            "resource_group": group.to_json(),
-        }
-        runtime_info_path().write_text(json.dumps(info))
-        log.info(
-            "platform up: API %s, gateway :%d/:%d",
-            info["api"],
-            options.http_port,
-            options.grpc_port,
-        )
+        await _wait_listening(server, api, f"{options.host}:{options.api_port}")
+        log.info("control plane up: API on %s:%d", options.host, options.api_port)
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait({api, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
     finally:
+        feed.close()  # the gateways' long polls would hold the API's graceful stop
         server.should_exit = True
         with contextlib.suppress(BaseException):
             await api
-        await gateway.stop(options.tuning.stop_grace)
         await reconciler.stop_all()
-        with contextlib.suppress(FileNotFoundError):
-            info_path = runtime_info_path()
-            if json.loads(info_path.read_text()).get("pid") == os.getpid():
-                info_path.unlink()
         store.close()

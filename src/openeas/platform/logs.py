@@ -58,12 +58,23 @@ class _Enqueue(logging.handlers.QueueHandler):
         return record
 
 
+class _Formatter(logging.Formatter):
+    """The platform's line format; a record logged with ``extra={"verbatim": True}`` is
+    written as it is (a line a component process already formatted, see
+    :mod:`openeas.platform.supervisor`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "verbatim", False):
+            return record.getMessage()
+        return super().format(record)
+
+
 def _rotating(path: Path, options: LogOptions) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=options.max_bytes, backupCount=options.backups, encoding="utf-8"
     )
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(_Formatter(_FORMAT))
     return handler
 
 
@@ -77,7 +88,7 @@ def configure(options: LogOptions) -> logging.handlers.QueueListener | None:
         root.addHandler(_rotating(options.file, options))
     else:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter(_FORMAT))
+        stream.setFormatter(_Formatter(_FORMAT))
         root.addHandler(stream)
     root.setLevel(options.level.upper())
     for noisy in ("httpx", "httpcore"):  # one INFO line per readiness probe otherwise

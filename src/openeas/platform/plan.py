@@ -174,7 +174,8 @@ class InstanceView:
     #: a stop is under way / has finished
     stopping: bool = False
     stopped: bool = False
-    #: requests the gateway has in flight on it
+    #: requests in flight on it, asked while it drains (the instance's pending count,
+    #: plus one while a gateway has not applied the routes that exclude it)
     in_flight: int = 0
     #: how it ended since the last tick (None: still running or not launched)
     exit: Exit | None = None
@@ -510,7 +511,7 @@ class _Planner:
         )
 
     def _finish_drains(self) -> None:
-        """Stop draining instances once the gateway has no request in flight on them."""
+        """Stop draining instances once no request is in flight on them."""
         published = self.o.published
         routed = {u.instance_id for u in published.upstreams} if published else set()
         for inst in list(self.insts.values()):

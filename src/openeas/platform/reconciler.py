@@ -56,6 +56,7 @@ from openeas.platform.plan import (
 )
 from openeas.platform.repositories import RepositoryError, resolved_params, sync_repositories
 from openeas.platform.resources import Demand, ResourceGroup, pick_cores, pick_gpus
+from openeas.platform.routefeed import RouteFeed
 from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
 from openeas.platform.spec import Metadata, ServiceSpec
 from openeas.platform.status import InstanceStatus
@@ -153,8 +154,12 @@ class Reconciler:
         group: ResourceGroup,
         *,
         tuning: Tuning | None = None,
+        feed: RouteFeed | None = None,
     ) -> None:
         self.store = store
+        #: the gateways' route watch: marked ready after the first pass, asked whether
+        #: every gateway has applied the latest routes before a drained instance stops
+        self.feed = feed
         self.runtime = runtime
         self.routes = routes
         self.group = group
@@ -219,6 +224,8 @@ class Reconciler:
                 raise
             except Exception:
                 log.exception("reconciler tick failed")
+            if self.feed is not None and not self.feed.ready:
+                self.feed.ready = True  # every service has been published once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tuning.tick)
             self._wake.clear()
@@ -295,6 +302,19 @@ class Reconciler:
         results = await asyncio.gather(*(self.runtime.probe(i.rec.id) for i in probes))
         for inst, ready in zip(probes, results, strict=True):
             inst.view = replace(inst.view, probe=ready)
+        await self._observe_drains(insts)
+
+    async def _observe_drains(self, insts: list[_Instance]) -> None:
+        """A draining instance's in-flight requests: what the instance itself has
+        accepted, plus one while some gateway has not yet applied the routes that
+        exclude it (it may still send new requests there)."""
+        draining = [i for i in insts if i.view.drain_since is not None and i.stopping is None]
+        if not draining:
+            return
+        lagging = int(self.feed is not None and not self.feed.caught_up())
+        counts = await asyncio.gather(*(self.runtime.in_flight(i.rec.id) for i in draining))
+        for inst, count in zip(draining, counts, strict=True):
+            inst.view = replace(inst.view, in_flight=count + lagging)
 
     def _snapshot(self, service: ServiceRecord) -> tuple[DesiredService, ObservedService]:
         name, version = service.name, service.current_version
@@ -336,7 +356,6 @@ class Reconciler:
             inst.view,
             stopping=stopping is not None,
             stopped=stopping is not None and stopping.done(),
-            in_flight=self.routes.in_flight(inst.rec.id),
         )
 
     # -- apply ------------------------------------------------------------------------

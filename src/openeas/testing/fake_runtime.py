@@ -5,7 +5,7 @@ instances that exist only as entries in a dict (compare Ray Serve's
 ``MockReplicaActorWrapper``).  A test tells it what happens to them: :meth:`make_ready`,
 :meth:`crash`, :meth:`hang` (never ready), :meth:`refuse_starts` (the runtime cannot place
 an instance: a start fails with the given reason), :meth:`vanish` (gone while the control
-plane was away).  Every call the reconciler makes is recorded in :attr:`calls`.
+plane was away), :meth:`set_pending` (requests in flight on it).  Every call the reconciler makes is recorded in :attr:`calls`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ class FakeInstance:
     stopped: bool = False
     #: its log lines
     log: list[str] = field(default_factory=list)
+    #: requests it has accepted and not answered (what in_flight() reports)
+    pending: int = 0
 
 
 class FakeRuntime(Runtime):
@@ -49,6 +51,10 @@ class FakeRuntime(Runtime):
         inst.ready = False
         inst.exit = Exit(code, reason)
         inst.log.append(f"fatal: {reason}")
+
+    def set_pending(self, instance_id: str, count: int) -> None:
+        """The requests the instance reports queued or executing."""
+        self.instances[instance_id].pending = count
 
     def hang(self, instance_id: str) -> None:
         """Runs, never answers ready."""
@@ -103,6 +109,10 @@ class FakeRuntime(Runtime):
     async def probe(self, instance_id: str) -> bool:
         inst = self.instances.get(instance_id)
         return inst is not None and inst.ready and inst.exit is None and not inst.stopped
+
+    async def in_flight(self, instance_id: str) -> int:
+        inst = self.instances.get(instance_id)
+        return inst.pending if inst is not None else 0
 
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None

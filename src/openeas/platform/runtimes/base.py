@@ -82,6 +82,12 @@ class Runtime(ABC):
     async def probe(self, instance_id: str) -> bool:
         """True when the instance answers ready (Triton's ``/v2/health/ready``)."""
 
+    async def in_flight(self, instance_id: str) -> int:
+        """Requests the instance has accepted and not answered yet (queued or executing),
+        asked while it drains; 0 when it cannot tell (the drain then relies on the
+        gateways having routed around it)."""
+        return 0
+
     @abstractmethod
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None

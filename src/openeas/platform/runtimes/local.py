@@ -16,6 +16,7 @@ each instance's log in ``<logs_dir>/<service>/<instance>.log``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -235,6 +236,22 @@ class LocalRuntime(Runtime):
         log.debug("probe %s: %d", url, response.status_code)
         return response.status_code == 200
 
+    async def in_flight(self, instance_id: str) -> int:
+        """The sum of the processor's ``nv_inference_pending_request_count`` (its
+        schedulers' queued and executing requests), read from its metrics port."""
+        watched = self._instances.get(instance_id)
+        if watched is None or not watched.address.metrics_port:
+            return 0
+        a = watched.address
+        url = f"http://{a.host}:{a.metrics_port}/metrics"
+        headers = {instance_token.HEADER.decode(): watched.token} if watched.token else None
+        try:
+            response = await self._http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.debug("in-flight count %s: %s", url, exc)
+            return 0
+        return pending_requests(response.text) if response.status_code == 200 else 0
+
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
     ) -> tuple[str, int]:
@@ -288,3 +305,13 @@ class LocalRuntime(Runtime):
             pass
         except PermissionError:
             os.kill(pid, sig)
+
+
+def pending_requests(metrics: str) -> int:
+    """Sum of ``nv_inference_pending_request_count`` in a Prometheus text page."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("nv_inference_pending_request_count{"):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(" ", 1)[1])
+    return int(total)

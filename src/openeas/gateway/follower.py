@@ -1,0 +1,250 @@
+"""A gateway process's routes: followed from the control plane's REST API, kept on disk.
+
+The control plane answers ``GET /api/v1/gateway/routes`` with the whole route table (a
+*snapshot*: every service's token, limits, ready and draining instances with their
+internal tokens) and an opaque ``version``.  With ``?since=VERSION&timeout=SECONDS`` the
+answer waits (a long poll) until the table differs from ``VERSION`` or the timeout
+passes; either way it is a full snapshot, so a follower never has to merge deltas.  A
+control plane that has just started answers 503 until its first reconciliation has
+published every service: a follower keeps what it has (never an empty table, never a
+404 for a service that exists).
+
+:class:`RouteFollower` applies each snapshot into the gateway's :class:`RouteTable` (the
+same object the HTTP and gRPC fronts read per request) and writes it to a file (mode
+0600: it holds tokens) that the next start loads before the API answers, so a gateway
+that starts while the control plane is down serves at once.
+
+The follower authenticates with the gateway credential: ``Authorization: Bearer TOKEN``
+(the token is in ``$OPENEAS_HOME/gateway-credential`` on the control plane's machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("openeas.gateway.follower")
+
+#: The route watch's path on the control plane's API.
+ROUTES_PATH = "/api/v1/gateway/routes"
+#: Seconds a watch waits for a change before answering the same snapshot.
+POLL_TIMEOUT = 30.0
+#: Seconds between retries while the control plane does not answer.
+RETRY_DELAY = 0.5
+
+
+# -- the snapshot's JSON ------------------------------------------------------------------
+
+
+def _upstream_json(u: Upstream) -> dict[str, Any]:
+    return {
+        "instance_id": u.instance_id,
+        "host": u.host,
+        "http_port": u.http_port,
+        "grpc_port": u.grpc_port,
+        "unix_socket": u.unix_socket,
+        "token": u.token,
+    }
+
+
+def route_to_json(route: ServiceRoute) -> dict[str, Any]:
+    limits = route.limits
+    return {
+        "name": route.name,
+        "token": route.token,
+        "limits": {
+            "keepalive_ms": limits.keepalive_ms,
+            "max_queue_size": limits.max_queue_size,
+            "rate_limit": limits.rate_limit,
+            "max_concurrency": limits.max_concurrency,
+        },
+        "upstreams": [_upstream_json(u) for u in route.upstreams],
+        "draining": [_upstream_json(u) for u in route.draining],
+    }
+
+
+def route_from_json(doc: dict[str, Any]) -> ServiceRoute:
+    """The route of one snapshot entry; KeyError/TypeError/ValueError when malformed."""
+    return ServiceRoute(
+        name=str(doc["name"]),
+        token=str(doc["token"]),
+        limits=ServiceLimits(**doc["limits"]),
+        upstreams=tuple(Upstream(**u) for u in doc["upstreams"]),
+        draining=tuple(Upstream(**u) for u in doc["draining"]),
+    )
+
+
+def snapshot(routes: RouteTable, version: str) -> dict[str, Any]:
+    return {"version": version, "services": [route_to_json(r) for r in routes.services()]}
+
+
+def worker_share(route: ServiceRoute, workers: int) -> ServiceRoute:
+    """The route as one of ``workers`` gateway processes on the same ports enforces it:
+    the service's rate, queue and per-instance concurrency divided among them (rounded
+    up), so that together they keep the service's limits."""
+    if workers <= 1:
+        return route
+    limits = route.limits
+    shared = dataclasses.replace(
+        limits,
+        max_queue_size=-(-limits.max_queue_size // workers),
+        rate_limit=None if limits.rate_limit is None else limits.rate_limit / workers,
+        max_concurrency=-(-limits.max_concurrency // workers),
+    )
+    return dataclasses.replace(route, limits=shared)
+
+
+def apply_snapshot(table: RouteTable, services: Iterable[ServiceRoute]) -> None:
+    """Make ``table`` hold exactly ``services`` (unchanged routes are not republished)."""
+    wanted = {route.name: route for route in services}
+    for name in [r.name for r in table.services() if r.name not in wanted]:
+        table.remove(name)
+    for name, route in wanted.items():
+        if table.get(name) != route:
+            table.update(route)
+
+
+# -- the file -----------------------------------------------------------------------------
+
+
+def save_snapshot(path: Path, doc: dict[str, Any]) -> None:
+    """Write atomically, owner-only (a reader never sees half a file)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers share the file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older temporary file may have had another mode
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle)
+    os.replace(tmp, path)
+
+
+def load_snapshot(path: Path) -> tuple[str, list[ServiceRoute]] | None:
+    """The saved version and routes; None (logged) when there is none or it is broken."""
+    try:
+        doc = json.loads(path.read_text())
+        return str(doc["version"]), [route_from_json(s) for s in doc["services"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("route snapshot %s unreadable, ignored: %s", path, exc)
+        return None
+
+
+def read_credential(path: Path) -> str:
+    """The gateway token in ``path`` (the file the control plane writes: JSON with a
+    ``token`` field, or the bare token)."""
+    text = path.read_text().strip()
+    if text.startswith("{"):
+        return str(json.loads(text)["token"])
+    return text
+
+
+# -- the follower -------------------------------------------------------------------------
+
+
+class RouteFollower:
+    """Keeps ``table`` equal to the control plane's route table (see the module doc)."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        api: str,
+        token: str,
+        snapshot_path: Path,
+        *,
+        gateway_id: str | None = None,
+        poll_timeout: float = POLL_TIMEOUT,
+        workers: int = 1,
+    ) -> None:
+        self.table = table
+        self.api = api.rstrip("/") if "://" in api else f"http://{api.rstrip('/')}"
+        self.snapshot_path = snapshot_path
+        #: names this gateway to the control plane, which waits for every following
+        #: gateway to have applied a route change before it stops a drained instance
+        self.gateway_id = gateway_id or socket.gethostname()
+        self.poll_timeout = poll_timeout
+        #: gateway processes sharing the ports (and the limits: see :func:`worker_share`)
+        self.workers = workers
+        self.version = ""
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._task: asyncio.Task[None] | None = None
+        #: set once a snapshot (from the file or the API) is in the table
+        self.loaded = asyncio.Event()
+
+    def load(self) -> bool:
+        """Fill the table from the saved snapshot; False when there is none."""
+        saved = load_snapshot(self.snapshot_path)
+        if saved is None:
+            return False
+        self.version, services = saved
+        apply_snapshot(self.table, [worker_share(r, self.workers) for r in services])
+        self.loaded.set()
+        log.info("routes of %d services loaded from %s", len(services), self.snapshot_path)
+        return True
+
+    def start(self) -> None:
+        """Start following (once; later calls do nothing)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="route-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        import httpx  # here: a restarting gateway serves its saved routes before this
+
+        failing = False
+        async with httpx.AsyncClient(timeout=self.poll_timeout + 10) as client:
+            while True:
+                try:
+                    await self.poll_once(client)
+                    if failing:
+                        log.info("route watch on %s resumed", self.api)
+                    failing = False
+                except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                    if not failing:
+                        log.warning("route watch on %s failed (%s); retrying", self.api, exc)
+                    failing = True
+                    await asyncio.sleep(RETRY_DELAY)
+
+    async def poll_once(self, client: httpx.AsyncClient) -> None:
+        """One watch: wait for a change of the table, apply and save the snapshot."""
+        params: dict[str, str | float] = {
+            "since": self.version,
+            "timeout": self.poll_timeout,
+            "gateway": self.gateway_id,
+        }
+        response = await client.get(self.api + ROUTES_PATH, params=params, headers=self._headers)
+        if response.status_code == 503:  # a control plane that has not published yet
+            await asyncio.sleep(RETRY_DELAY)
+            return
+        if response.status_code != 200:
+            raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
+        doc = response.json()
+        version = str(doc["version"])
+        if version == self.version:
+            return
+        services = [worker_share(route_from_json(s), self.workers) for s in doc["services"]]
+        apply_snapshot(self.table, services)
+        self.version = version
+        self.loaded.set()
+        try:
+            save_snapshot(self.snapshot_path, doc)
+        except OSError as exc:
+            log.warning("route snapshot %s not saved: %s", self.snapshot_path, exc)
