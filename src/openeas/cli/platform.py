@@ -59,6 +59,21 @@ def _wait_answering(api: str, process: subprocess.Popen[bytes], log: Path, timeo
 )
 @click.option("--gpus", type=click.IntRange(0), help="GPU capacity [default: detected devices]")
 @click.option(
+    "--runtime",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="where instances run: processes on this machine, or actors on a Ray cluster's "
+    "nodes (resource groups are then the nodes' openeas_group_<name> resources; "
+    "see docs/cluster.md)",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="with --runtime ray: the cluster's head, HOST:6379 (this machine must be one of "
+    "its nodes) or ray://HOST:10001 [env: RAY_ADDRESS]",
+)
+@click.option(
     "--restart-backoff", type=float, default=1.0, hidden=True, help="first restart delay (s)"
 )
 @click.option(
@@ -127,6 +142,8 @@ def up(
     cpus: int | None,
     memory: int | None,
     gpus: int | None,
+    runtime: str,
+    ray_address: str | None,
     restart_backoff: float,
     restart_backoff_reset: float,
     crashloop_restarts: int,
@@ -144,6 +161,8 @@ def up(
     from openeas.platform.errors import PlatformError
     from openeas.platform.reconciler import Tuning
 
+    if runtime == "ray" and not ray_address:
+        raise click.UsageError("--runtime ray needs --ray-address (or RAY_ADDRESS)")
     running = running_platform()
     if running is not None:
         raise click.ClickException(
@@ -175,6 +194,8 @@ def up(
         cpus=cpus,
         memory_mb=memory,
         gpus=gpus,
+        runtime=runtime,
+        ray_address=ray_address,
         tuning=Tuning(
             backoff_base=restart_backoff,
             backoff_reset=restart_backoff_reset,

@@ -18,6 +18,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,6 +34,7 @@ from openeas.platform.errors import PlatformError
 from openeas.platform.metrics import platform_registry
 from openeas.platform.reconciler import Reconciler, Tuning
 from openeas.platform.resources import local_group
+from openeas.platform.runtimes.base import Runtime
 from openeas.platform.runtimes.local import LocalRuntime
 from openeas.platform.store import Store
 
@@ -54,6 +56,9 @@ class PlatformOptions:
     cpus: int | None = None
     memory_mb: int | None = None
     gpus: int | None = None
+    #: where instances run: "local" (this machine) or "ray" (a Ray cluster's nodes)
+    runtime: str = "local"
+    ray_address: str | None = None
     tuning: Tuning = field(default_factory=Tuning)
 
     def endpoints(self) -> Endpoints:
@@ -72,6 +77,15 @@ def running_platform() -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, psutil.Error):
         return None
     return info if alive else None
+
+
+def make_runtime(options: PlatformOptions, logs_dir: Path) -> Runtime:
+    """The runtime ``openeas up --runtime`` names (the Ray one is imported only then)."""
+    if options.runtime == "ray":
+        from openeas.platform.runtimes.ray import RayRuntime
+
+        return RayRuntime(options.ray_address or "", logs_dir)
+    return LocalRuntime(logs_dir)
 
 
 class _Server(uvicorn.Server):
@@ -104,13 +118,13 @@ async def serve(options: PlatformOptions) -> None:
         log.warning("platform.db repaired: %s", repair)
     routes = RouteTable()
     group = local_group(options.cpus, options.memory_mb, options.gpus)
-    runtime = LocalRuntime(home / "logs" / "instances")
+    runtime = make_runtime(options, home / "logs" / "instances")
     reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning)
     await reconciler.adopt()
     gateway = Gateway(
         routes, host=options.host, http_port=options.http_port, grpc_port=options.grpc_port
     )
-    control = ControlPlane(store, reconciler, [group], options.endpoints())
+    control = ControlPlane(store, reconciler, options.endpoints())
     app = create_app(control, {key.id: key}, [gateway.registry, platform_registry(store)])
     server = _Server(
         uvicorn.Config(

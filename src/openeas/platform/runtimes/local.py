@@ -16,6 +16,7 @@ each instance's log in ``<logs_dir>/<service>/<instance>.log``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import logging
 import os
@@ -36,6 +37,8 @@ from openeas.protocol import instance_token
 log = logging.getLogger("openeas.platform")
 
 INSTANCE_ENV = "OPENEAS_INSTANCE_ID"
+#: prctl(2): the signal a process gets when the thread that forked it dies
+_PR_SET_PDEATHSIG = 1
 _THREAD_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -88,6 +91,19 @@ def environment(launch: Launch) -> dict[str, str]:
     return env
 
 
+async def probe_ready(http: httpx.AsyncClient, address: Address, token: str) -> bool:
+    """True when the instance at ``address`` answers ``/v2/health/ready`` (over TCP)."""
+    url = f"http://{address.host}:{address.http_port}/v2/health/ready"
+    headers = {instance_token.HEADER.decode(): token} if token else None
+    try:
+        response = await http.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        log.debug("probe %s: %s", url, exc)
+        return False
+    log.debug("probe %s: %d", url, response.status_code)
+    return response.status_code == 200
+
+
 def _same_instance(pid: int, instance_id: str) -> bool:
     """True when ``pid`` is alive and is the given instance (not a recycled pid)."""
     try:
@@ -114,9 +130,14 @@ class _Watched:
 
 
 class LocalRuntime(Runtime):
-    def __init__(self, logs_dir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, logs_dir: Path, host: str = "127.0.0.1", *, die_with_parent: bool = False
+    ) -> None:
         self.logs_dir = logs_dir
         self.host = host
+        #: instances get SIGTERM when the starting thread dies (a Ray actor's supervisor:
+        #: its processor must not outlive it); the control plane's own instances outlive it
+        self.die_with_parent = die_with_parent
         self._instances: dict[str, _Watched] = {}
         self._http = httpx.AsyncClient(timeout=2.0)
 
@@ -133,7 +154,7 @@ class LocalRuntime(Runtime):
         )
         path = self.log_path(launch.service, launch.instance_id)
         try:
-            process = self._spawn(launch, address, path)
+            process = self._spawn(launch, address, path, self.die_with_parent)
         except OSError as exc:
             raise StartError(str(exc)) from exc
         address = dataclasses.replace(address, pid=process.pid)
@@ -143,13 +164,18 @@ class LocalRuntime(Runtime):
         return address
 
     @staticmethod
-    def _spawn(launch: Launch, address: Address, path: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        launch: Launch, address: Address, path: Path, die_with_parent: bool
+    ) -> subprocess.Popen[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         cpus = set(launch.cpus)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl if die_with_parent else None
 
         def pin() -> None:  # runs in the child between fork and exec
             if cpus:
                 os.sched_setaffinity(0, cpus)
+            if prctl is not None:
+                prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
         with open(path, "ab") as log_file:
             return subprocess.Popen(
@@ -224,16 +250,7 @@ class LocalRuntime(Runtime):
         watched = self._instances.get(instance_id)
         if watched is None:
             return False
-        a = watched.address
-        url = f"http://{a.host}:{a.http_port}/v2/health/ready"
-        headers = {instance_token.HEADER.decode(): watched.token} if watched.token else None
-        try:
-            response = await self._http.get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            log.debug("probe %s: %s", url, exc)
-            return False
-        log.debug("probe %s: %d", url, response.status_code)
-        return response.status_code == 200
+        return await probe_ready(self._http, watched.address, watched.token)
 
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
