@@ -69,7 +69,7 @@ def command(launch: Launch, address: Address) -> list[str]:
         f"--http-port={address.http_port}",
         f"--grpc-port={address.grpc_port}",
         f"--metrics-port={address.metrics_port}",
-        f"--http-unix-socket={address.unix_socket}",
+        *([f"--http-unix-socket={address.unix_socket}"] if address.unix_socket else []),
     ]
 
 
@@ -131,13 +131,20 @@ class _Watched:
 
 class LocalRuntime(Runtime):
     def __init__(
-        self, logs_dir: Path, host: str = "127.0.0.1", *, die_with_parent: bool = False
+        self,
+        logs_dir: Path,
+        host: str = "127.0.0.1",
+        *,
+        die_with_parent: bool = False,
+        unix_socket: bool = True,
     ) -> None:
         self.logs_dir = logs_dir
         self.host = host
         #: instances get SIGTERM when the starting thread dies (a Ray actor's supervisor:
         #: its processor must not outlive it); the control plane's own instances outlive it
         self.die_with_parent = die_with_parent
+        #: serve an abstract Unix socket too (only useful to a gateway on this machine)
+        self.unix_socket = unix_socket
         self._instances: dict[str, _Watched] = {}
         self._http = httpx.AsyncClient(timeout=2.0)
 
@@ -150,7 +157,7 @@ class LocalRuntime(Runtime):
             free_port(self.host),
             free_port(self.host),
             free_port(self.host),
-            unix_socket_name(launch.instance_id),
+            unix_socket_name(launch.instance_id) if self.unix_socket else None,
         )
         path = self.log_path(launch.service, launch.instance_id)
         try:

@@ -69,10 +69,14 @@ class InstanceActor:
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()
-        # die_with_parent: the processor must not outlive its actor (a node stopped with
-        # ``ray stop`` or removed must not leave servers behind).
+        # The processor must not outlive its actor (a node stopped with ``ray stop`` or
+        # removed must not leave servers behind), and serves TCP only: the gateway is on
+        # another machine (a Unix socket is a same-machine shortcut).
         self.runtime = LocalRuntime(
-            Path(logs_dir), host=ray.util.get_node_ip_address(), die_with_parent=True
+            Path(logs_dir),
+            host=ray.util.get_node_ip_address(),
+            die_with_parent=True,
+            unix_socket=False,
         )
         self.gpus = [int(g) for g in ray.get_gpu_ids()]
         self.launch: Launch | None = None
@@ -83,8 +87,7 @@ class InstanceActor:
         )
         self.launch = launch
         address = await self.runtime.start(launch)
-        # TCP only: the gateway is on another machine (a Unix socket is a local shortcut).
-        return dataclasses.replace(address, unix_socket=None, node=self.node)
+        return dataclasses.replace(address, node=self.node)
 
     def poll(self) -> tuple[Exit | None, str]:
         """How the process ended (None: running), with its log's last lines then."""
