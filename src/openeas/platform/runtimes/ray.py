@@ -126,8 +126,10 @@ class RayCluster:
     """Every call the Ray runtime makes into Ray (one place to read, one place to fake)."""
 
     def __init__(self, address: str, namespace: str = NAMESPACE) -> None:
-        import ray
-
+        try:
+            import ray
+        except ImportError:
+            raise PlatformError("the Ray runtime needs Ray: pip install 'openeas[ray]'") from None
         self.ray = ray
         self.namespace = namespace
         _reachable(address)
