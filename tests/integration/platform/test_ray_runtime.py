@@ -8,6 +8,7 @@ as a user does.  They run in order: the node-loss test removes worker ``a`` last
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from openeas.testing.seaweedfs import SeaweedFS, start_seaweedfs
 from openeas.testing.server import free_port
 from tests.integration.conftest import wait_until
 from tests.integration.platform.conftest import (
@@ -62,7 +64,19 @@ def nodes() -> Iterator[Nodes]:
 
 
 @pytest.fixture(scope="module")
-def ray_platform(tmp_path_factory: pytest.TempPathFactory, nodes: Nodes) -> Iterator[Platform]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """An S3 endpoint every node reaches, known to the platform only (not to the nodes)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), ("triton-model-repo",))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_platform(
+    tmp_path_factory: pytest.TempPathFactory, nodes: Nodes, store: SeaweedFS
+) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("openeas-ray")
     api, http, grpc = free_port(), free_port(), free_port()
     args = [
@@ -74,7 +88,7 @@ def ray_platform(tmp_path_factory: pytest.TempPathFactory, nodes: Nodes) -> Iter
         "--restart-backoff=0.2",
         "--log-level=info",
     ]
-    plat = Platform(home, api, http, grpc, args)
+    plat = Platform(home, api, http, grpc, args, extra_env=store.env())
     plat.start()
     try:
         yield plat
@@ -142,6 +156,22 @@ def test_placement_by_group_and_spread_and_queries_through_the_gateway(
     assert nodes.b.node_id[:12] in table and "Node" in table.splitlines()[1]
     # eascmd logs reads an instance's log from its node
     assert "Started HTTPService" in ray_platform.ok("logs", "pooled")
+
+
+def test_an_oss_repository_is_read_on_the_node_from_the_platform_s_endpoint(
+    ray_platform: Platform, nodes: Nodes
+) -> None:
+    # The nodes were started without any OPENEAS_STORAGE_* variable: the runtime hands
+    # the platform's endpoint and credentials to the instance.
+    assert not any(k.startswith("OPENEAS_STORAGE_") for k in os.environ)
+    local = make_add_sub_repository(ray_platform.home / "to-upload")
+    ray_platform.ok("upload", str(local), "--to", "oss://triton-model-repo/models/")
+    assert not (ray_platform.home / "buckets").exists()  # it went to the S3 endpoint
+    doc = service_doc("from_oss", "oss://triton-model-repo/models", resource="pool")
+    token = _create(ray_platform, doc)
+    assert _nodes_of(ray_platform, "from_oss") == [nodes.b.node_id]
+    infer(ray_platform, token, "from_oss")
+    ray_platform.ok("delete", "-y", "from_oss")
 
 
 def test_a_service_too_big_for_its_group_waits_with_the_reason(

@@ -48,6 +48,8 @@ NAMESPACE = "openeas"
 GROUP_PREFIX = "openeas_group_"
 #: how much of its group's custom resource each instance takes (a node declares e.g. 1000)
 GROUP_UNIT = 0.001
+#: the platform's environment variables that instances on other nodes need too
+STORAGE_ENV_PREFIX = "OPENEAS_STORAGE_"
 #: log lines an actor hands over with its exit (the node may be gone when they are asked)
 _EXIT_TAIL = 50
 
@@ -65,9 +67,12 @@ class InstanceActor:
     """Runs on a node (as a Ray actor): one instance's ``openeas-server``, supervised by a
     :class:`LocalRuntime` there."""
 
-    def __init__(self, logs_dir: str) -> None:
+    def __init__(self, logs_dir: str, env: dict[str, str]) -> None:
         import ray
 
+        # The platform's object-store settings (endpoint, credentials): the processor reads
+        # its oss:// repositories with them (it inherits this process's environment).
+        os.environ.update(env)
         self.node = ray.get_runtime_context().get_node_id()
         # The processor must not outlive its actor (a node stopped with ``ray stop`` or
         # removed must not leave servers behind), and serves TCP only: the gateway is on
@@ -145,7 +150,7 @@ class RayCluster:
         """The live nodes, as ``ray.nodes()`` describes them."""
         return [n for n in self.ray.nodes() if n.get("Alive")]
 
-    def create(self, launch: Launch, logs_dir: Path) -> Any:
+    def create(self, launch: Launch, logs_dir: Path, env: dict[str, str]) -> Any:
         """The instance's actor (not placed yet); ValueError while its name is taken."""
         options: dict[str, Any] = {
             "name": launch.instance_id,
@@ -160,7 +165,7 @@ class RayCluster:
         if launch.memory_mb:
             options["memory"] = launch.memory_mb * 2**20
         actor = self.ray.remote(InstanceActor).options(**options)
-        return actor.remote(str(logs_dir))
+        return actor.remote(str(logs_dir), env)
 
     def get(self, instance_id: str) -> Any | None:
         """The actor of a running instance, or None."""
@@ -255,6 +260,9 @@ class RayRuntime(Runtime):
         self._http = httpx.AsyncClient(timeout=2.0)
         self._watcher: asyncio.Task[None] | None = None
         self._groups: tuple[float, list[ResourceGroup]] = (0.0, [])
+        #: handed to every instance: where oss:// and s3:// go (the nodes' own environment
+        #: does not know); never logged
+        self._env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIX)}
 
     # -- resource groups --------------------------------------------------------------
 
@@ -280,7 +288,7 @@ class RayRuntime(Runtime):
         deadline = time.monotonic() + self.start_timeout
         while True:
             try:
-                actor = self.cluster.create(launch, self.logs_dir)
+                actor = self.cluster.create(launch, self.logs_dir, self._env)
                 break
             except ValueError as exc:  # the name is still held by the last actor
                 if time.monotonic() > deadline:
