@@ -196,6 +196,10 @@ class RayCluster:
         unavailable = getattr(errors, "ActorUnavailableError", ())
         return isinstance(exc, errors.RayActorError) and not isinstance(exc, unavailable)
 
+    def timed_out(self, exc: BaseException) -> bool:
+        """True when ``exc`` is :meth:`call`'s timeout (the actor was never placed)."""
+        return isinstance(exc, self.ray.exceptions.GetTimeoutError)
+
     def task_error(self, exc: BaseException) -> str | None:
         """The message of an exception the actor's method raised (None: another error)."""
         if isinstance(exc, self.ray.exceptions.RayTaskError):
@@ -307,7 +311,7 @@ class RayRuntime(Runtime):
         message = self.cluster.task_error(exc)
         if message is not None:
             return message
-        if isinstance(exc, self.cluster.ray.exceptions.GetTimeoutError):
+        if self.cluster.timed_out(exc):
             return (
                 f"no node of resource group {launch.resource!r} took an instance with "
                 f"cpu={launch.cpu_count}, memory={launch.memory_mb} MB, gpu={launch.gpu_count} "
