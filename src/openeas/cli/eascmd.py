@@ -364,6 +364,7 @@ def instances(name: str, as_json: bool) -> None:
             "true" if i["ready"] else "false",
             i["restarts"],
             f"{i['ip']}:{i['port']}",
+            _node(i.get("node", "")),
             i["version"],
             i["started"] or "",
             i["reason"],
@@ -376,11 +377,46 @@ def instances(name: str, as_json: bool) -> None:
         "Ready",
         "Restarts",
         "IP:Port",
+        "Node",
         "Version",
         "Started",
         "Reason",
     ]
     click.echo(grid_table(headers, rows))
+
+
+def _node(node: str) -> str:
+    """A node as the table shows it: the start of a Ray node id (--json has all of it);
+    ``local`` for this machine (the local runtime)."""
+    return node[:12] if node else "local"
+
+
+@main.group()
+def resource() -> None:
+    """Resource groups (the capacity services are placed in)."""
+
+
+@resource.command("list")
+@_JSON
+def resource_list(as_json: bool) -> None:
+    """Each resource group: its nodes, cpu/memory/gpu in total and free."""
+    groups = _call(_client().resources)
+    if as_json:
+        _print_json(groups)
+        return
+    rows = [
+        (
+            g["name"],
+            g.get("nodes", 1),
+            f"{g['cpu'] - g['used_cpu']}/{g['cpu']}",
+            f"{g['memory'] - g['used_memory']}/{g['memory']}",
+            f"{g['gpu'] - g['used_gpu']}/{g['gpu']}",
+            g["instances"],
+        )
+        for g in groups
+    ]
+    headers = ["Resource", "Nodes", "CPU free/total", "Memory MB free/total", "GPU free/total"]
+    click.echo(grid_table([*headers, "Instances"], rows))
 
 
 @main.command()

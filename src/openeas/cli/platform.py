@@ -99,6 +99,21 @@ def gateway_tls(cert: str | None, key: str | None) -> GatewayTls | None:
 )
 @click.option("--gpus", type=click.IntRange(0), help="GPU capacity [default: detected devices]")
 @click.option(
+    "--runtime",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="where instances run: processes on this machine, or actors on a Ray cluster's "
+    "nodes (resource groups are then the nodes' openeas_group_<name> resources; "
+    "see docs/cluster.md)",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="with --runtime ray: the cluster's head, HOST:6379 (this machine must be one of "
+    "its nodes) or ray://HOST:10001 [env: RAY_ADDRESS]",
+)
+@click.option(
     "--restart-backoff", type=float, default=1.0, hidden=True, help="first restart delay (s)"
 )
 @click.option(
@@ -176,6 +191,8 @@ def up(
     cpus: int | None,
     memory: int | None,
     gpus: int | None,
+    runtime: str,
+    ray_address: str | None,
     restart_backoff: float,
     restart_backoff_reset: float,
     crashloop_restarts: int,
@@ -201,6 +218,8 @@ def up(
     from openeas.platform.errors import PlatformError
     from openeas.platform.reconciler import Tuning
 
+    if runtime == "ray" and not ray_address:
+        raise click.UsageError("--runtime ray needs --ray-address (or RAY_ADDRESS)")
     if component == "control-plane":
         _control_plane_only()
     running = None if component == "control-plane" else running_platform()
@@ -233,6 +252,8 @@ def up(
         memory_mb=memory,
         gpus=gpus,
         tls=tls,
+        runtime=runtime,
+        ray_address=ray_address,
         tuning=Tuning(
             backoff_base=restart_backoff,
             backoff_reset=restart_backoff_reset,
@@ -262,6 +283,7 @@ def _control_plane_only() -> None:
 _CONTROL_PLANE_FLAGS = (
     "public_host", "intranet_host", "cpus", "memory", "gpus", "restart_backoff",
     "restart_backoff_reset", "crashloop_restarts", "log_level", "tls_cert", "tls_key",
+    "runtime", "ray_address",
 )  # fmt: skip
 
 

@@ -56,13 +56,16 @@ class ControlPlane:
         self,
         store: Store,
         reconciler: Reconciler,
-        groups: list[ResourceGroup],
         endpoints: Endpoints,
     ) -> None:
         self.store = store
         self.reconciler = reconciler
-        self.groups = {g.name: g for g in groups}
         self.endpoints = endpoints
+
+    @property
+    def groups(self) -> dict[str, ResourceGroup]:
+        """The resource groups services can name (a cluster's change as nodes come and go)."""
+        return self.reconciler.groups()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -260,9 +263,10 @@ class ControlPlane:
         for group in self.groups.values():
             used = [
                 i
-                for name in (r.name for r in self.store.services())
-                for i in self.reconciler.instances(name)
+                for r in self.store.services()
+                for i in self.reconciler.instances(r.name)
                 if i.rec.status != InstanceStatus.FAILED
+                and self.reconciler.spec(r.name, i.rec.version).metadata.resource == group.name
             ]
             out.append(
                 {

@@ -20,6 +20,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,6 +37,7 @@ from openeas.platform.metrics import platform_registry
 from openeas.platform.reconciler import Reconciler, Tuning
 from openeas.platform.resources import local_group
 from openeas.platform.routefeed import RouteFeed
+from openeas.platform.runtimes.base import Runtime
 from openeas.platform.runtimes.local import LocalRuntime
 from openeas.platform.store import Store
 
@@ -59,6 +61,9 @@ class PlatformOptions:
     gpus: int | None = None
     #: the gateway's certificate and key: HTTPS and gRPC over TLS on its ports
     tls: GatewayTls | None = None
+    #: where instances run: "local" (this machine) or "ray" (a Ray cluster's nodes)
+    runtime: str = "local"
+    ray_address: str | None = None
     tuning: Tuning = field(default_factory=Tuning)
     #: the gateway process's metrics page, added to the API's ``/metrics``
     gateway_metrics: str | None = None
@@ -79,6 +84,15 @@ def running_platform() -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, psutil.Error):
         return None
     return info if alive else None
+
+
+def make_runtime(options: PlatformOptions, logs_dir: Path) -> Runtime:
+    """The runtime ``openeas up --runtime`` names (the Ray one is imported only then)."""
+    if options.runtime == "ray":
+        from openeas.platform.runtimes.ray import RayRuntime
+
+        return RayRuntime(options.ray_address or "", logs_dir)
+    return LocalRuntime(logs_dir)
 
 
 class _Server(uvicorn.Server):
@@ -125,10 +139,10 @@ async def serve(options: PlatformOptions) -> None:
     routes = RouteTable()
     feed = RouteFeed(routes)
     group = local_group(options.cpus, options.memory_mb, options.gpus)
-    runtime = LocalRuntime(home / "logs" / "instances")
+    runtime = make_runtime(options, home / "logs" / "instances")
     reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning, feed=feed)
     await reconciler.adopt()
-    control = ControlPlane(store, reconciler, [group], options.endpoints())
+    control = ControlPlane(store, reconciler, options.endpoints())
     app = create_app(
         control,
         {key.id: key},

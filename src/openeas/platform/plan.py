@@ -476,10 +476,14 @@ class _Planner:
 
     def _crashed(self, inst: InstanceView, reason: str) -> None:
         restarts = inst.restarts + 1
-        oom = reason.startswith("OOMKilled")
-        self._event(
-            "InstanceOOMKilled" if oom else "InstanceCrashed", f"instance {inst.id} {reason}", True
+        kind = (
+            "InstanceOOMKilled"
+            if reason.startswith("OOMKilled")
+            else "InstanceLost"
+            if reason.startswith("NodeLost")
+            else "InstanceCrashed"
         )
+        self._event(kind, f"instance {inst.id} {reason}", True)
         ended = replace(inst, ready=False, restarts=restarts, reason=reason)
         if not inst.ever_ready and restarts > self.t.crashloop_restarts:
             self._update(replace(ended, status=InstanceStatus.FAILED, restart_at=None))

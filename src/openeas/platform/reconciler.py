@@ -188,9 +188,18 @@ class Reconciler:
             address = inst.view.address
             alive = address is not None and self.runtime.adopt(self._launch(inst), address)
             await self._apply(rec.service, adoption(inst.view, alive, now))
+        known = {i.rec.id for insts in self._instances.values() for i in insts.values()}
+        for orphan in self.runtime.stop_orphans(known):
+            log.warning("stopped instance %s: no service owns it any more", orphan)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconciler")
+
+    def groups(self) -> dict[str, ResourceGroup]:
+        """The resource groups by name: the runtime's own (a cluster's nodes), else the
+        platform's declared group."""
+        found = self.runtime.resource_groups()
+        return {g.name: g for g in (found if found is not None else [self.group])}
 
     def wake(self) -> None:
         self._wake.set()
@@ -320,6 +329,7 @@ class Reconciler:
         name, version = service.name, service.current_version
         spec = self.spec(name, version)
         m = spec.metadata
+        group = self.groups().get(m.resource, ResourceGroup("", 0, 0, 0))
         desired = DesiredService(
             name=name,
             token=service.token,
@@ -333,7 +343,7 @@ class Reconciler:
         key = (name, version)
         observed = ObservedService(
             status=service.status,
-            group=self.group,
+            group=group,
             instances=tuple(self._facts(i) for i in self.instances(name)),
             used_elsewhere=tuple(
                 i.demand
@@ -341,6 +351,7 @@ class Reconciler:
                 if other != name
                 for i in insts.values()
                 if i.view.status != InstanceStatus.FAILED
+                and self.spec(other, i.rec.version).metadata.resource == m.resource
             ),
             # Compare the flags too: a deleted service's late sync may have left its entry.
             synced=self._synced.get(key) == resolved_params(spec),
@@ -500,6 +511,8 @@ class Reconciler:
             cpu_count=inst.demand.cpu,
             memory_mb=inst.demand.memory,
             gpus=inst.gpus,
+            gpu_count=inst.demand.gpu,
+            resource=self.spec(rec.service, rec.version).metadata.resource,
             internal_token=inst.view.token,
         )
 

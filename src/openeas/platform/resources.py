@@ -35,9 +35,17 @@ class ResourceGroup:
     cpu: int
     memory: int  # MB
     gpu: int
+    #: the machines (cluster nodes) it spans
+    nodes: int = 1
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "cpu": self.cpu, "memory": self.memory, "gpu": self.gpu}
+        return {
+            "name": self.name,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "gpu": self.gpu,
+            "nodes": self.nodes,
+        }
 
 
 def detect_gpus() -> int:

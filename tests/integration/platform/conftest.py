@@ -35,10 +35,12 @@ class Platform:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
     seen_pids: set[int] = field(default_factory=set)
+    #: more environment for the platform and eascmd (e.g. an object-store endpoint)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "OPENEAS_HOME": str(self.home)}
+        return {**os.environ, **self.extra_env, "OPENEAS_HOME": str(self.home)}
 
     def start(self) -> None:
         log = open(self.home / "platform-test.log", "ab")  # noqa: SIM115 - the child's

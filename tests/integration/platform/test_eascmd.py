@@ -55,8 +55,8 @@ def infer(platform: Platform, token: str | None, name: str = NAME) -> None:
 class Load:
     """Requests through the gateway in a background thread; counts successes/failures."""
 
-    def __init__(self, platform: Platform, token: str) -> None:
-        self.platform, self.token = platform, token
+    def __init__(self, platform: Platform, token: str, name: str = NAME) -> None:
+        self.platform, self.token, self.name = platform, token, name
         self.ok = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -65,7 +65,7 @@ class Load:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                infer(self.platform, self.token)
+                infer(self.platform, self.token, self.name)
                 self.ok += 1
             except Exception as exc:  # every failure is reported by the test
                 self.failures.append(repr(exc))

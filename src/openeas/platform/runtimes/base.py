@@ -14,6 +14,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from openeas.platform.resources import ResourceGroup
+from openeas.platform.spec import DEFAULT_RESOURCE
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -29,6 +32,10 @@ class Launch:
     #: resident memory limit in MB (0: none)
     memory_mb: int = 0
     gpus: list[int] = field(default_factory=list)
+    #: GPUs wanted (a runtime that places instances itself picks the devices)
+    gpu_count: int = 0
+    #: the resource group it runs in (``metadata.resource``)
+    resource: str = DEFAULT_RESOURCE
     #: the token the instance must require on every request (empty: none)
     internal_token: str = field(default="", repr=False)
 
@@ -102,6 +109,16 @@ class Runtime(ABC):
     @abstractmethod
     def forget(self, instance_id: str) -> None:
         """Drop bookkeeping for an instance that has ended."""
+
+    def resource_groups(self) -> list[ResourceGroup] | None:
+        """The groups the runtime's machines form (a cluster's nodes); None: the runtime
+        has none of its own and the platform's declared group holds."""
+        return None
+
+    def stop_orphans(self, known: set[str]) -> list[str]:
+        """After adoption: stop the instances the runtime still runs that are not in
+        ``known`` (their service was deleted while no control plane ran); their ids."""
+        return []
 
     async def close(self) -> None:
         """Release what the runtime holds (clients, connections); instances keep running."""

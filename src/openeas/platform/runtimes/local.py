@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -37,6 +38,8 @@ from openeas.protocol import instance_token
 log = logging.getLogger(__name__)
 
 INSTANCE_ENV = "OPENEAS_INSTANCE_ID"
+#: prctl(2): the signal a process gets when the thread that forked it dies
+_PR_SET_PDEATHSIG = 1
 _THREAD_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -67,7 +70,7 @@ def command(launch: Launch, address: Address) -> list[str]:
         f"--http-port={address.http_port}",
         f"--grpc-port={address.grpc_port}",
         f"--metrics-port={address.metrics_port}",
-        f"--http-unix-socket={address.unix_socket}",
+        *([f"--http-unix-socket={address.unix_socket}"] if address.unix_socket else []),
     ]
 
 
@@ -87,6 +90,19 @@ def environment(launch: Launch) -> dict[str, str]:
     env["TF_NUM_INTEROP_THREADS"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in launch.gpus)
     return env
+
+
+async def probe_ready(http: httpx.AsyncClient, address: Address, token: str) -> bool:
+    """True when the instance at ``address`` answers ``/v2/health/ready`` (over TCP)."""
+    url = f"http://{address.host}:{address.http_port}/v2/health/ready"
+    headers = {instance_token.HEADER.decode(): token} if token else None
+    try:
+        response = await http.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        log.debug("probe %s: %s", url, exc)
+        return False
+    log.debug("probe %s: %d", url, response.status_code)
+    return response.status_code == 200
 
 
 def _same_instance(pid: int, instance_id: str) -> bool:
@@ -115,9 +131,21 @@ class _Watched:
 
 
 class LocalRuntime(Runtime):
-    def __init__(self, logs_dir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        logs_dir: Path,
+        host: str = "127.0.0.1",
+        *,
+        die_with_parent: bool = False,
+        unix_socket: bool = True,
+    ) -> None:
         self.logs_dir = logs_dir
         self.host = host
+        #: instances get SIGTERM when the starting thread dies (a Ray actor's supervisor:
+        #: its processor must not outlive it); the control plane's own instances outlive it
+        self.die_with_parent = die_with_parent
+        #: serve an abstract Unix socket too (only useful to a gateway on this machine)
+        self.unix_socket = unix_socket
         self._instances: dict[str, _Watched] = {}
         self._http = httpx.AsyncClient(timeout=2.0)
 
@@ -130,11 +158,11 @@ class LocalRuntime(Runtime):
             free_port(self.host),
             free_port(self.host),
             free_port(self.host),
-            unix_socket_name(launch.instance_id),
+            unix_socket_name(launch.instance_id) if self.unix_socket else None,
         )
         path = self.log_path(launch.service, launch.instance_id)
         try:
-            process = self._spawn(launch, address, path)
+            process = self._spawn(launch, address, path, self.die_with_parent)
         except OSError as exc:
             raise StartError(str(exc)) from exc
         address = dataclasses.replace(address, pid=process.pid)
@@ -144,13 +172,18 @@ class LocalRuntime(Runtime):
         return address
 
     @staticmethod
-    def _spawn(launch: Launch, address: Address, path: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        launch: Launch, address: Address, path: Path, die_with_parent: bool
+    ) -> subprocess.Popen[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         cpus = set(launch.cpus)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl if die_with_parent else None
 
         def pin() -> None:  # runs in the child between fork and exec
             if cpus:
                 os.sched_setaffinity(0, cpus)
+            if prctl is not None:
+                prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
         with open(path, "ab") as log_file:
             return subprocess.Popen(
@@ -225,16 +258,7 @@ class LocalRuntime(Runtime):
         watched = self._instances.get(instance_id)
         if watched is None:
             return False
-        a = watched.address
-        url = f"http://{a.host}:{a.http_port}/v2/health/ready"
-        headers = {instance_token.HEADER.decode(): watched.token} if watched.token else None
-        try:
-            response = await self._http.get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            log.debug("probe %s: %s", url, exc)
-            return False
-        log.debug("probe %s: %d", url, response.status_code)
-        return response.status_code == 200
+        return await probe_ready(self._http, watched.address, watched.token)
 
     async def in_flight(self, instance_id: str) -> int:
         """The sum of the processor's ``nv_inference_pending_request_count`` (its
