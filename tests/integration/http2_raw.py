@@ -14,6 +14,7 @@ from pathlib import Path
 import hpack
 
 from openeas.protocol import http2 as h2
+from openeas.testing.onnx_models import write_identity_model, write_model_config
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
@@ -135,3 +136,18 @@ def _status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def write_identity_repository(repository: Path) -> None:
+    """An ONNX ``identity`` model (FP32 INPUT0 -> OUTPUT0, any length, no batching)."""
+    write_identity_model(repository / "identity" / "1", "FP32", (-1,))
+    write_model_config(
+        repository / "identity",
+        """
+name: "identity"
+backend: "onnxruntime"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+""",
+    )

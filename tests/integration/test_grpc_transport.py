@@ -23,29 +23,15 @@ from openeas.protocol import http2 as h2
 from openeas.protocol.types import InferRequest, InferResponse
 from openeas.server.frontends.grpc import GrpcFrontend
 from openeas.server.options import ServerOptions
-from openeas.testing.onnx_models import write_identity_model, write_model_config
 from openeas.testing.server import ServerProcess, start_server
-from tests.integration.http2_raw import RawClient
+from tests.integration.http2_raw import INFER, LIVE, RawClient, write_identity_repository
 from tests.integration.http2_raw import message as _message
-
-LIVE = "/inference.GRPCInferenceService/ServerLive"
-INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repository = tmp_path_factory.mktemp("transport_repo")
-    write_identity_model(repository / "identity" / "1", "FP32", (-1,))
-    write_model_config(
-        repository / "identity",
-        """
-name: "identity"
-backend: "onnxruntime"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-""",
-    )
+    write_identity_repository(repository)
     process = start_server(repository, log_path=tmp_path_factory.mktemp("logs") / "server.log")
     yield process
     assert process.stop() == 0, process.log()

@@ -23,9 +23,8 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from openeas.testing.gateway import GatewayThread, upstream_of
-from openeas.testing.onnx_models import write_identity_model, write_model_config
 from openeas.testing.server import ServerProcess, start_server
-from tests.integration.http2_raw import INFER, LIVE, message
+from tests.integration.http2_raw import INFER, LIVE, message, write_identity_repository
 
 MAX_STREAMS = 64
 TOKEN = "conformance-token"
@@ -34,17 +33,7 @@ TOKEN = "conformance-token"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repository = tmp_path_factory.mktemp("conformance_repo")
-    write_identity_model(repository / "identity" / "1", "FP32", (-1,))
-    write_model_config(
-        repository / "identity",
-        """
-name: "identity"
-backend: "onnxruntime"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-""",
-    )
+    write_identity_repository(repository)
     process = start_server(
         repository,
         f"--grpc-max-concurrent-streams={MAX_STREAMS}",

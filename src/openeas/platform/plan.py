@@ -608,7 +608,7 @@ class _Planner:
             if short:
                 return short
             self._placed += 1
-            placeholder = InstanceView(
+            planned = InstanceView(
                 id=f"<new {self._placed}>",
                 version=self.d.version,
                 status=InstanceStatus.PENDING,
@@ -616,7 +616,7 @@ class _Planner:
                 created_at=math.inf,  # newest of all
                 launched_at=self.now,
             )
-            self.insts[placeholder.id] = placeholder
+            self.insts[planned.id] = planned  # counts as an instance for the rest of the plan
             self.actions.append(Create(self.d.version))
         return None
 

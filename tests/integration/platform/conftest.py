@@ -7,6 +7,7 @@ instances); any instance process still alive after that is killed by pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,6 +159,17 @@ def service_doc(name: str, repository: str | Path, **metadata: Any) -> dict[str,
     }
 
 
+@contextlib.contextmanager
+def platform_running(plat: Platform) -> Iterator[Platform]:
+    """Start ``plat``; on exit stop it and kill any instance it leaves behind."""
+    plat.start()
+    try:
+        yield plat
+    finally:
+        plat.stop()
+        _kill_leftovers(plat.seen_pids)
+
+
 def _kill_leftovers(pids: set[int]) -> None:
     for pid in pids:
         try:
@@ -182,9 +194,5 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "--log-level=warning",
     ]
     plat = Platform(home, api, http, grpc, args)
-    plat.start()
-    try:
+    with platform_running(plat):
         yield plat
-    finally:
-        plat.stop()
-        _kill_leftovers(plat.seen_pids)

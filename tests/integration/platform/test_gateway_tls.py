@@ -18,8 +18,8 @@ from openeas.testing.certs import HAVE_OPENSSL, make_certificates
 from openeas.testing.server import free_port
 from tests.integration.platform.conftest import (
     Platform,
-    _kill_leftovers,
     make_add_sub_repository,
+    platform_running,
     service_doc,
 )
 
@@ -46,12 +46,8 @@ def tls_platform(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Itera
         "--log-level=warning",
     ]
     plat = Platform(home, api, http, grpc, args)
-    plat.start()
-    try:
+    with platform_running(plat):
         yield plat
-    finally:
-        plat.stop()
-        _kill_leftovers(plat.seen_pids)
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from openeas.testing.server import free_port
 from tests.integration.conftest import wait_until
 from tests.integration.platform.conftest import (
     Platform,
-    _kill_leftovers,
     make_add_sub_repository,
+    platform_running,
     service_doc,
 )
 from tests.integration.platform.test_eascmd import infer
@@ -57,12 +57,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "--access-log-sample=2",
     ]
     plat = Platform(home, api, http, grpc, args)
-    plat.start()
-    try:
+    with platform_running(plat):
         yield plat
-    finally:
-        plat.stop()
-        _kill_leftovers(plat.seen_pids)
 
 
 def _mode(path: Path) -> int:

@@ -22,8 +22,8 @@ from openeas.testing.server import free_port
 from tests.integration.conftest import wait_until
 from tests.integration.platform.conftest import (
     Platform,
-    _kill_leftovers,
     make_add_sub_repository,
+    platform_running,
     service_doc,
 )
 from tests.integration.platform.test_eascmd import Load, infer, instances, running
@@ -89,12 +89,8 @@ def ray_platform(
         "--log-level=info",
     ]
     plat = Platform(home, api, http, grpc, args, extra_env=store.env())
-    plat.start()
-    try:
+    with platform_running(plat):
         yield plat
-    finally:
-        plat.stop()
-        _kill_leftovers(plat.seen_pids)
 
 
 @pytest.fixture(scope="module")
