@@ -114,6 +114,14 @@ def gateway_tls(cert: str | None, key: str | None) -> GatewayTls | None:
     "its nodes) or ray://HOST:10001 [env: RAY_ADDRESS]",
 )
 @click.option(
+    "--storage-port",
+    type=_PORT,
+    default=8333,
+    show_default=True,
+    help="with --runtime ray and no OPENEAS_STORAGE_ENDPOINT: the port of the S3 server "
+    "the platform runs for oss:// and s3:// (on --host; see docs/cluster.md)",
+)
+@click.option(
     "--restart-backoff", type=float, default=1.0, hidden=True, help="first restart delay (s)"
 )
 @click.option(
@@ -193,6 +201,7 @@ def up(
     gpus: int | None,
     runtime: str,
     ray_address: str | None,
+    storage_port: int,
     restart_backoff: float,
     restart_backoff_reset: float,
     crashloop_restarts: int,
@@ -309,14 +318,28 @@ def _supervise(
         f"--log-backups={log_options.backups}",
         *(f"--{name.replace('_', '-')}={p[name]}" for name in ("tls_cert", "tls_key") if p[name]),
     ]
-    options = SupervisedPlatform(
-        p["host"], p["api_port"], p["http_port"], p["grpc_port"], control_args, gateway_args
-    )
     configure_logs(log_options)
     try:
+        options = SupervisedPlatform(
+            p["host"], p["api_port"], p["http_port"], p["grpc_port"], control_args, gateway_args,
+            services=_embedded_storage(p["runtime"], p["host"], p["storage_port"]),
+        )  # fmt: skip
         supervise(options, openeas_home())
     except (PlatformError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _embedded_storage(runtime: str, host: str, port: int) -> dict[str, list[str]]:
+    """The embedded S3 server's components where the Ray runtime has no endpoint; the
+    local runtime keeps its directory store (see :mod:`openeas.storage.embedded_s3`)."""
+    from openeas.storage import embedded_s3
+    from openeas.storage.config import ENDPOINT_ENV
+
+    home = openeas_home()
+    if runtime != "ray" or os.environ.get(ENDPOINT_ENV):
+        embedded_s3.forget(home)
+        return {}
+    return embedded_s3.EmbeddedS3.prepare(home, host, port).components()
 
 
 def _detach(

@@ -206,6 +206,9 @@ class SupervisedPlatform:
     #: ``openeas gateway`` flags (besides the API, ports and sockets)
     gateway_args: list[str]
     stop_grace: float = 30.0
+    #: more processes to run and restart (name -> command line), stopped last: the
+    #: embedded S3 server of the Ray runtime (:mod:`openeas.storage.embedded_s3`)
+    services: dict[str, list[str]] = field(default_factory=dict)
 
 
 def cli(*args: str) -> list[str]:
@@ -251,7 +254,8 @@ def supervise(options: SupervisedPlatform, home: Path) -> None:
         "gateway_http": options.http_port,
         "gateway_grpc": options.grpc_port,
     }
-    supervisor = Supervisor(info, [control, gateway])
+    services = [Component(name, argv, stop_timeout=10) for name, argv in options.services.items()]
+    supervisor = Supervisor(info, [control, gateway, *services])
     log.info("platform up: API %s, gateway :%d/:%d", api, options.http_port, options.grpc_port)
     try:
         supervisor.run()

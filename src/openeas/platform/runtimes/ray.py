@@ -36,10 +36,13 @@ from typing import Any
 
 import httpx
 
+from openeas.home import openeas_home
 from openeas.platform.errors import PlatformError
 from openeas.platform.resources import ResourceGroup, pick_cores
 from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
 from openeas.platform.runtimes.local import LocalRuntime, probe_ready
+from openeas.storage import embedded_s3
+from openeas.storage.config import ENDPOINT_ENV
 
 log = logging.getLogger("openeas.platform")
 
@@ -50,6 +53,8 @@ GROUP_PREFIX = "openeas_group_"
 GROUP_UNIT = 0.001
 #: the platform's environment variables that instances on other nodes need too
 STORAGE_ENV_PREFIX = "OPENEAS_STORAGE_"
+#: how long the control plane waits for the embedded S3 server at start-up
+STORAGE_START_TIMEOUT = 60.0
 #: log lines an actor hands over with its exit (the node may be gone when they are asked)
 _EXIT_TAIL = 50
 
@@ -207,8 +212,27 @@ class RayCluster:
             return str(cause) if cause is not None else str(exc).strip().splitlines()[-1]
         return None
 
+    def node_ip(self) -> str:
+        """This machine's address in the cluster (what other nodes reach it at)."""
+        return str(self.ray.util.get_node_ip_address())
+
     def close(self) -> None:
         self.ray.shutdown()  # the detached actors keep running
+
+
+def storage_env(node_ip: str) -> dict[str, str]:
+    """Where instances on any node read ``oss://``/``s3://``: the platform's configured
+    ``OPENEAS_STORAGE_*`` endpoint, else the S3 server ``openeas up`` runs on this machine
+    (reached at ``node_ip`` when it listens on every interface); {} when neither."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIX)}
+    if env.get(ENDPOINT_ENV):
+        return env
+    embedded = embedded_s3.instance_env(openeas_home(), node_ip)
+    # The supervisor starts the server beside this process: instances (and `openeas cp`
+    # after `openeas up --detach` returns) need it answering first.
+    if embedded and not embedded_s3.wait_ready(embedded[ENDPOINT_ENV], STORAGE_START_TIMEOUT):
+        log.warning("the embedded S3 server does not answer at %s", embedded[ENDPOINT_ENV])
+    return embedded or env
 
 
 def groups_of(nodes: list[dict[str, Any]]) -> list[ResourceGroup]:
@@ -266,7 +290,7 @@ class RayRuntime(Runtime):
         self._groups: tuple[float, list[ResourceGroup]] = (0.0, [])
         #: handed to every instance: where oss:// and s3:// go (the nodes' own environment
         #: does not know); never logged
-        self._env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIX)}
+        self._env = storage_env(self.cluster.node_ip())
 
     # -- resource groups --------------------------------------------------------------
 
