@@ -8,9 +8,11 @@ as a user does.  They run in order: the node-loss test removes worker ``a`` last
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 
 from openeas.testing.seaweedfs import SeaweedFS, start_seaweedfs
 from openeas.testing.server import free_port
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import copy_test_model, wait_until
 from tests.integration.platform.conftest import (
     Platform,
     make_add_sub_repository,
@@ -188,6 +190,57 @@ def test_a_service_too_big_for_its_group_waits_with_the_reason(
         assert "insufficient cpu: need 5, 3 of 4 free in resource group 'pool'" in desc["message"]
     finally:
         ray_platform.ok("delete", "-y", "too_big")
+
+
+def test_in_flight_counts_the_requests_pending_on_an_instance_on_another_node(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """What a drain waits for: the pending requests of an instance on worker ``b``, read
+    through its actor (its own namespace: the platform above never sees it)."""
+    import httpx
+
+    from openeas.platform.runtimes.base import Launch
+    from openeas.platform.runtimes.ray import RayCluster, RayRuntime
+
+    repo = tmp_path / "models"
+    copy_test_model(repo, "slow", replace={'string_value: "0.2"': 'string_value: "2"'})
+    launch = Launch("in-flight-1", "in_flight", [f"--model-repository={repo}"], resource="pool")
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+
+    async def poll(check: Any, what: str, timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while not (result := await check()):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+        return result
+
+    async def scenario(runtime: RayRuntime) -> None:
+        address = await runtime.start(launch)
+        assert address.node == nodes.b.node_id
+        await poll(lambda: runtime.probe(launch.instance_id), "the instance ready")
+        assert await runtime.in_flight(launch.instance_id) == 0
+        url = f"http://{address.host}:{address.http_port}/v2/models/slow/infer"
+        async with httpx.AsyncClient(timeout=60) as client:
+            sent = [asyncio.create_task(client.post(url, json=body)) for _ in range(2)]
+
+            async def both_pending() -> bool:
+                return await runtime.in_flight(launch.instance_id) == 2
+
+            await poll(both_pending, "two requests in flight")
+            assert [r.status_code for r in await asyncio.gather(*sent)] == [200, 200]
+        assert await runtime.in_flight(launch.instance_id) == 0
+
+    async def main() -> None:
+        cluster = RayCluster(nodes.cluster.address, namespace="openeas_in_flight_test")
+        runtime = RayRuntime(nodes.cluster.address, tmp_path / "logs", cluster=cluster)
+        try:
+            await scenario(runtime)
+        finally:
+            await runtime.stop(launch.instance_id, 10)
+            runtime.forget(launch.instance_id)
+            await runtime.close()
+
+    asyncio.run(main())
 
 
 def test_a_restarted_platform_re_adopts_its_actors_and_stops_orphans(

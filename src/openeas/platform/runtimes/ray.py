@@ -109,6 +109,12 @@ class InstanceActor:
         tail, _ = self.read_log(_EXIT_TAIL, None)
         return ended, tail
 
+    async def in_flight(self) -> int:
+        """The processor's pending requests (its metrics, read on its node)."""
+        if self.launch is None:
+            return 0
+        return await self.runtime.in_flight(self.launch.instance_id)
+
     def read_log(self, tail: int | None, offset: int | None) -> tuple[str, int]:
         if self.launch is None:
             return "", 0
@@ -380,6 +386,20 @@ class RayRuntime(Runtime):
         if tracked is None or tracked.exit is not None:
             return False
         return await probe_ready(self._http, tracked.address, tracked.token)
+
+    async def in_flight(self, instance_id: str) -> int:
+        """Asked of the instance's actor, which reads its processor's metrics on its node
+        (as the local runtime does); 0 when it cannot tell."""
+        tracked = self._instances.get(instance_id)
+        if tracked is None or tracked.exit is not None:
+            return 0
+        try:
+            return int(
+                await self.cluster.acall(tracked.actor, "in_flight", timeout=self.call_timeout)
+            )
+        except Exception as exc:
+            log.debug("instance %s: in-flight count unknown: %s", instance_id, exc)
+            return 0
 
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
