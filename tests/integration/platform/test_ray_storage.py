@@ -106,13 +106,11 @@ def test_the_credentials_are_private_and_never_logged(ray_platform: Platform) ->
     for path in (state, ray_platform.home / "s3" / "identities.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     logs = [ray_platform.home / "platform-test.log", *(ray_platform.home / "logs").rglob("*")]
-    logs += [
-        p for p in (ray_platform.home / "s3").glob("*") if ".log" in p.name or "INFO" in p.name
-    ]
-    assert len([p for p in logs if p.is_file()]) >= 3  # platform, instance and weed logs
-    for path in logs:
-        if path.is_file():
-            assert secret not in path.read_text(errors="replace"), path
+    files = [p for p in logs if p.is_file()]
+    assert any("s3" in p.parts for p in files)  # weed's own log files
+    assert any("instances" in p.parts for p in files)
+    for path in files:
+        assert secret not in path.read_text(errors="replace"), path
 
 
 def test_the_s3_server_is_restarted_with_its_objects(ray_platform: Platform) -> None:
