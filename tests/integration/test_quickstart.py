@@ -208,3 +208,33 @@ def test_journey_with_a_real_s3_server(
     assert "models/inception_graphdef/1/model.graphdef" in keys
     # Nothing went to the embedded store: the endpoint was used.
     assert not (tmp_path / "home" / "buckets").exists()
+
+
+@pytest.mark.ray
+def test_journey_on_a_two_node_ray_cluster(tmp_path: Path, models_dir: Path) -> None:
+    """``--runtime ray``: a local two-node Ray cluster started by the script, the model in
+    the platform's own S3 server, one instance per node after the scale to 2."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'openeas[ray]')")
+    env = journey_env(tmp_path / "home", models_dir)
+    env.pop("RAY_ADDRESS", None)
+    env["OPENEAS_QUICKSTART_RAY_PORT"] = str(free_port())
+    env["OPENEAS_UP_ARGS"] += f" --storage-port {free_port()}"
+    pids = tmp_path / "home" / "quickstart-ray.pids"
+    try:
+        out = run_quickstart(env, "--runtime", "ray", "--cleanup")
+    finally:
+        shut_down(env)
+        if pids.exists():  # the script failed before its cleanup: stop its Ray nodes
+            for pid in pids.read_text().split():
+                subprocess.run(["kill", pid], check=False)
+    check_journey_output(out)
+    assert "Ray cluster of 2 node(s)" in out and "[OK] OpenEAS is down" in out
+    # The scale-to-2 table: two running instances, on two different Ray nodes.
+    header = next(line for line in out.splitlines() if "| Node " in line)
+    column = [c.strip() for c in header.split("|")].index("Node")
+    rows = [line for line in out.splitlines() if "| Running |" in line]
+    assert len({[c.strip() for c in row.split("|")][column] for row in rows[:2]}) == 2
+    # The model went to the platform's S3 server, not the directory store.
+    assert not (tmp_path / "home" / "buckets").exists()
+    assert (tmp_path / "home" / "s3" / "data").is_dir()
+    assert not pids.exists()  # --cleanup stopped the Ray nodes it started

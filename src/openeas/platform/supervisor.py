@@ -12,6 +12,9 @@ the routes through the API), and restarts either within a second when it dies.
   supervisor's own lines about starts, exits and restarts.
 * ``$OPENEAS_HOME/platform.json`` names the supervisor's pid (``openeas down`` signals
   it) and each component's pid, start time and restarts (``openeas status``).
+* With the Ray runtime and no storage endpoint it also runs the embedded S3 server's
+  two processes (:mod:`openeas.storage.embedded_s3`), restarted like the others and
+  stopped last.
 * The components die with the supervisor (``PR_SET_PDEATHSIG``): a killed supervisor
   leaves no orphaned gateway holding the ports; instances keep running and the next
   ``openeas up`` adopts them.
