@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,7 +100,9 @@ def test_cp_and_upload_reach_an_instance_on_another_node(
     assert {"object-store", "s3"} <= set(_components(ray_platform))
 
 
-def test_the_credentials_are_private_and_never_logged(ray_platform: Platform) -> None:
+def test_the_credentials_are_private_and_never_logged(
+    ray_platform: Platform, worker: tuple[Any, str]
+) -> None:
     state = ray_platform.home / "s3" / "storage.json"
     secret = json.loads(state.read_text())["secret_key"]
     assert len(secret) >= 30
@@ -111,6 +114,12 @@ def test_the_credentials_are_private_and_never_logged(ray_platform: Platform) ->
     assert any("instances" in p.parts for p in files)
     for path in files:
         assert secret not in path.read_text(errors="replace"), path
+    # nor in Ray's own logs (the instance's actor got the keys in its constructor)
+    ray_logs = Path(worker[0].head_node.get_session_dir_path()) / "logs"
+    ray_files = [p for p in ray_logs.rglob("*") if p.is_file()]
+    assert ray_files
+    for path in ray_files:
+        assert secret.encode() not in path.read_bytes(), path
 
 
 def test_the_s3_server_is_restarted_with_its_objects(ray_platform: Platform) -> None:
