@@ -137,7 +137,7 @@ async def test_the_cron_time_is_set_by_a_new_or_changed_cronscaler_only(p: Plane
     changed = {"ScaleJobs": [{**CRONSCALER["ScaleJobs"][0], "TargetSize": 2}]}
     p.control.set_elastic("svc", "cronscaler", changed)
     second = p.store.service("svc").cron_set_at
-    assert second is not None and second >= first and "CronScalerSet" in p.reasons()
+    assert second is not None and second > first and "CronScalerSet" in p.reasons()
     p.control.remove_elastic("svc", "cronscaler")
     assert p.store.service("svc").cron_set_at is None
 
@@ -172,3 +172,13 @@ async def test_bad_documents_change_nothing(p: Plane, field: str, value: Any, er
     assert (record.latest_version, record.replicas) == (1, 1)
     assert p.reasons() == events
     assert p.control.describe("svc")["autoscaler"] == AUTOSCALER
+
+
+async def test_modify_merges_into_the_autoscaler_and_null_removes_it(p: Plane) -> None:
+    p.control.create(p.doc(1, autoscaler=AUTOSCALER))
+    p.store.set_replicas("svc", 2, "AutoscalerScaled", "1 -> 2")
+    view = p.control.modify("svc", {"autoscaler": {"max": 10}})  # -Dautoscaler.max=10
+    assert view["autoscaler"] == {**AUTOSCALER, "max": 10} and view["replicas"] == 2
+    view = p.control.modify("svc", {"autoscaler": None})  # -Dautoscaler=null
+    assert view["autoscaler"] is None and view["replicas"] == 2
+    assert p.store.spec("svc", view["current_version"])["metadata"]["instance"] == 2
