@@ -7,6 +7,7 @@ open.  Errors answer ``{"code", "message"[, "errors"]}`` with the error type's s
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -18,9 +19,9 @@ from pydantic import BaseModel
 from openeas import __version__
 from openeas.platform.auth import AccessKey, NonceCache, verify, verify_bearer
 from openeas.platform.control import ControlPlane
-from openeas.platform.errors import FieldError, PlatformError
+from openeas.platform.errors import FieldError, NotFoundError, PlatformError
 from openeas.platform.routefeed import RouteFeed
-from openeas.platform.spec import parse_spec_text
+from openeas.platform.spec import ELASTIC_FIELDS, parse_spec_text
 from openeas.platform.status import ServiceStatus
 
 PREFIX = "/api/v1"
@@ -82,6 +83,43 @@ def _route_watch(app: FastAPI, feed: RouteFeed, token: str | None, signed: Any) 
         if not feed.ready:
             raise NotReadyError("the control plane is starting or stopping: no routes now")
         return await feed.watch(since, timeout, gateway or "anonymous")
+
+
+async def _any_json(request: Request) -> Any:
+    """A JSON body of any type (the parsers name the field when it is not an object)."""
+    body = await request.body()
+    try:
+        return json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlatformError(f"the body is not valid JSON: {exc}") from None
+
+
+def _elastic_routes(api: APIRouter, control: ControlPlane) -> None:
+    """``/services/{name}/autoscaler`` and ``/services/{name}/cronscaler``: GET (404
+    without one), PUT the document (either EAS form; a new version, the instances keep
+    running), DELETE (off; the count stays)."""
+    for field in ELASTIC_FIELDS:
+        get, put, delete = _elastic_handlers(control, field)
+        path = f"/services/{{name}}/{field}"
+        api.get(path, summary=f"A service's {field} as written")(get)
+        api.put(path, summary=f"Set a service's {field} (a new version)")(put)
+        api.delete(path, summary=f"Turn a service's {field} off")(delete)
+
+
+def _elastic_handlers(control: ControlPlane, field: str) -> tuple[Any, Any, Any]:
+    async def get(name: str) -> dict[str, Any]:
+        value: dict[str, Any] | None = control.describe(name)[field]
+        if value is None:
+            raise NotFoundError(f"service {name!r} has no {field}")
+        return value
+
+    async def put(name: str, request: Request) -> dict[str, Any]:
+        return control.set_elastic(name, field, await _any_json(request))
+
+    async def delete(name: str) -> dict[str, Any]:
+        return control.remove_elastic(name, field)
+
+    return get, put, delete
 
 
 def create_app(
@@ -151,6 +189,8 @@ def create_app(
     async def delete(name: str) -> dict[str, str]:
         control.delete(name)
         return {"name": name, "status": ServiceStatus.DELETING}
+
+    _elastic_routes(api, control)
 
     @api.get("/services/{name}/versions", summary="List a service's versions")
     async def versions(name: str) -> list[dict[str, Any]]:

@@ -335,7 +335,8 @@ class Reconciler:
             token=service.token,
             desired=service.desired,
             version=version,
-            instances=m.instance,
+            # the count set at create, by a manual change or by the autoscaler/cron controller
+            instances=service.replicas,
             demand=_demand(spec),
             resource=m.resource,
             limits=gateway_limits(m),
