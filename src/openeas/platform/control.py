@@ -22,6 +22,7 @@ from openeas.platform.resources import ResourceGroup
 from openeas.platform.spec import ServiceSpec, merge_spec, validate_spec
 from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 from openeas.platform.store import ServiceRecord, Store
+from openeas.platform.traffic import TrafficBook
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class ControlPlane:
         self.store = store
         self.reconciler = reconciler
         self.endpoints = endpoints
+        #: the gateways' traffic reports (``POST /api/v1/gateway/traffic``), which the
+        #: autoscaler samples; set ``traffic.on_waiting`` to hear of held requests at once
+        self.traffic = TrafficBook()
 
     @property
     def groups(self) -> dict[str, ResourceGroup]:
