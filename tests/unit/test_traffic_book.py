@@ -24,7 +24,9 @@ def _doc(boot: str = "b1", **services: tuple[int, int, int, int]) -> dict[str, A
     keys = ("answered", "in_flight", "waiting", "ready")
     return {
         "boot": boot,
-        "services": {name: dict(zip(keys, counts, strict=True)) for name, counts in services.items()},
+        "services": {
+            name: dict(zip(keys, counts, strict=True)) for name, counts in services.items()
+        },
     }
 
 
@@ -166,7 +168,9 @@ def test_bad_reports_get_a_json_error_and_the_api_keeps_serving(
 ) -> None:
     book = TrafficBook()
     client = _client(book)
-    response = client.post(PATH, content=body, headers={**BEARER, "content-type": "application/json"})
+    response = client.post(
+        PATH, content=body, headers={**BEARER, "content-type": "application/json"}
+    )
     assert response.status_code == status
     assert words in response.json()["message"]
     assert client.get(PATH, headers=BEARER).json() == {"gateways": [], "services": {}}
