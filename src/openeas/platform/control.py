@@ -24,6 +24,7 @@ from openeas.platform.resources import ResourceGroup
 from openeas.platform.spec import ELASTIC_FIELDS, ServiceSpec, merge_spec, validate_spec
 from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 from openeas.platform.store import ServiceRecord, Store
+from openeas.platform.traffic import TrafficBook
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,9 @@ class ControlPlane:
         self.store = store
         self.reconciler = reconciler
         self.endpoints = endpoints
+        #: the gateways' traffic reports (``POST /api/v1/gateway/traffic``), which the
+        #: autoscaler samples; set ``traffic.on_waiting`` to hear of held requests at once
+        self.traffic = TrafficBook()
 
     @property
     def groups(self) -> dict[str, ResourceGroup]:

@@ -150,6 +150,7 @@ async def serve(options: PlatformOptions) -> None:
         feed=feed,
         gateway_token=load_or_create_gateway_token(),
         scrape=[options.gateway_metrics] if options.gateway_metrics else None,
+        traffic=control.traffic,
     )
     server = _Server(
         uvicorn.Config(

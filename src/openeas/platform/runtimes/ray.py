@@ -104,6 +104,11 @@ class InstanceActor:
         tail, _ = self.read_log(_EXIT_TAIL, None)
         return ended, tail
 
+    async def cpu_seconds(self) -> float | None:
+        if self.launch is None:
+            return None
+        return await self.runtime.cpu_seconds(self.launch.instance_id)
+
     def read_log(self, tail: int | None, offset: int | None) -> tuple[str, int]:
         if self.launch is None:
             return "", 0
@@ -356,6 +361,19 @@ class RayRuntime(Runtime):
         if tracked is None or tracked.exit is not None:
             return False
         return await probe_ready(self._http, tracked.address, tracked.token)
+
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        tracked = self._instances.get(instance_id)
+        if tracked is None or tracked.exit is not None:
+            return None
+        try:  # measured on the instance's node, by its actor
+            seconds = await self.cluster.acall(
+                tracked.actor, "cpu_seconds", timeout=self.call_timeout
+            )
+        except Exception as exc:
+            log.debug("instance %s: CPU time unreadable: %s", instance_id, exc)
+            return None
+        return None if seconds is None else float(seconds)
 
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
