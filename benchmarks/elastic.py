@@ -129,7 +129,9 @@ def cold_start(plat: Platform, repo: Path, repeat: int) -> tuple[list[float], li
     zero_s, bare_s = [], []
     headers = {"Authorization": token}
     for i in range(repeat):
-        _poll(lambda: plat.desc(name)["replicas"] == 0 and plat.ready_instances(name) == 0, every=0.3)
+        _poll(
+            lambda: plat.desc(name)["replicas"] == 0 and plat.ready_instances(name) == 0, every=0.3
+        )
         client = plat.client(name)
         started = time.perf_counter()
         client.infer("simple", _inputs(), headers=headers)
@@ -143,7 +145,9 @@ def cold_start(plat: Platform, repo: Path, repeat: int) -> tuple[list[float], li
         bare_s.append(time.perf_counter() - started)
         bare.close()
         server.stop()
-        print(f"run {i}: first request at zero {zero_s[-1]:.2f}s, bare start + request {bare_s[-1]:.2f}s")
+        print(
+            f"run {i}: first request at zero {zero_s[-1]:.2f}s, bare start + request {bare_s[-1]:.2f}s"
+        )
     plat.eascmd("delete", "-y", name)
     return zero_s, bare_s
 
@@ -192,8 +196,8 @@ def load_step(
         started = time.perf_counter()
         for thread in load.threads:
             thread.start()
-        decided = _poll(lambda: plat.desc(name)["replicas"] >= want, every=0.1)
-        ready = _poll(lambda: plat.ready_instances(name) >= want, every=0.1)
+        decided = _poll(lambda n=name: plat.desc(n)["replicas"] >= want, every=0.1)
+        ready = _poll(lambda n=name: plat.ready_instances(n) >= want, every=0.1)
         load.stop.set()
         for thread in load.threads:
             thread.join(60)

@@ -10,7 +10,6 @@ their second.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,12 @@ from openeas.platform.resources import ResourceGroup
 from openeas.platform.scaling import ScaleReason, ScalingController
 from openeas.platform.spec import validate_spec
 from openeas.platform.store import Store
+from openeas.platform.traffic import ServiceTraffic as Traffic
 from openeas.testing.fake_runtime import FakeRuntime
 
 GROUP = ResourceGroup("default", cpu=16, memory=64000, gpu=0)
 #: 2026-12-06 10:00:00 UTC
 T0 = datetime(2026, 12, 6, 10, 0, 0, tzinfo=UTC).timestamp()
-
-
-@dataclass
-class Traffic:
-    rate: float = 0.0
-    in_flight: int = 0
 
 
 class FakeTraffic:
@@ -73,13 +67,21 @@ class Harness:
             **extra,
         }
         spec = validate_spec(doc)
-        self.store.create_service("svc", spec.token, spec.to_json())
+        cron_set_at = self.wall if "cronscaler" in extra else None
+        self.store.create_service("svc", spec.token, spec.to_json(), cron_set_at)
 
     async def advance(self, seconds: float) -> None:
         """``seconds`` pass; the controller decides once."""
         self.mono += seconds
         self.wall += seconds
         await self.controller.tick()
+
+    async def reconcile(self, ticks: int = 3) -> None:
+        """The reconciler acts (its background repository sync finishes between ticks)."""
+        for _ in range(ticks):
+            await self.reconciler.tick()
+            for task in list(self.reconciler._syncing.values()):
+                await task
 
     @property
     def replicas(self) -> int:
@@ -115,7 +117,7 @@ async def test_a_load_step_scales_up_at_once_with_its_reason(h: Harness) -> None
     (message,) = h.events(ScaleReason.SCALE_UP)
     assert "qps 35/instance (threshold 10) -> 4" in message and "1 -> 4" in message
     # the reconciler acts on the new count
-    await h.reconciler.tick()
+    await h.reconcile()
     assert len(h.runtime.instances) == 4
     described = h.controller.describe("svc")
     assert described is not None and described["lastDecision"]["desired"] == 4
@@ -234,3 +236,24 @@ async def test_a_manual_count_is_where_the_autoscaler_goes_on_from(h: Harness) -
     await h.advance(1)
     await h.advance(1)
     assert h.replicas == 3
+
+
+async def test_cpu_is_measured_from_the_runtime_per_instance_cores(h: Harness) -> None:
+    h.create(
+        autoscaler={
+            "min": 1,
+            "max": 4,
+            "scaleStrategies": [{"metricName": "cpu", "threshold": 50}],
+            "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0}},
+        }
+    )
+    await h.reconcile()
+    (instance_id,) = h.runtime.instances
+    h.runtime.set_cpu_seconds(instance_id, 10.0)
+    await h.advance(1)  # the first reading: no rate yet
+    assert h.replicas == 1
+    h.runtime.set_cpu_seconds(instance_id, 10.9)  # 0.9 s of CPU in 1 s on 1 core: 90%
+    await h.advance(1)
+    assert h.replicas == 2  # ceil(1 * 90 / 50)
+    (message,) = h.events(ScaleReason.SCALE_UP)
+    assert "cpu 90%" in message

@@ -21,6 +21,7 @@ from openeas.platform.errors import (
 )
 from openeas.platform.reconciler import Reconciler, counts
 from openeas.platform.resources import ResourceGroup
+from openeas.platform.scaling import ScalingController
 from openeas.platform.spec import ELASTIC_FIELDS, ServiceSpec, merge_spec, validate_spec
 from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 from openeas.platform.store import ServiceRecord, Store
@@ -96,6 +97,8 @@ class ControlPlane:
         #: the gateways' traffic reports (``POST /api/v1/gateway/traffic``), which the
         #: autoscaler samples; set ``traffic.on_waiting`` to hear of held requests at once
         self.traffic = TrafficBook()
+        #: the scaling controller (set by the daemon): its live state is part of desc
+        self.scaling: ScalingController | None = None
 
     @property
     def groups(self) -> dict[str, ResourceGroup]:
@@ -142,6 +145,7 @@ class ControlPlane:
             "autoscaler": spec.autoscaler,
             "cronscaler": spec.cronscaler,
             "cron_set_time": _iso(record.cron_set_at),
+            "scaling": self.scaling.describe(record.name) if self.scaling else None,
             "cpu": m.cpu,
             "memory": m.memory,
             "gpu": m.gpu,

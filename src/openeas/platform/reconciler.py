@@ -126,6 +126,12 @@ def gateway_limits(m: Metadata) -> ServiceLimits:
     )
 
 
+def _holds(spec: ServiceSpec) -> bool:
+    """Whether the gateway holds requests while the service has no ready instance."""
+    autoscaler = spec.autoscaler_spec()
+    return autoscaler is not None and autoscaler.min == 0
+
+
 def _demand(spec: ServiceSpec) -> Demand:
     m = spec.metadata
     return Demand(m.cpu, m.memory or 0, m.gpu)
@@ -340,6 +346,7 @@ class Reconciler:
             demand=_demand(spec),
             resource=m.resource,
             limits=gateway_limits(m),
+            hold=_holds(spec),
         )
         key = (name, version)
         observed = ObservedService(

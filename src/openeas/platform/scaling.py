@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import time
@@ -50,6 +49,7 @@ from openeas.platform.elastic.policy import (
 )
 from openeas.platform.errors import NotFoundError
 from openeas.platform.status import Desired, InstanceStatus
+from openeas.platform.traffic import ServiceTraffic
 
 if TYPE_CHECKING:
     from openeas.platform.reconciler import Reconciler
@@ -61,30 +61,18 @@ log = logging.getLogger(__name__)
 PERIOD = 1.0
 
 
-class Traffic(Protocol):
-    """What the controller reads of a service's traffic (platform.traffic.ServiceTraffic)."""
-
-    #: requests per second answered for the whole service, over the last seconds
-    rate: float
-    #: requests in flight at the gateways, those waiting in a queue included
-    in_flight: int
-
-
 class TrafficSource(Protocol):
-    def sample(self, service: str, now: float) -> Traffic: ...
+    """Where the controller reads a service's traffic (the control plane's
+    :class:`~openeas.platform.traffic.TrafficBook`, fed by the gateways' reports)."""
 
-
-@dataclass(frozen=True)
-class _NoTraffic:
-    rate: float = 0.0
-    in_flight: int = 0
+    def sample(self, service: str, now: float) -> ServiceTraffic: ...
 
 
 class NoTrafficSource:
     """For a control plane without gateways reporting (tests of the cron path alone)."""
 
-    def sample(self, service: str, now: float) -> Traffic:
-        return _NoTraffic()
+    def sample(self, service: str, now: float) -> ServiceTraffic:
+        return ServiceTraffic()
 
 
 # -- decisions as data --------------------------------------------------------------------
@@ -174,8 +162,7 @@ def cron_change(replicas: int, state: CronState) -> Change | None:
     if state.target is None or state.target == replicas or state.last is None:
         return None
     message = (
-        f"cron job {state.last.job!r} (fired {_iso(state.last.time)}): "
-        f"{replicas} -> {state.target}"
+        f"cron job {state.last.job!r} (fired {_iso(state.last.time)}): {replicas} -> {state.target}"
     )
     return Change(state.target, ScaleReason.CRON_SCALED, message)
 
@@ -344,9 +331,7 @@ class ScalingController:
         traffic = self.traffic.sample(name, now)
         per = max(replicas, 1)
         cpu = await self._cpu_percent(name, cores, now)
-        return Sample(
-            time=now, qps=traffic.rate / per, cpu=cpu / per, in_flight=traffic.in_flight
-        )
+        return Sample(time=now, qps=traffic.rate / per, cpu=cpu / per, in_flight=traffic.in_flight)
 
     async def _cpu_percent(self, name: str, cores: float, now: float) -> float:
         """The summed CPU use of the service's ready instances, in percent of one
@@ -360,9 +345,7 @@ class ScalingController:
                 continue
             if view.status != InstanceStatus.RUNNING:
                 continue
-            seconds = self.reconciler.runtime.cpu_seconds(view.id)
-            if inspect.isawaitable(seconds):
-                seconds = await seconds
+            seconds = await self.reconciler.runtime.cpu_seconds(view.id)
             if seconds is None:
                 continue
             readings[view.id] = (seconds, now)
@@ -379,8 +362,13 @@ class ScalingController:
                 self.store.add_event(name, step.reason, step.message)
                 continue
             self.store.set_replicas(name, step.replicas, step.reason, step.message)
-            log.info("service %s: %s -> %d instance(s): %s", name, step.reason, step.replicas,
-                     step.message)
+            log.info(
+                "service %s: %s -> %d instance(s): %s",
+                name,
+                step.reason,
+                step.replicas,
+                step.message,
+            )
             self.reconciler.wake()
 
     # -- what eascmd desc shows -------------------------------------------------------
@@ -393,7 +381,11 @@ class ScalingController:
         out: dict[str, Any] = {}
         if state.sample is not None:
             s = state.sample
-            out["metrics"] = {"qps": round(s.qps, 3), "cpu": round(s.cpu, 1), "inFlight": s.in_flight}
+            out["metrics"] = {
+                "qps": round(s.qps, 3),
+                "cpu": round(s.cpu, 1),
+                "inFlight": s.in_flight,
+            }
         if state.decision is not None:
             d = state.decision
             out["lastDecision"] = {

@@ -168,8 +168,9 @@ def test_scale_to_zero_holds_the_first_requests_and_serves_them(platform: Platfo
     token = _create(platform, name, autoscaler=autoscaler, metadata={"rpc.keepalive": 60000})
     wait_until(lambda: _running_with(platform, name, 1), timeout=120)
     # No traffic: after the 3 s grace the service has no instance left.
-    wait_until(lambda: _replicas(platform, name) == 0 and not _live_instances(platform, name),
-               timeout=120)
+    wait_until(
+        lambda: _replicas(platform, name) == 0 and not _live_instances(platform, name), timeout=120
+    )
     assert _events(platform, name, "ScaledToZero")
     assert _desc(platform, name)["instances"]["total"] == 0
 
