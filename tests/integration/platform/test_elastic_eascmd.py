@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from openeas.platform.auth import load_key, sign
+from tests.integration.conftest import wait_until
 from tests.integration.platform.conftest import Platform, make_add_sub_repository, service_doc
 
 NAME = "elastic_svc"
@@ -101,12 +102,17 @@ def test_autoscale_d_edits_the_current_autoscaler_without_a_restart(
     ]
     assert scaler["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 30
     assert scaler["behavior"]["onZero"]["scaleDownGracePeriodSeconds"] == 600
-    view = desc(platform)
-    assert view["status"] == "Running" and view["instances"]["running"] == 1
-    assert pids(platform) == before  # the same process: not restarted
-    assert [i["version"] for i in platform.json("instances", NAME)] == [version + 1]
+    # The new min raises the count to 2 at the controller's next decision; the first
+    # instance goes on as the same process.
+    wait_until(
+        lambda: desc(platform)["status"] == "Running"
+        and desc(platform)["instances"]["running"] == 2,
+        timeout=120,
+    )
+    assert set(before) <= set(pids(platform))  # the same process: not restarted
+    assert [i["version"] for i in platform.json("instances", NAME)] == [version + 1] * 2
     reasons = [e["reason"] for e in platform.json("events", NAME)]
-    assert "AutoscalerSet" in reasons
+    assert "AutoscalerSet" in reasons and "AutoscalerScaleUp" in reasons
 
 
 def test_autoscale_s_sets_the_older_form_as_written(
