@@ -212,7 +212,30 @@ def desc(name: str, as_json: bool) -> None:
     for key, field in (("Autoscaler", "autoscaler"), ("CronScaler", "cronscaler")):
         if view.get(field) is not None:  # as the user wrote it, on one line
             rows.append((key, json.dumps(view[field], ensure_ascii=False)))
+    rows.extend(_scaling_rows(view.get("scaling")))
     click.echo(key_value_table(rows))
+
+
+def _scaling_rows(scaling: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The scaling controller's live state: its last decision and the cron target."""
+    if not scaling:
+        return []
+    rows: list[tuple[str, Any]] = []
+    decision = scaling.get("lastDecision")
+    if decision:
+        rows.append(("LastScalingDecision", f"{decision['time']} {decision['reason']}"))
+    cron = scaling.get("cron")
+    if cron:
+        rows.append(("CronTarget", "" if cron["target"] is None else cron["target"]))
+        upcoming = cron.get("next")
+        if upcoming:
+            rows.append(
+                (
+                    "NextCronJob",
+                    f"{upcoming['job']} at {upcoming['time']}: {upcoming['targetSize']}",
+                )
+            )
+    return rows
 
 
 @main.command("list")

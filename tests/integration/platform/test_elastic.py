@@ -134,6 +134,7 @@ def test_load_step_scales_up_and_back_down_without_failures(platform: Platform) 
     assert load.failures == [], load.failures[:5]
     desc = _desc(platform, name)
     assert desc["scaling"]["lastDecision"]["desired"] == 1
+    assert "LastScalingDecision" in platform.ok("desc", name)
 
 
 def test_cron_job_fires_at_its_second(platform: Platform) -> None:
@@ -152,6 +153,8 @@ def test_cron_job_fires_at_its_second(platform: Platform) -> None:
     (scaled,) = _events(platform, name, "CronScaling")
     scaled_at = datetime.fromisoformat(scaled["time"].replace("Z", "+00:00"))
     assert fire_at <= scaled_at <= fire_at + timedelta(seconds=3), (fire_at, scaled_at)
+    table = platform.ok("desc", name)
+    assert "CronTarget" in table and "NextCronJob" in table and "burst at" in table
 
 
 def test_scale_to_zero_holds_the_first_requests_and_serves_them(platform: Platform) -> None:
