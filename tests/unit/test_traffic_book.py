@@ -3,6 +3,7 @@ and its endpoint on the API (in-process ASGI)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -174,3 +175,16 @@ def test_bad_reports_get_a_json_error_and_the_api_keeps_serving(
     assert response.status_code == status
     assert words in response.json()["message"]
     assert client.get(PATH, headers=BEARER).json() == {"gateways": [], "services": {}}
+
+
+def test_a_signed_report_is_taken_too() -> None:
+    import json
+
+    from openeas.platform.auth import sign
+
+    book = TrafficBook()
+    client = _client(book)
+    body = json.dumps({"gateway": "gw-9", **_doc(svc=(1, 0, 0, 1))}).encode()
+    headers = {**sign(KEY, "POST", PATH, body), "content-type": "application/json"}
+    assert client.post(PATH, content=body, headers=headers).status_code == 200
+    assert book.gateways(time.monotonic()) == ["gw-9"]

@@ -106,30 +106,39 @@ class ServiceState:
         NoInstance when the service has no ready instance (and its route does not hold
         requests) or every one is marked down.
         """
-        exclude: Collection[str] = ()
-        if self.down:
-            now = time.monotonic()
-            exclude = {i for i, until in self.down.items() if until > now}
+        exclude = self._with_down(()) if self.down else ()
         if self.waiters or not self._available(route, exclude):
             return None
         return self.pick(route, exclude)
 
     async def choose(self, deadline: Deadline, exclude: Collection[str] = ()) -> Upstream:
-        """An instance for the next request; waits in the service's queue when all are busy.
+        """An instance for the next request; waits in the service's queue when all are busy
+        (or, on a ``hold`` route, while there is none).
 
         ServiceNotFound when the service is gone, NoInstance when it has no ready instance
         (other than ``exclude``) and its route does not hold requests, QueueFull when
         ``max_queue_size`` requests already wait.  Expired when ``deadline`` passes while
         waiting.
         """
-        if self.down:
-            now = time.monotonic()
-            exclude = {*exclude, *(i for i, until in self.down.items() if until > now)}
+        exclude = self._with_down(exclude)
         route = self.route()
         if self._available(route, exclude) and not self.waiters:
             upstream = self.pick(route, exclude)
             if upstream is not None:
                 return upstream
+        return await self._queue(route, deadline, exclude)
+
+    def _with_down(self, exclude: Collection[str]) -> Collection[str]:
+        """``exclude`` and the instances marked down now."""
+        if not self.down:
+            return exclude
+        now = time.monotonic()
+        return {*exclude, *(i for i, until in self.down.items() if until > now)}
+
+    async def _queue(
+        self, route: ServiceRoute, deadline: Deadline, exclude: Collection[str]
+    ) -> Upstream:
+        """Wait in the service's queue for an instance with a free slot."""
         if len(self.waiters) >= route.limits.max_queue_size:
             raise QueueFull(
                 f"service '{self.name}' has {len(self.waiters)} requests waiting "

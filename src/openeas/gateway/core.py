@@ -10,6 +10,7 @@ instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -76,7 +77,6 @@ class GatewayCore:
         self._probes: dict[str, asyncio.Future[bool]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
         self._wake_pending = False
-        routes.listeners.append(self._routes_changed)
         #: called with a service's name when a request starts waiting for a held route
         #: without instances (see :class:`ServiceState`); the traffic reporter sets it
         self.on_hold: Callable[[str], None] | None = None
@@ -248,9 +248,12 @@ class GatewayCore:
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.timeouts = Timeouts(self.loop)
+        self.routes.listeners.append(self._routes_changed)
         self._housekeeping = self.loop.create_task(self._housekeep())
 
     async def close(self) -> None:
+        with contextlib.suppress(ValueError):  # the table may outlive this gateway
+            self.routes.listeners.remove(self._routes_changed)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             try:
@@ -269,7 +272,8 @@ class GatewayCore:
         the current batch of route updates is applied (a snapshot updates many)."""
         if self.loop is not None and not self._wake_pending:
             self._wake_pending = True
-            self.loop.call_soon(self._wake_waiters)
+            # thread-safe: a test or an embedding program may write the table elsewhere
+            self.loop.call_soon_threadsafe(self._wake_waiters)
 
     def _wake_waiters(self) -> None:
         self._wake_pending = False

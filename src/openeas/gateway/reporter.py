@@ -82,6 +82,7 @@ class TrafficReporter:
 
     def start(self) -> None:
         if self._task is None:
+            self._now.set()  # the first report at once: a restarted gateway is known again
             self._task = asyncio.create_task(self._run(), name="traffic-reporter")
 
     async def stop(self) -> None:
