@@ -169,3 +169,47 @@ def test_a_flood_beyond_worker_threads_and_queue_is_refused_at_once() -> None:
         deadline.cancel()
 
     asyncio.run(scenario())
+
+
+def _held(limits: ServiceLimits | None = None, held: list[str] | None = None) -> ServiceState:
+    routes = RouteTable()
+    routes.update(ServiceRoute("svc", "t", limits or ServiceLimits(), (), hold=True))
+    return ServiceState("svc", routes, {}, on_hold=None if held is None else held.append)
+
+
+def test_a_held_route_without_instances_queues_until_one_is_published() -> None:
+    async def scenario() -> None:
+        held_calls: list[str] = []
+        loop = asyncio.get_running_loop()
+        state = _held(ServiceLimits(max_queue_size=2), held_calls)
+        deadline = Deadline(loop, loop.time() + 30)
+        assert state.pick_ready(state.route()) is None  # to the queue, not a 503
+        waiting = [asyncio.ensure_future(state.choose(deadline)) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert len(state.waiters) == 2 and held_calls == ["svc", "svc"]
+        with pytest.raises(QueueFull, match="rpc.max_queue_size is 2"):
+            await state.choose(deadline)
+        state.wake_all()  # a route change without an instance: they keep waiting
+        await asyncio.sleep(0)
+        assert len(state.waiters) == 2 and not any(w.done() for w in waiting)
+        state.routes.update(ServiceRoute("svc", "t", ServiceLimits(), UPS[:1], hold=True))
+        state.wake_all()
+        assert await asyncio.gather(*waiting) == [UPS[0], UPS[0]]
+        # no longer held (the route lost ``hold``) and still no instance: 503
+        state.routes.update(ServiceRoute("svc", "t"))
+        with pytest.raises(NoInstance):
+            await state.choose(deadline)
+        deadline.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_held_request_expires_after_its_keepalive() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        state = _held()
+        with pytest.raises(Expired):
+            await state.choose(Deadline(loop, loop.time() + 0.01))
+        assert not state.waiters
+
+    asyncio.run(scenario())

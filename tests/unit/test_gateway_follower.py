@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -29,6 +30,12 @@ ROUTE = ServiceRoute(
 
 def test_a_route_survives_its_json_with_tokens_and_limits() -> None:
     assert route_from_json(route_to_json(ROUTE)) == ROUTE
+    held = dataclasses.replace(ROUTE, upstreams=(), hold=True)
+    assert route_from_json(route_to_json(held)) == held
+    # a snapshot saved before ``hold`` existed: not held
+    old = route_to_json(ROUTE)
+    del old["hold"]
+    assert route_from_json(old).hold is False
 
 
 def test_applying_a_snapshot_replaces_changes_and_removes_the_missing() -> None:

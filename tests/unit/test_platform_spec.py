@@ -175,7 +175,9 @@ def test_omitted_resource_means_the_default_group_and_a_given_token_is_kept() ->
             "invalid integer",
         ),
         ("unknown_top", 1, "unknown_top", "unknown field"),
-        ("autoscaler", {"min": 1}, "autoscaler", "unknown field"),
+        ("autoscaler", {"min": 1}, "autoscaler.max", "required"),
+        ("autoscaler", [1], "autoscaler", "must be a JSON object, got an array"),
+        ("cronscaler", {"ScaleJobs": []}, "cronscaler.ScaleJobs", "at least one job"),
         ("metadata", "x", "metadata", "dictionary"),
         ("metadata.instance", -1, "metadata.instance", "greater than or equal to 0"),
         ("metadata.instance", "3", "metadata.instance", "valid integer"),
@@ -312,3 +314,121 @@ def test_local_repositories_must_exist_and_be_absolute(tmp_path: Any) -> None:
         sync_repositories([f"--model-repository={tmp_path}/missing"])
     with pytest.raises(RepositoryError, match="relative path"):
         sync_repositories(["--model-repository=models"])
+
+
+# -- autoscaler and cronscaler ----------------------------------------------------------
+
+AUTOSCALER: dict[str, Any] = {
+    "min": 1,
+    "max": 8,
+    "scaleStrategies": [
+        {"metricName": "qps", "threshold": 100},
+        {"metricName": "cpu", "threshold": 80},
+    ],
+    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 30}},
+}
+CRONSCALER: dict[str, Any] = {
+    "ExcludeDates": ["* * * * * 6,0"],
+    "ScaleJobs": [
+        {"Name": "morning", "Schedule": "0 0 8 * * *", "TargetSize": 4, "TimeZone": "Asia/Shanghai"}
+    ],
+}
+
+
+def test_autoscaler_and_cronscaler_are_kept_as_written_and_parsed_on_demand() -> None:
+    spec = validate_spec({**DOC, "autoscaler": AUTOSCALER, "cronscaler": CRONSCALER})
+    assert spec.to_json()["autoscaler"] == AUTOSCALER  # as written: no defaults filled in
+    assert spec.to_json()["cronscaler"] == CRONSCALER
+    scaler = spec.autoscaler_spec()
+    assert scaler is not None and (scaler.min, scaler.max) == (1, 8)
+    assert [s.metric.value for s in scaler.strategies] == ["qps", "cpu"]
+    assert scaler.behavior.scale_down_window == 30 and scaler.behavior.scale_up_window == 0
+    cron = spec.cronscaler_spec()
+    assert cron is not None and cron.jobs[0].time_zone == "Asia/Shanghai"
+    assert cron.exclude_dates == ("* * * * * 6,0",)
+    bare = validate_spec(DOC)
+    assert bare.autoscaler_spec() is None and bare.cronscaler_spec() is None
+    assert "autoscaler" not in bare.to_json() and "cronscaler" not in bare.to_json()
+
+
+def test_a_null_autoscaler_is_none() -> None:
+    spec = validate_spec({**DOC, "autoscaler": None, "cronscaler": None})
+    assert spec.autoscaler_spec() is None and "autoscaler" not in spec.to_json()
+
+
+def test_the_older_autoscaler_form_is_accepted_and_kept() -> None:
+    legacy = {"Min": 2, "Max": 5, "Strategies": {"qps": 10, "cpu": 70}}
+    spec = validate_spec({**DOC, "autoscaler": legacy})
+    assert spec.to_json()["autoscaler"] == legacy
+    scaler = spec.autoscaler_spec()
+    assert scaler is not None and (scaler.min, scaler.max) == (2, 5)
+    assert {s.metric.value: s.threshold for s in scaler.strategies} == {"qps": 10, "cpu": 70}
+
+
+def test_mixing_the_two_autoscaler_forms_is_refused() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({**DOC, "autoscaler": {"min": 1, "Max": 3, "Strategies": {"qps": 1}}})
+    [error] = info.value.errors
+    assert error.field == "autoscaler" and "mixes the current form" in error.reason
+
+
+def test_every_problem_of_the_document_is_listed_at_once_with_its_path() -> None:
+    doc = with_change("name", "Bad")
+    doc["metadata"]["instance"] = -1
+    doc["autoscaler"] = {
+        "min": 5,
+        "max": 2,
+        "scaleStrategies": [{"metricName": "gpu", "threshold": 1}],
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": -5}},
+    }
+    doc["cronscaler"] = {
+        "ScaleJobs": [{"Schedule": "0 0 8 * *", "TargetSize": 4, "TimeZone": "Mars/Base"}]
+    }
+    with pytest.raises(SpecError) as info:
+        validate_spec(doc)
+    found = {e.field: e.reason for e in info.value.errors}
+    assert found["autoscaler.min"] == "must be <= max (2), got 5"
+    assert found["autoscaler.scaleStrategies[0].metricName"].startswith("unsupported metric 'gpu'")
+    assert found["autoscaler.behavior.scaleDown.stabilizationWindowSeconds"] == (
+        "must be between 0 and 3600, got -5"
+    )
+    assert "6 fields" in found["cronscaler.ScaleJobs[0].Schedule"]
+    assert "unknown time zone 'Mars/Base'" in found["cronscaler.ScaleJobs[0].TimeZone"]
+    assert {"name", "metadata.instance"} <= set(found)  # the model's problems too
+    assert "autoscaler.min: must be <= max (2), got 5" in str(info.value)
+
+
+def test_elastic_problems_come_with_the_processor_params_ones() -> None:
+    doc = with_change("processor_params", ["--model-repository=/m", "--http-port=1"])
+    doc["autoscaler"] = {"min": 1, "max": 2, "scaleStrategies": []}
+    with pytest.raises(SpecError) as info:
+        validate_spec(doc)
+    assert {e.field for e in info.value.errors} == {
+        "processor_params[1]",
+        "autoscaler.scaleStrategies",
+    }
+
+
+def test_a_non_object_autoscaler_is_reported_once() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec({**DOC, "autoscaler": 5})
+    assert [str(e) for e in info.value.errors] == [
+        "autoscaler: must be a JSON object, got a number"
+    ]
+
+
+@pytest.mark.parametrize("instance", [0, 1, 20])
+def test_an_instance_count_outside_the_autoscaler_bounds_is_not_an_error(instance: int) -> None:
+    """EAS starts the service with metadata.instance; the autoscaler moves it within
+    [min, max] at its first decision."""
+    doc = with_change("metadata.instance", instance)
+    doc["autoscaler"] = {**AUTOSCALER, "min": 2, "max": 4}
+    assert validate_spec(doc).metadata.instance == instance
+
+
+def test_a_changed_document_is_parsed_anew() -> None:
+    first = validate_spec({**DOC, "autoscaler": AUTOSCALER})
+    assert first.autoscaler_spec().max == 8  # type: ignore[union-attr]
+    second = validate_spec({**DOC, "autoscaler": {**AUTOSCALER, "max": 3}})
+    assert second.autoscaler_spec().max == 3  # type: ignore[union-attr]
+    assert first.autoscaler_spec().max == 8  # type: ignore[union-attr]

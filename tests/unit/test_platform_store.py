@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from openeas.home import secure_home
+from openeas.platform.errors import NotFoundError
 from openeas.platform.store import Store
 
 SPEC = {"name": "svc", "token": "token-one-123", "processor": "triton"}
@@ -168,4 +169,111 @@ def test_an_older_database_gains_the_runtime_address_columns(tmp_path: Path) -> 
     assert (new.node, new.unix_socket) == ("n1", "@s")
     service = store.service("svc")
     assert (service.desired, service.status) == (Desired.RUNNING, ServiceStatus.CREATING)
+    store.close()
+
+
+def _old_services_table(db: Path) -> None:
+    """A platform.db from before services had a replica count and a cron time."""
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE services (name TEXT PRIMARY KEY, token TEXT NOT NULL,
+                desired TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+                message TEXT NOT NULL DEFAULT '', current_version INTEGER NOT NULL,
+                latest_version INTEGER NOT NULL, created_at REAL NOT NULL,
+                updated_at REAL NOT NULL);
+            CREATE TABLE versions (service TEXT NOT NULL REFERENCES services(name)
+                ON DELETE CASCADE, version INTEGER NOT NULL, spec TEXT NOT NULL,
+                created_at REAL NOT NULL, PRIMARY KEY (service, version));
+            INSERT INTO services VALUES ('three', 'token-one-123', 'Running', 'Running', '', '',
+                2, 2, 0, 0);
+            INSERT INTO versions VALUES ('three', 1, '{"metadata": {"instance": 1}}', 0);
+            INSERT INTO versions VALUES ('three', 2, '{"metadata": {"instance": 3}}', 0);
+            INSERT INTO services VALUES ('plain', 'token-one-123', 'Stopped', 'Stopped', '', '',
+                1, 1, 0, 0);
+            INSERT INTO versions VALUES ('plain', 1, '{"name": "plain"}', 0);
+            """
+        )
+
+
+def test_an_older_database_gains_replicas_from_the_current_versions_instance_count(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "platform.db"
+    _old_services_table(db)
+    store = Store(db)
+    three, plain = store.service("three"), store.service("plain")
+    assert (three.replicas, three.cron_set_at) == (3, None)  # the current version's, not v1's
+    assert (plain.replicas, plain.cron_set_at) == (1, None)  # metadata.instance's default
+    store.set_replicas("three", 5, "AutoscalerScaled", "3 -> 5")
+    store.update_service("three", cron_set_at=123.5)
+    store.close()
+    reopened = Store(db)  # no second migration: the values stay
+    assert (reopened.service("three").replicas, reopened.service("three").cron_set_at) == (5, 123.5)
+    assert reopened.check() == []
+    reopened.close()
+
+
+def test_create_takes_the_specs_instance_count_and_the_cron_time(tmp_path: Path) -> None:
+    store = Store(tmp_path / "platform.db")
+    store.create_service("svc", "token-one-123", {**SPEC, "metadata": {"instance": 4}}, 99.0)
+    record = store.service("svc")
+    assert (record.replicas, record.cron_set_at) == (4, 99.0)
+    store.create_service("bare", "token-one-123", {**SPEC, "name": "bare"})
+    assert (store.service("bare").replicas, store.service("bare").cron_set_at) == (1, None)
+    assert store.add_version("svc", SPEC, replicas=2, cron_set_at=None) == 2
+    assert (store.service("svc").replicas, store.service("svc").cron_set_at) == (2, None)
+    store.close()
+
+
+def test_set_replicas_writes_the_count_and_its_event_together(tmp_path: Path) -> None:
+    store = Store(tmp_path / "platform.db")
+    store.create_service("svc", "token-one-123", SPEC)
+    store.set_replicas("svc", 3, "AutoscalerScaled", "qps 23/instance -> 3")
+    [event] = store.events("svc")
+    assert store.service("svc").replicas == 3
+    assert (event.reason, event.message, event.type) == (
+        "AutoscalerScaled",
+        "qps 23/instance -> 3",
+        "Normal",
+    )
+
+    def boom(*_args: object, **_kwargs: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store.add_event = boom  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        store.set_replicas("svc", 7, "AutoscalerScaled", "3 -> 7", type="Warning")
+    del store.add_event
+    assert store.service("svc").replicas == 3  # the count rolled back with its event
+    assert len(store.events("svc")) == 1
+    with pytest.raises(NotFoundError):
+        store.set_replicas("nobody", 1, "AutoscalerScaled", "x")
+    assert store.events("nobody") == []
+    with pytest.raises(ValueError, match="replicas must be >= 0"):
+        store.set_replicas("svc", -1, "AutoscalerScaled", "x")
+    store.close()
+
+
+def test_a_kill_inside_set_replicas_leaves_neither_the_count_nor_the_event(tmp_path: Path) -> None:
+    db = tmp_path / "platform.db"
+    store = Store(db)
+    store.create_service("svc", "token-one-123", SPEC)
+    store.close()
+    # A real process updates the count, then is SIGKILLed before the event is written.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from openeas.platform.store import Store
+        store = Store(Path({str(db)!r}))
+        store.add_event = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+        store.set_replicas("svc", 6, "AutoscalerScaled", "1 -> 6")
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script], check=False, timeout=60)
+    assert child.returncode == -9
+    store = Store(db)
+    assert store.service("svc").replicas == 1
+    assert store.events("svc") == []
     store.close()

@@ -18,6 +18,7 @@ import click
 from openeas.cli.tables import grid_table, key_value_table
 from openeas.platform.auth import AccessKey
 from openeas.platform.client import PlatformClient, save_client_config
+from openeas.platform.elastic.autoscaler import apply_overrides, parse_autoscaler
 from openeas.platform.errors import NotFoundError, PlatformError, SpecError
 from openeas.platform.spec import merge_spec, parse_assignment, parse_spec_text
 from openeas.platform.status import Desired, ServiceStatus
@@ -51,15 +52,27 @@ def _print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
-def _read_spec(path: str) -> dict[str, Any]:
+def _read_text(path: str) -> str:
     try:
-        text = Path(path).read_text() if path != "-" else sys.stdin.read()
+        return Path(path).read_text() if path != "-" else sys.stdin.read()
     except OSError as exc:
         _fail(f"cannot read {path}: {exc.strerror}")
+
+
+def _read_spec(path: str) -> dict[str, Any]:
     try:
-        return parse_spec_text(text)
+        return parse_spec_text(_read_text(path))
     except SpecError as exc:
         _fail(f"{path}: {exc.errors[0].reason}")
+
+
+def _read_json(path: str) -> Any:
+    """Any JSON document (the platform names the field when it is the wrong type)."""
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")
 
 
 def _counts(view: dict[str, Any]) -> str:
@@ -196,7 +209,33 @@ def desc(name: str, as_json: bool) -> None:
         ("CreateTime", view["create_time"]),
         ("UpdateTime", view["update_time"]),
     ]
+    for key, field in (("Autoscaler", "autoscaler"), ("CronScaler", "cronscaler")):
+        if view.get(field) is not None:  # as the user wrote it, on one line
+            rows.append((key, json.dumps(view[field], ensure_ascii=False)))
+    rows.extend(_scaling_rows(view.get("scaling")))
     click.echo(key_value_table(rows))
+
+
+def _scaling_rows(scaling: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The scaling controller's live state: its last decision and the cron target."""
+    if not scaling:
+        return []
+    rows: list[tuple[str, Any]] = []
+    decision = scaling.get("lastDecision")
+    if decision:
+        rows.append(("LastScalingDecision", f"{decision['time']} {decision['reason']}"))
+    cron = scaling.get("cron")
+    if cron:
+        rows.append(("CronTarget", "" if cron["target"] is None else cron["target"]))
+        upcoming = cron.get("next")
+        if upcoming:
+            rows.append(
+                (
+                    "NextCronJob",
+                    f"{upcoming['job']} at {upcoming['time']}: {upcoming['targetSize']}",
+                )
+            )
+    return rows
 
 
 @main.command("list")
@@ -265,6 +304,101 @@ def modify(
 
 
 main.add_command(modify, name="update")
+
+
+def _elastic_target(words: tuple[str, ...], off: bool) -> tuple[str, bool]:
+    """``NAME`` or EAS's ``rm NAME`` (which is ``--off``)."""
+    if len(words) == 2 and words[0] == "rm":
+        return words[1], True
+    if len(words) != 1:
+        _fail(f"expected NAME or rm NAME, got {' '.join(words) or 'nothing'}")
+    return words[0], off
+
+
+_OFF = click.option("--off", is_flag=True, help="turn it off (EAS: rm NAME); the count stays")
+
+
+@main.command()
+@click.argument("words", nargs=-1, metavar="NAME | rm NAME")
+@click.option(
+    "-s", "spec_file", metavar="FILE", help="autoscaler JSON file (either EAS form), set as written"
+)
+@click.option(
+    "-D",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="min, max, strategies.qps, strategies.cpu, behavior.scaleUp.stabilizationWindowSeconds, "
+    "... (repeatable; edits the current autoscaler, or the -s file)",
+)
+@_OFF
+def autoscale(
+    words: tuple[str, ...], spec_file: str | None, assignments: tuple[str, ...], off: bool
+) -> None:
+    """Set, edit or turn off a service's autoscaler (its instances keep running).
+
+    \b
+    eascmd autoscale NAME -s autoscaler.json
+    eascmd autoscale NAME -Dmin=1 -Dmax=8 -Dstrategies.qps=100 -Dstrategies.cpu=80
+    eascmd autoscale NAME --off          (or: eascmd autoscale rm NAME)
+
+    Fields and rules: docs/elastic.md.
+    """
+    name, off = _elastic_target(words, off)
+    client = _client()
+    if off:
+        if spec_file or assignments:
+            _fail("--off (rm) takes no -s or -D")
+        _call(client.remove_elastic, name, "autoscaler")
+        click.echo(f"[OK] Service {name}: autoscaler is off")
+        return
+    if not spec_file and not assignments:
+        _fail("nothing to change: give -s FILE, -D key=value or --off")
+    doc = _read_json(spec_file) if spec_file else None
+    if assignments:
+        doc = _call(_overridden_autoscaler, client, name, doc, assignments)
+    view = _call(client.set_elastic, name, "autoscaler", doc)
+    click.echo(f"[OK] Service {name}: autoscaler set (version {view['current_version']})")
+
+
+def _overridden_autoscaler(
+    client: PlatformClient, name: str, doc: Any, assignments: tuple[str, ...]
+) -> dict[str, Any]:
+    """``-D`` applied to ``doc`` (from -s), else to the service's current autoscaler."""
+    if doc is None:
+        doc = client.describe(name)["autoscaler"]
+    base = parse_autoscaler(doc) if doc is not None else None
+    return apply_overrides(base, assignments).to_json()
+
+
+@main.command()
+@click.argument("words", nargs=-1, metavar="NAME | rm NAME")
+@click.option(
+    "-s", "spec_file", metavar="FILE", help="cronscaler JSON file ({ScaleJobs, ExcludeDates})"
+)
+@_OFF
+def cronscale(words: tuple[str, ...], spec_file: str | None, off: bool) -> None:
+    """Set or turn off a service's scheduled scaling (cronscaler).
+
+    \b
+    eascmd cronscale NAME -s cron.json
+    eascmd cronscale NAME --off          (or: eascmd cronscale rm NAME)
+
+    A job takes effect at its first firing after it is set. Fields and rules:
+    docs/elastic.md.
+    """
+    name, off = _elastic_target(words, off)
+    client = _client()
+    if off:
+        if spec_file:
+            _fail("--off (rm) takes no -s")
+        _call(client.remove_elastic, name, "cronscaler")
+        click.echo(f"[OK] Service {name}: cronscaler is off")
+        return
+    if not spec_file:
+        _fail("nothing to change: give -s FILE or --off")
+    view = _call(client.set_elastic, name, "cronscaler", _read_json(spec_file))
+    click.echo(f"[OK] Service {name}: cronscaler set (version {view['current_version']})")
 
 
 @main.command()

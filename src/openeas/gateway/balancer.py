@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Collection, Hashable
+from collections.abc import Callable, Collection, Hashable
 
 from openeas.gateway.deadline import Deadline
 from openeas.gateway.errors import NoInstance, QueueFull, RateLimited, ServiceNotFound
@@ -51,8 +51,17 @@ class RateLimiter:
 class ServiceState:
     """The gateway's live state for one service."""
 
-    def __init__(self, name: str, routes: RouteTable, down: dict[str, float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        routes: RouteTable,
+        down: dict[str, float],
+        on_hold: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
+        #: told the service's name when a request starts waiting for an instance of a
+        #: held route that has none (the gateway reports it to the control plane at once)
+        self.on_hold = on_hold
         self.routes = routes
         #: instance id -> until when (monotonic) it is skipped: it refused a connection
         self.down = down
@@ -94,33 +103,42 @@ class ServiceState:
         """:meth:`choose` without waiting: an instance with a free slot now, or None when
         the request has to queue (others wait already, or every instance is busy).
 
-        NoInstance when the service has no ready instance or every one is marked down.
+        NoInstance when the service has no ready instance (and its route does not hold
+        requests) or every one is marked down.
         """
-        exclude: Collection[str] = ()
-        if self.down:
-            now = time.monotonic()
-            exclude = {i for i, until in self.down.items() if until > now}
-        self._check_instances(route, exclude)
-        if self.waiters:
+        exclude = self._with_down(()) if self.down else ()
+        if self.waiters or not self._available(route, exclude):
             return None
         return self.pick(route, exclude)
 
     async def choose(self, deadline: Deadline, exclude: Collection[str] = ()) -> Upstream:
-        """An instance for the next request; waits in the service's queue when all are busy.
+        """An instance for the next request; waits in the service's queue when all are busy
+        (or, on a ``hold`` route, while there is none).
 
         ServiceNotFound when the service is gone, NoInstance when it has no ready instance
-        (other than ``exclude``), QueueFull when ``max_queue_size`` requests already wait.
-        Expired when ``deadline`` passes while waiting.
+        (other than ``exclude``) and its route does not hold requests, QueueFull when
+        ``max_queue_size`` requests already wait.  Expired when ``deadline`` passes while
+        waiting.
         """
-        if self.down:
-            now = time.monotonic()
-            exclude = {*exclude, *(i for i, until in self.down.items() if until > now)}
+        exclude = self._with_down(exclude)
         route = self.route()
-        self._check_instances(route, exclude)
-        if not self.waiters:
+        if self._available(route, exclude) and not self.waiters:
             upstream = self.pick(route, exclude)
             if upstream is not None:
                 return upstream
+        return await self._queue(route, deadline, exclude)
+
+    def _with_down(self, exclude: Collection[str]) -> Collection[str]:
+        """``exclude`` and the instances marked down now."""
+        if not self.down:
+            return exclude
+        now = time.monotonic()
+        return {*exclude, *(i for i, until in self.down.items() if until > now)}
+
+    async def _queue(
+        self, route: ServiceRoute, deadline: Deadline, exclude: Collection[str]
+    ) -> Upstream:
+        """Wait in the service's queue for an instance with a free slot."""
         if len(self.waiters) >= route.limits.max_queue_size:
             raise QueueFull(
                 f"service '{self.name}' has {len(self.waiters)} requests waiting "
@@ -128,14 +146,16 @@ class ServiceState:
             )
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
+        if not route.upstreams and self.on_hold is not None:
+            self.on_hold(self.name)
         try:
             while True:
                 await deadline.wait(waiter)
                 route = self.route()
-                self._check_instances(route, exclude)
-                upstream = self.pick(route, exclude)
-                if upstream is not None:
-                    return upstream
+                if self._available(route, exclude):
+                    upstream = self.pick(route, exclude)
+                    if upstream is not None:
+                        return upstream
                 waiter = asyncio.get_running_loop().create_future()
                 self.waiters.appendleft(waiter)  # keep this request's place
         except BaseException:
@@ -150,11 +170,16 @@ class ServiceState:
             except ValueError:
                 pass
 
-    def _check_instances(self, route: ServiceRoute, exclude: Collection[str]) -> None:
+    def _available(self, route: ServiceRoute, exclude: Collection[str]) -> bool:
+        """Whether the route has an instance to try; False when the request has to wait
+        for a first one (a ``hold`` route without any); NoInstance otherwise."""
         if not route.upstreams:
+            if route.hold:
+                return False
             raise NoInstance(f"service '{self.name}' has no ready instance")
         if exclude and all(u.instance_id in exclude for u in route.upstreams):
             raise NoInstance(f"no instance of service '{self.name}' could be reached")
+        return True
 
     def wake(self) -> None:
         """Let the oldest waiting request try again (an instance slot came free)."""

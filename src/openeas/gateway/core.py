@@ -10,6 +10,7 @@ instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -75,7 +76,10 @@ class GatewayCore:
         self._grpc: dict[tuple[str, int | None, str | None], GrpcUpstream] = {}
         self._probes: dict[str, asyncio.Future[bool]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
-        self._seen_version = -1
+        self._wake_pending = False
+        #: called with a service's name when a request starts waiting for a held route
+        #: without instances (see :class:`ServiceState`); the traffic reporter sets it
+        self.on_hold: Callable[[str], None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Keepalive deadlines of the HTTP requests handled in callbacks.
         self.timeouts: Timeouts
@@ -88,8 +92,12 @@ class GatewayCore:
         if state is None:
             if self.routes.get(name) is None:
                 raise ServiceNotFound(f"service '{name}' does not exist")
-            state = self.states[name] = ServiceState(name, self.routes, self.down)
+            state = self.states[name] = ServiceState(name, self.routes, self.down, self._held)
         return state
+
+    def _held(self, name: str) -> None:
+        if self.on_hold is not None:
+            self.on_hold(name)
 
     def service_for_token(self, token: bytes | str | None) -> str:
         """The one service whose token this is (gRPC calls without ``x-eas-service``)."""
@@ -240,9 +248,12 @@ class GatewayCore:
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.timeouts = Timeouts(self.loop)
+        self.routes.listeners.append(self._routes_changed)
         self._housekeeping = self.loop.create_task(self._housekeep())
 
     async def close(self) -> None:
+        with contextlib.suppress(ValueError):  # the table may outlive this gateway
+            self.routes.listeners.remove(self._routes_changed)
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             try:
@@ -256,6 +267,20 @@ class GatewayCore:
             client.close()
         self._grpc.clear()
 
+    def _routes_changed(self) -> None:
+        """Instances may have come or gone: let every waiting request look again, once
+        the current batch of route updates is applied (a snapshot updates many)."""
+        if self.loop is not None and not self._wake_pending:
+            self._wake_pending = True
+            # thread-safe: a test or an embedding program may write the table elsewhere
+            self.loop.call_soon_threadsafe(self._wake_waiters)
+
+    def _wake_waiters(self) -> None:
+        self._wake_pending = False
+        for state in self.states.values():
+            if state.waiters:
+                state.wake_all()
+
     async def _housekeep(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
@@ -268,12 +293,8 @@ class GatewayCore:
         now = time.monotonic()
         for instance_id in [i for i, until in self.down.items() if until <= now]:
             del self.down[instance_id]
-        changed = self.routes.version != self._seen_version
-        self._seen_version = self.routes.version
         for name, state in list(self.states.items()):
             state.expire_sequences(now)
-            if changed and state.waiters:
-                state.wake_all()  # instances may have come or gone
             if self.routes.get(name) is None and not state.in_flight:
                 del self.states[name]
         # close the pools and gRPC clients of instances that are gone and idle

@@ -73,6 +73,7 @@ def route_to_json(route: ServiceRoute) -> dict[str, Any]:
         },
         "upstreams": [_upstream_json(u) for u in route.upstreams],
         "draining": [_upstream_json(u) for u in route.draining],
+        "hold": route.hold,
     }
 
 
@@ -84,6 +85,7 @@ def route_from_json(doc: dict[str, Any]) -> ServiceRoute:
         limits=ServiceLimits(**doc["limits"]),
         upstreams=tuple(Upstream(**u) for u in doc["upstreams"]),
         draining=tuple(Upstream(**u) for u in doc["draining"]),
+        hold=bool(doc.get("hold", False)),  # absent from snapshots saved before it existed
     )
 
 

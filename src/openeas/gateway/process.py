@@ -1,5 +1,6 @@
 """A gateway process (``openeas gateway``): a :class:`Gateway` whose routes follow the
-control plane's REST API (:mod:`openeas.gateway.follower`).
+control plane's REST API (:mod:`openeas.gateway.follower`) and which reports its traffic
+there (:mod:`openeas.gateway.reporter`).
 
 At start it loads the saved snapshot, so it serves at once even while the control plane
 is down; without one it waits (a bounded time) for the API's first snapshot before it
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from openeas.gateway.follower import RouteFollower
 from openeas.gateway.gateway import Gateway, GatewayTls
+from openeas.gateway.reporter import TrafficReporter
 from openeas.gateway.routes import RouteTable
 
 log = logging.getLogger("openeas.gateway")
@@ -99,6 +101,7 @@ async def run_gateway(options: GatewayOptions) -> None:
         listening=_listening(options.fds),
         tls=options.tls,
     )
+    reporter = TrafficReporter(gateway.core, follower.api, options.token, follower.gateway_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +109,7 @@ async def run_gateway(options: GatewayOptions) -> None:
     try:
         await gateway.start()
         follower.start()  # after the saved routes are served: a restart is back at once
+        reporter.start()
         if options.metrics_fd is not None:
             serve_metrics(gateway, socket.socket(fileno=options.metrics_fd))
         elif options.metrics_port is not None:
@@ -113,5 +117,6 @@ async def run_gateway(options: GatewayOptions) -> None:
         log.info("gateway following %s (routes version %s)", follower.api, follower.version)
         await stop.wait()
     finally:
+        await reporter.stop()
         await follower.stop()
         await gateway.stop(options.stop_grace)

@@ -62,6 +62,10 @@ class ServiceRoute:
     upstreams: tuple[Upstream, ...] = ()
     #: Instances being drained: no new requests, in-flight ones finish.
     draining: tuple[Upstream, ...] = ()
+    #: Hold requests while the service has no ready instance (it is scaled to zero and
+    #: one is starting): they wait in the service's queue, bounded by ``rpc.keepalive``
+    #: and ``rpc.max_queue_size``, instead of a 503.
+    hold: bool = False
 
 
 class RouteTable:

@@ -7,6 +7,9 @@ open.  Errors answer ``{"code", "message"[, "errors"]}`` with the error type's s
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -18,10 +21,11 @@ from pydantic import BaseModel
 from openeas import __version__
 from openeas.platform.auth import AccessKey, NonceCache, verify, verify_bearer
 from openeas.platform.control import ControlPlane
-from openeas.platform.errors import FieldError, PlatformError
+from openeas.platform.errors import FieldError, NotFoundError, PlatformError
 from openeas.platform.routefeed import RouteFeed
-from openeas.platform.spec import parse_spec_text
+from openeas.platform.spec import ELASTIC_FIELDS, parse_spec_text
 from openeas.platform.status import ServiceStatus
+from openeas.platform.traffic import MAX_REPORT_BYTES, ReportError, TrafficBook, parse_report
 
 PREFIX = "/api/v1"
 
@@ -60,14 +64,21 @@ class NotReadyError(PlatformError):
     code = "NotReady"
 
 
-def _route_watch(app: FastAPI, feed: RouteFeed, token: str | None, signed: Any) -> None:
-    """``GET /api/v1/gateway/routes``: see :mod:`openeas.gateway.follower`."""
+def _gateway_auth(token: str | None, signed: Any) -> Any:
+    """The dependency of the gateways' endpoints: the gateway credential as a bearer
+    token, or a request signed with an access key."""
 
     async def authenticate(request: Request) -> None:
         if token is not None and request.headers.get("authorization", "").startswith("Bearer "):
             verify_bearer(dict(request.headers), token)
         else:
             await signed(request)
+
+    return authenticate
+
+
+def _route_watch(app: FastAPI, feed: RouteFeed, authenticate: Any) -> None:
+    """``GET /api/v1/gateway/routes``: see :mod:`openeas.gateway.follower`."""
 
     @app.get(
         PREFIX + "/gateway/routes",
@@ -84,6 +95,99 @@ def _route_watch(app: FastAPI, feed: RouteFeed, token: str | None, signed: Any) 
         return await feed.watch(since, timeout, gateway or "anonymous")
 
 
+async def _any_json(request: Request) -> Any:
+    """A JSON body of any type (the parsers name the field when it is not an object)."""
+    body = await request.body()
+    try:
+        return json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlatformError(f"the body is not valid JSON: {exc}") from None
+
+
+def _elastic_routes(api: APIRouter, control: ControlPlane) -> None:
+    """``/services/{name}/autoscaler`` and ``/services/{name}/cronscaler``: GET (404
+    without one), PUT the document (either EAS form; a new version, the instances keep
+    running), DELETE (off; the count stays)."""
+    for field in ELASTIC_FIELDS:
+        get, put, delete = _elastic_handlers(control, field)
+        path = f"/services/{{name}}/{field}"
+        api.get(path, summary=f"A service's {field} as written")(get)
+        api.put(path, summary=f"Set a service's {field} (a new version)")(put)
+        api.delete(path, summary=f"Turn a service's {field} off")(delete)
+
+
+def _elastic_handlers(control: ControlPlane, field: str) -> tuple[Any, Any, Any]:
+    async def get(name: str) -> dict[str, Any]:
+        value: dict[str, Any] | None = control.describe(name)[field]
+        if value is None:
+            raise NotFoundError(f"service {name!r} has no {field}")
+        return value
+
+    async def put(name: str, request: Request) -> dict[str, Any]:
+        return control.set_elastic(name, field, await _any_json(request))
+
+    async def delete(name: str) -> dict[str, Any]:
+        return control.remove_elastic(name, field)
+
+    return get, put, delete
+
+
+class ReportTooLarge(PlatformError):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+async def _bounded_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, read up to ``limit`` bytes (413 beyond, 400 when not
+    JSON)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ReportTooLarge(f"a traffic report may have at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ReportTooLarge(f"a traffic report may have at most {limit} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise PlatformError(f"the traffic report is not JSON: {exc}") from None
+
+
+def _traffic(app: FastAPI, book: TrafficBook, authenticate: Any) -> None:
+    """``POST /api/v1/gateway/traffic``: a gateway's report (see
+    :mod:`openeas.platform.traffic`); ``GET``: every service's traffic now."""
+
+    @app.post(
+        PREFIX + "/gateway/traffic",
+        summary="A gateway's traffic report",
+        dependencies=[Depends(authenticate)],
+    )
+    async def report(request: Request) -> dict[str, Any]:
+        doc = await _bounded_json(request, MAX_REPORT_BYTES)
+        try:
+            gateway, _, _ = parse_report(doc)
+            book.report(gateway, doc, time.monotonic())
+        except ReportError as exc:
+            raise PlatformError(f"invalid traffic report: {exc}") from None
+        return {"accepted": True}
+
+    @app.get(
+        PREFIX + "/gateway/traffic",
+        summary="Each service's traffic as the gateways report it",
+        dependencies=[Depends(authenticate)],
+    )
+    async def traffic() -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "gateways": book.gateways(now),
+            "services": {
+                name: dataclasses.asdict(book.sample(name, now))
+                for name in sorted(book.services(now))
+            },
+        }
+
+
 def create_app(
     control: ControlPlane,
     keys: dict[str, AccessKey],
@@ -91,9 +195,11 @@ def create_app(
     feed: RouteFeed | None = None,
     gateway_token: str | None = None,
     scrape: list[str] | None = None,
+    traffic: TrafficBook | None = None,
 ) -> FastAPI:
     """The API application over ``control``, accepting requests signed with ``keys``;
-    the route watch (``feed``) takes ``gateway_token`` as a bearer token too.  ``/metrics``
+    the route watch (``feed``) and the traffic reports (into ``traffic``) take
+    ``gateway_token`` as a bearer token too.  ``/metrics``
     adds the pages at the ``scrape`` URLs (the gateway process's metrics)."""
     app = FastAPI(title="OpenEAS control plane", version=__version__)
     nonces = NonceCache()
@@ -152,6 +258,8 @@ def create_app(
         control.delete(name)
         return {"name": name, "status": ServiceStatus.DELETING}
 
+    _elastic_routes(api, control)
+
     @api.get("/services/{name}/versions", summary="List a service's versions")
     async def versions(name: str) -> list[dict[str, Any]]:
         return control.versions(name)
@@ -191,8 +299,11 @@ def create_app(
         return control.resources()
 
     app.include_router(api)
+    gateway_auth = _gateway_auth(gateway_token, authenticate)
     if feed is not None:
-        _route_watch(app, feed, gateway_token, authenticate)
+        _route_watch(app, feed, gateway_auth)
+    if traffic is not None:
+        _traffic(app, traffic, gateway_auth)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

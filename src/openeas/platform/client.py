@@ -121,6 +121,13 @@ class PlatformClient:
     def modify(self, name: str, spec: dict[str, Any], mode: str = "merge") -> dict[str, Any]:
         return self._json("PUT", f"/services/{name}", json={"spec": spec, "mode": mode})
 
+    def set_elastic(self, name: str, field: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Set ``autoscaler`` or ``cronscaler`` (``field``) to ``doc``; the service's view."""
+        return self._json("PUT", f"/services/{name}/{field}", json=doc)
+
+    def remove_elastic(self, name: str, field: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/services/{name}/{field}")
+
     def versions(self, name: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/services/{name}/versions")
 

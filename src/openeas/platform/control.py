@@ -6,6 +6,8 @@ processes.  Views are plain JSON-ready dicts, the shapes the API returns.
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +21,11 @@ from openeas.platform.errors import (
 )
 from openeas.platform.reconciler import Reconciler, counts
 from openeas.platform.resources import ResourceGroup
-from openeas.platform.spec import ServiceSpec, merge_spec, validate_spec
+from openeas.platform.scaling import ScalingController
+from openeas.platform.spec import ELASTIC_FIELDS, ServiceSpec, merge_spec, validate_spec
 from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
 from openeas.platform.store import ServiceRecord, Store
+from openeas.platform.traffic import TrafficBook
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,35 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _names_instance(patch: dict[str, Any]) -> bool:
+    """Whether an update sets ``metadata.instance`` explicitly (a manual count)."""
+    metadata = patch.get("metadata")
+    return isinstance(metadata, dict) and "instance" in metadata
+
+
+def _keep_count(doc: dict[str, Any], old: ServiceSpec, replicas: int) -> None:
+    """When an update turns the last of autoscaler and cronscaler off, the service keeps
+    the count they set: the new version's ``metadata.instance`` records it (so that the
+    spec says again what runs)."""
+    was_elastic = old.autoscaler is not None or old.cronscaler is not None
+    is_elastic = any(doc.get(field) is not None for field in ELASTIC_FIELDS)
+    if was_elastic and not is_elastic and isinstance(doc.get("metadata", {}), dict):
+        doc.setdefault("metadata", {})["instance"] = replicas
+
+
+def _elastic_events(old: ServiceSpec, new: ServiceSpec) -> list[tuple[str, str]]:
+    """``AutoscalerSet``/``AutoscalerRemoved``/``CronScalerSet``/``CronScalerRemoved``
+    events for what an update changed of the two documents."""
+    events = []
+    for field, label in (("autoscaler", "Autoscaler"), ("cronscaler", "CronScaler")):
+        before, after = getattr(old, field), getattr(new, field)
+        if after is None and before is not None:
+            events.append((f"{label}Removed", f"{field} removed; the count stays"))
+        elif after is not None and after != before:
+            events.append((f"{label}Set", f"{field} set: {json.dumps(after, sort_keys=True)}"))
+    return events
+
+
 class ControlPlane:
     def __init__(
         self,
@@ -61,6 +94,11 @@ class ControlPlane:
         self.store = store
         self.reconciler = reconciler
         self.endpoints = endpoints
+        #: the gateways' traffic reports (``POST /api/v1/gateway/traffic``), which the
+        #: autoscaler samples; set ``traffic.on_waiting`` to hear of held requests at once
+        self.traffic = TrafficBook()
+        #: the scaling controller (set by the daemon): its live state is part of desc
+        self.scaling: ScalingController | None = None
 
     @property
     def groups(self) -> dict[str, ResourceGroup]:
@@ -93,7 +131,7 @@ class ControlPlane:
         spec = self.reconciler.spec(record.name, record.current_version)
         m = spec.metadata
         insts = self.store.instances(record.name)
-        target = m.instance if record.desired == Desired.RUNNING else 0
+        target = record.replicas if record.desired == Desired.RUNNING else 0
         return {
             "name": record.name,
             "status": record.status,
@@ -103,6 +141,11 @@ class ControlPlane:
             **self.endpoints.for_service(record.name),
             "token": record.token,
             "instances": counts(insts, record.current_version, target),
+            "replicas": record.replicas,
+            "autoscaler": spec.autoscaler,
+            "cronscaler": spec.cronscaler,
+            "cron_set_time": _iso(record.cron_set_at),
+            "scaling": self.scaling.describe(record.name) if self.scaling else None,
             "cpu": m.cpu,
             "memory": m.memory,
             "gpu": m.gpu,
@@ -124,7 +167,8 @@ class ControlPlane:
             existing = None
         if existing is not None:
             raise ConflictError(f"service {spec.name!r} already exists")
-        record = self.store.create_service(spec.name, spec.token, spec.to_json())
+        cron_set_at = time.time() if spec.cronscaler is not None else None
+        record = self.store.create_service(spec.name, spec.token, spec.to_json(), cron_set_at)
         self.store.add_event(spec.name, "ServiceCreated", "Service is now deploying")
         self.reconciler.wake()
         return self.view(record)
@@ -143,30 +187,90 @@ class ControlPlane:
         if mode not in ("merge", "replace"):
             raise PlatformError(f"unknown update mode {mode!r} (merge or replace)")
         base = self.store.spec(name, record.current_version)
-        doc = merge_spec(base, patch) if mode == "merge" else dict(patch)
+        doc = merge_spec(base, patch) if mode == "merge" else copy.deepcopy(patch)
         doc.setdefault("name", name)
         if doc.get("name") != name:
             raise SpecError([FieldError("name", f"cannot rename service {name!r}")])
         if mode == "replace" and "token" not in patch:
             doc["token"] = record.token
+        return self._update(record, doc, names_instance=_names_instance(patch))
+
+    def set_elastic(self, name: str, field: str, value: Any) -> dict[str, Any]:
+        """Set a service's ``autoscaler`` or ``cronscaler`` to ``value`` (replaced whole,
+        either EAS form): a new version whose instances are the running ones."""
+        record = self._existing(name)
+        if value is None:
+            raise SpecError([FieldError(field, "must be a JSON object, got null")])
+        doc = copy.deepcopy(self.store.spec(name, record.current_version))
+        doc[field] = value
+        return self._update(record, doc, names_instance=False)
+
+    def remove_elastic(self, name: str, field: str) -> dict[str, Any]:
+        """Turn a service's ``autoscaler`` or ``cronscaler`` off (nothing to do without one)."""
+        record = self._existing(name)
+        doc = copy.deepcopy(self.store.spec(name, record.current_version))
+        if doc.pop(field, None) is None:
+            return self.view(record)
+        return self._update(record, doc, names_instance=False)
+
+    def _update(
+        self, record: ServiceRecord, doc: dict[str, Any], names_instance: bool
+    ) -> dict[str, Any]:
+        """Validate ``doc`` and make it the current version, with the count and cron
+        bookkeeping it implies (:meth:`_service_changes`)."""
+        name = record.name
+        old = self.reconciler.spec(name, record.current_version)
+        if not names_instance:
+            _keep_count(doc, old, record.replicas)
         spec = self._validate(doc)
-        version = self.store.add_version(name, spec.to_json())
-        self._activate(name, record, version, spec)
+        changes = self._service_changes(record, old, spec, names_instance)
+        version = self.store.add_version(name, spec.to_json(), **changes)
+        self._activate(name, record, version, spec, changes)
         self.store.add_event(name, "ServiceUpdated", f"version {version} is now current")
+        for event in _elastic_events(old, spec):
+            self.store.add_event(name, *event)
         return self.view(self.store.service(name))
 
-    def _activate(self, name: str, record: ServiceRecord, version: int, spec: ServiceSpec) -> None:
-        self.store.update_service(name, current_version=version, token=spec.token)
+    @staticmethod
+    def _service_changes(
+        record: ServiceRecord, old: ServiceSpec, new: ServiceSpec, names_instance: bool
+    ) -> dict[str, Any]:
+        """The service columns a new current version changes.
+
+        ``replicas`` follows ``metadata.instance`` when the update names it or it differs
+        from the previous version's (a manual count; with an autoscaler on, EAS's rule:
+        the current count, which the next decision may change).  ``cron_set_at`` is now
+        for a new or changed ``cronscaler`` (its earlier firings do not count), ``None``
+        without one.
+        """
+        changes: dict[str, Any] = {}
+        if names_instance or new.metadata.instance != old.metadata.instance:
+            changes["replicas"] = new.metadata.instance
+        if new.cronscaler is None:
+            if record.cron_set_at is not None:
+                changes["cron_set_at"] = None
+        elif new.cronscaler != old.cronscaler or record.cron_set_at is None:
+            changes["cron_set_at"] = time.time()
+        return changes
+
+    def _activate(
+        self,
+        name: str,
+        record: ServiceRecord,
+        version: int,
+        spec: ServiceSpec,
+        changes: dict[str, Any],
+    ) -> None:
+        self.store.update_service(name, current_version=version, token=spec.token, **changes)
         same = self.reconciler.relabel(name, record.current_version, version)
+        rescaled = changes.get("replicas", record.replicas) != record.replicas
         if record.status == ServiceStatus.FAILED:
             self.reconciler.reset_failures(name)
             self.store.set_status(name, ServiceStatus.UPDATING)
         elif record.desired == Desired.RUNNING and not same:
             self.store.set_status(name, ServiceStatus.UPDATING)
-        elif record.desired == Desired.RUNNING:
-            before = self.reconciler.spec(name, record.current_version).metadata.instance
-            if spec.metadata.instance != before:
-                self.store.set_status(name, ServiceStatus.SCALING)
+        elif record.desired == Desired.RUNNING and rescaled:
+            self.store.set_status(name, ServiceStatus.SCALING)
         self.reconciler.wake()
 
     def versions(self, name: str) -> list[dict[str, Any]]:
@@ -184,7 +288,9 @@ class ControlPlane:
         record = self._existing(name)
         spec = ServiceSpec.model_validate(self.store.spec(name, version))
         if version != record.current_version:
-            self._activate(name, record, version, spec)
+            old = self.reconciler.spec(name, record.current_version)
+            changes = self._service_changes(record, old, spec, names_instance=False)
+            self._activate(name, record, version, spec, changes)
             self.store.add_event(name, "ServiceSwitched", f"switched to version {version}")
         return self.view(self.store.service(name))
 

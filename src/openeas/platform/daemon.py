@@ -39,6 +39,7 @@ from openeas.platform.resources import local_group
 from openeas.platform.routefeed import RouteFeed
 from openeas.platform.runtimes.base import Runtime
 from openeas.platform.runtimes.local import LocalRuntime
+from openeas.platform.scaling import ScalingController
 from openeas.platform.store import Store
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,10 @@ async def serve(options: PlatformOptions) -> None:
     reconciler = Reconciler(store, runtime, routes, group, tuning=options.tuning, feed=feed)
     await reconciler.adopt()
     control = ControlPlane(store, reconciler, options.endpoints())
+    scaling = ScalingController(store, reconciler, control.traffic)
+    control.scaling = scaling
+    # A request held at zero instances is news: decide now, not at the next period.
+    control.traffic.on_waiting = scaling.wake
     app = create_app(
         control,
         {key.id: key},
@@ -150,6 +155,7 @@ async def serve(options: PlatformOptions) -> None:
         feed=feed,
         gateway_token=load_or_create_gateway_token(),
         scrape=[options.gateway_metrics] if options.gateway_metrics else None,
+        traffic=control.traffic,
     )
     server = _Server(
         uvicorn.Config(
@@ -166,6 +172,7 @@ async def serve(options: PlatformOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reconciler.start()
+    scaling.start()
     api = asyncio.create_task(_serve_api(server))
     try:
         await _wait_listening(server, api, f"{options.host}:{options.api_port}")
@@ -178,5 +185,6 @@ async def serve(options: PlatformOptions) -> None:
         server.should_exit = True
         with contextlib.suppress(BaseException):
             await api
+        await scaling.stop()
         await reconciler.stop_all()
         store.close()

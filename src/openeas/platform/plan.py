@@ -136,11 +136,15 @@ class DesiredService:
     token: str
     desired: Desired
     version: int
-    #: instances wanted (the spec's ``metadata.instance``; an autoscaler will set it)
+    #: instances wanted (the service's ``replicas``: ``metadata.instance`` at create,
+    #: then a manual change or the scaling controller's decisions)
     instances: int
     demand: Demand
     resource: str
     limits: ServiceLimits = field(default_factory=ServiceLimits)
+    #: the gateway holds requests while no instance is ready (an autoscaler that may
+    #: scale to zero: the held request is what activates the service again)
+    hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -438,6 +442,7 @@ class _Planner:
             name=self.d.name,
             token=self.d.token,
             limits=self.d.limits,
+            hold=self.d.hold,
             upstreams=tuple(u for u in map(_upstream, serving) if u is not None),
             draining=tuple(u for u in map(_upstream, draining) if u is not None),
         )

@@ -126,6 +126,12 @@ def gateway_limits(m: Metadata) -> ServiceLimits:
     )
 
 
+def _holds(spec: ServiceSpec) -> bool:
+    """Whether the gateway holds requests while the service has no ready instance."""
+    autoscaler = spec.autoscaler_spec()
+    return autoscaler is not None and autoscaler.min == 0
+
+
 def _demand(spec: ServiceSpec) -> Demand:
     m = spec.metadata
     return Demand(m.cpu, m.memory or 0, m.gpu)
@@ -335,10 +341,12 @@ class Reconciler:
             token=service.token,
             desired=service.desired,
             version=version,
-            instances=m.instance,
+            # the count set at create, by a manual change or by the autoscaler/cron controller
+            instances=service.replicas,
             demand=_demand(spec),
             resource=m.resource,
             limits=gateway_limits(m),
+            hold=_holds(spec),
         )
         key = (name, version)
         observed = ObservedService(

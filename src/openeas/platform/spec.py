@@ -6,19 +6,28 @@ are checked by the processor's own flag schema (:mod:`openeas.processor_flags`),
 platform accepts exactly the flags ``openeas-server`` does and refuses the rest with the
 message the processor would print; on top, the flags the platform sets itself (ports, bind
 addresses) or must own (log files, TLS, climbing repositories) are refused.
+
+``autoscaler`` and ``cronscaler`` (EAS's elasticity documents) are kept as the user wrote
+them (either EAS form) and checked by their own parsers in :mod:`openeas.platform.elastic`;
+:meth:`ServiceSpec.autoscaler_spec` and :meth:`ServiceSpec.cronscaler_spec` give the
+parsed values.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from openeas import processor_flags
 from openeas.platform.auth import random_token
+from openeas.platform.elastic.autoscaler import AutoscalerSpec, parse_autoscaler
+from openeas.platform.elastic.cron import CronScalerSpec, parse_cronscaler
 from openeas.platform.errors import FieldError, SpecError
 
 #: EAS service names: a lower-case letter, then lower-case letters, digits and underscores.
@@ -49,6 +58,12 @@ REFUSED_FLAGS = {
     "--grpc-root-cert": "instances do not serve TLS behind the gateway",
 }
 _TOKEN_PATTERN = re.compile(r"^[\x21-\x7e]{8,256}$")
+#: The elasticity documents: stored as written, each checked by its parser (``None`` or
+#: absent: not set).
+ELASTIC_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "autoscaler": parse_autoscaler,
+    "cronscaler": parse_cronscaler,
+}
 
 
 def has_dot_dot(path: str) -> bool:
@@ -126,6 +141,10 @@ class ServiceSpec(_Strict):
     processor_params: list[str] = Field(min_length=1)
     storage: list[StorageMount] = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=Metadata)
+    #: EAS's ``autoscaler`` as the user wrote it (docs/elastic.md); see autoscaler_spec()
+    autoscaler: dict[str, Any] | None = None
+    #: EAS's ``cronscaler`` as the user wrote it; see cronscaler_spec()
+    cronscaler: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
@@ -148,12 +167,37 @@ class ServiceSpec(_Strict):
         """The spec as the user would write it (dotted ``rpc.*`` keys)."""
         return self.model_dump(by_alias=True, exclude_none=True)
 
+    def autoscaler_spec(self) -> AutoscalerSpec | None:
+        """The parsed ``autoscaler``, or ``None`` without one."""
+        return None if self.autoscaler is None else _parsed_autoscaler(_key(self.autoscaler))
+
+    def cronscaler_spec(self) -> CronScalerSpec | None:
+        """The parsed ``cronscaler``, or ``None`` without one."""
+        return None if self.cronscaler is None else _parsed_cronscaler(_key(self.cronscaler))
+
     # -- what the runtime needs from the processor flags ------------------------------
 
     def model_repositories(self) -> list[str]:
         """Every ``--model-repository``/``--model-store`` value, in order."""
         found = processor_flags.flag_values(self.processor_params, processor_flags.REPOSITORY_FLAGS)
         return [flag.value for flag in found]
+
+
+def _key(doc: dict[str, Any]) -> str:
+    """A document's cache key: its canonical JSON (so a changed document is parsed anew)."""
+    return json.dumps(doc, sort_keys=True)
+
+
+# Specs are re-read per tick by the reconciler and the controller; a document's parse
+# (croniter steps for every schedule) is done once per distinct document.
+@functools.lru_cache(maxsize=256)
+def _parsed_autoscaler(key: str) -> AutoscalerSpec:
+    return parse_autoscaler(json.loads(key))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_cronscaler(key: str) -> CronScalerSpec:
+    return parse_cronscaler(json.loads(key))
 
 
 def generate_token() -> str:
@@ -239,13 +283,17 @@ def validate_spec(doc: Any) -> ServiceSpec:
     """Validate a service JSON document; raises :class:`SpecError` with every problem."""
     if not isinstance(doc, dict):
         raise SpecError([FieldError("", "the service spec must be a JSON object")])
+    elastic = _check_elastic(doc)
     try:
         spec = ServiceSpec.model_validate(doc)
     except ValidationError as exc:
-        raise SpecError(
-            [FieldError(_path(e["loc"]), _reason(e)) for e in exc.errors()]  # type: ignore[arg-type]
-        ) from None
-    problems = _check_processor_params(spec.processor_params)
+        problems = [
+            FieldError(_path(e["loc"]), _reason(e))  # type: ignore[arg-type]
+            for e in exc.errors()
+            if not e["loc"] or e["loc"][0] not in ELASTIC_FIELDS  # their parsers say more
+        ]
+        raise SpecError(problems + elastic) from None
+    problems = _check_processor_params(spec.processor_params) + elastic
     mounts = [m.mount_path for m in spec.storage]
     if len(set(mounts)) != len(mounts):
         problems.append(FieldError("storage", "mount_path values must be unique"))
@@ -259,6 +307,25 @@ def validate_spec(doc: Any) -> ServiceSpec:
     if not spec.token:
         spec = spec.model_copy(update={"token": generate_token()})
     return spec
+
+
+def _check_elastic(doc: dict[str, Any]) -> list[FieldError]:
+    """Every problem of the ``autoscaler`` and ``cronscaler`` documents, by field path.
+
+    ``metadata.instance`` outside the autoscaler's ``[min, max]`` is not one: the service
+    starts with that count and the autoscaler's first decision moves it within its bounds
+    (as EAS does; docs/elastic.md).
+    """
+    problems: list[FieldError] = []
+    for field, parse in ELASTIC_FIELDS.items():
+        value = doc.get(field)
+        if value is None:
+            continue
+        try:
+            parse(value)
+        except SpecError as exc:
+            problems += exc.errors
+    return problems
 
 
 def parse_spec_text(text: str) -> dict[str, Any]:

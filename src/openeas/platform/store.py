@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS services (
     current_version INTEGER NOT NULL,
     latest_version INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    replicas INTEGER NOT NULL DEFAULT 1,  -- the instance count the reconciler drives towards
+    cron_set_at REAL                      -- when the current cronscaler was set (wall time)
 );
 CREATE TABLE IF NOT EXISTS versions (
     service TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
@@ -88,6 +90,12 @@ class ServiceRecord:
     latest_version: int
     created_at: float
     updated_at: float
+    #: the instance count the reconciler drives towards: the spec's ``metadata.instance``
+    #: at create and when an update names it; the autoscaler/cron controller's since
+    replicas: int = 1
+    #: wall time the current ``cronscaler`` was set (its firings before do not count);
+    #: ``None`` without one
+    cron_set_at: float | None = None
 
     def __post_init__(self) -> None:
         self.desired = Desired(self.desired)
@@ -137,6 +145,13 @@ class Event:
     message: str
 
 
+def spec_instances(spec: dict[str, Any]) -> int:
+    """A stored spec's ``metadata.instance`` (1, the spec's default, when absent)."""
+    metadata = spec.get("metadata")
+    count = metadata.get("instance", 1) if isinstance(metadata, dict) else 1
+    return count if isinstance(count, int) else 1
+
+
 def _instance(row: sqlite3.Row) -> InstanceRecord:
     data = dict(row)
     data["ready"] = bool(data["ready"])
@@ -166,6 +181,26 @@ class Store:
             if column not in columns:
                 self._db.execute(
                     f"ALTER TABLE instances ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                )
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(services)")}
+        if "replicas" not in columns:
+            self._add_replicas()
+        if "cron_set_at" not in columns:
+            self._db.execute("ALTER TABLE services ADD COLUMN cron_set_at REAL")
+
+    def _add_replicas(self) -> None:
+        """The replicas column, filled with each service's current ``metadata.instance``
+        (what the reconciler drove towards before), in one transaction."""
+        with self._transaction():
+            self._db.execute("ALTER TABLE services ADD COLUMN replicas INTEGER NOT NULL DEFAULT 1")
+            rows = self._db.execute(
+                "SELECT s.name, v.spec FROM services s JOIN versions v "
+                "ON v.service = s.name AND v.version = s.current_version"
+            ).fetchall()
+            for row in rows:
+                self._db.execute(
+                    "UPDATE services SET replicas = ? WHERE name = ?",
+                    (spec_instances(json.loads(row["spec"])), row["name"]),
                 )
 
     def close(self) -> None:
@@ -238,13 +273,27 @@ class Store:
 
     # -- services ---------------------------------------------------------------------
 
-    def create_service(self, name: str, token: str, spec: dict[str, Any]) -> ServiceRecord:
+    def create_service(
+        self, name: str, token: str, spec: dict[str, Any], cron_set_at: float | None = None
+    ) -> ServiceRecord:
+        """A new service at version 1; its count is the spec's ``metadata.instance``."""
         now = time.time()
         try:
             with self._transaction():
                 self._db.execute(
-                    "INSERT INTO services VALUES (?, ?, ?, ?, '', '', 1, 1, ?, ?)",
-                    (name, token, Desired.RUNNING, ServiceStatus.CREATING, now, now),
+                    "INSERT INTO services (name, token, desired, status, current_version, "
+                    "latest_version, created_at, updated_at, replicas, cron_set_at) "
+                    "VALUES (?, ?, ?, ?, 1, 1, ?, ?, ?, ?)",
+                    (
+                        name,
+                        token,
+                        Desired.RUNNING,
+                        ServiceStatus.CREATING,
+                        now,
+                        now,
+                        spec_instances(spec),
+                        cron_set_at,
+                    ),
                 )
                 self._db.execute(
                     "INSERT INTO versions VALUES (?, 1, ?, ?)", (name, json.dumps(spec), now)
@@ -272,6 +321,21 @@ class Store:
         columns = ", ".join(f"{key} = ?" for key in changes)
         self._db.execute(f"UPDATE services SET {columns} WHERE name = ?", (*changes.values(), name))
 
+    def set_replicas(
+        self, name: str, replicas: int, reason: str, message: str, type: str = "Normal"
+    ) -> None:
+        """Set the instance count and record its event, both or neither (the autoscaler's
+        and the cron controller's decisions; a manual count comes with a new version)."""
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE services SET replicas = ? WHERE name = ?", (replicas, name)
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"service {name!r} not found")
+            self.add_event(name, reason, message, type)
+
     def set_status(
         self, name: str, status: ServiceStatus, reason: str = "", message: str = ""
     ) -> bool:
@@ -292,8 +356,11 @@ class Store:
 
     # -- versions ---------------------------------------------------------------------
 
-    def add_version(self, name: str, spec: dict[str, Any]) -> int:
-        """Store a new version and make it current (with its token); its number."""
+    def add_version(self, name: str, spec: dict[str, Any], **service: Any) -> int:
+        """Store a new version and make it current (with its token); its number.
+
+        ``service`` are service columns changed in the same transaction (``replicas``,
+        ``cron_set_at``)."""
         with self._transaction():
             record = self.service(name)
             version = record.latest_version + 1
@@ -306,6 +373,7 @@ class Store:
                 latest_version=version,
                 current_version=version,
                 token=spec.get("token") or record.token,
+                **service,
             )
         return version
 

@@ -5,7 +5,8 @@ instances that exist only as entries in a dict (compare Ray Serve's
 ``MockReplicaActorWrapper``).  A test tells it what happens to them: :meth:`make_ready`,
 :meth:`crash`, :meth:`hang` (never ready), :meth:`refuse_starts` (the runtime cannot place
 an instance: a start fails with the given reason), :meth:`vanish` (gone while the control
-plane was away), :meth:`set_pending` (requests in flight on it).  Every call the reconciler makes is recorded in :attr:`calls`.
+plane was away), :meth:`set_pending` (requests in flight on it),
+:meth:`set_cpu_seconds` (the CPU time it has used).  Every call the reconciler makes is recorded in :attr:`calls`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class FakeInstance:
     log: list[str] = field(default_factory=list)
     #: requests it has accepted and not answered (what in_flight() reports)
     pending: int = 0
+    #: CPU seconds used (what cpu_seconds() reports; None: unknown)
+    cpu: float | None = None
 
 
 class FakeRuntime(Runtime):
@@ -55,6 +58,10 @@ class FakeRuntime(Runtime):
     def set_pending(self, instance_id: str, count: int) -> None:
         """The requests the instance reports queued or executing."""
         self.instances[instance_id].pending = count
+
+    def set_cpu_seconds(self, instance_id: str, seconds: float | None) -> None:
+        """The CPU time the instance reports having used (cumulative)."""
+        self.instances[instance_id].cpu = seconds
 
     def hang(self, instance_id: str) -> None:
         """Runs, never answers ready."""
@@ -113,6 +120,10 @@ class FakeRuntime(Runtime):
     async def in_flight(self, instance_id: str) -> int:
         inst = self.instances.get(instance_id)
         return inst.pending if inst is not None else 0
+
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        inst = self.instances.get(instance_id)
+        return inst.cpu if inst is not None and inst.exit is None and not inst.stopped else None
 
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None

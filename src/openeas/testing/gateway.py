@@ -130,16 +130,24 @@ class GatewayThread:
         upstreams: Iterable[Upstream] = (),
         draining: Iterable[Upstream] = (),
         limits: ServiceLimits | None = None,
+        hold: bool = False,
     ) -> ServiceRoute:
-        """Publish (or replace) a service's route."""
+        """Publish (or replace) a service's route (``hold``: requests wait for a first
+        instance rather than a 503)."""
         route = ServiceRoute(
-            name, token, limits or ServiceLimits(), tuple(upstreams), tuple(draining)
+            name, token, limits or ServiceLimits(), tuple(upstreams), tuple(draining), hold
         )
         self.call(self.routes.update, route)
         return route
 
     def in_flight(self, instance_id: str) -> int:
         return self.call(self.routes.in_flight, instance_id)
+
+    def waiting(self, service: str) -> int:
+        """Requests waiting in the service's queue."""
+        assert self.gateway is not None
+        core = self.gateway.core
+        return self.call(lambda: len(s.waiters) if (s := core.states.get(service)) else 0)
 
     def upstream_connections(self, upstream: Upstream) -> int:
         """How many HTTP connections the gateway holds open to ``upstream``."""

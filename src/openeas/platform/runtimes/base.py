@@ -95,6 +95,13 @@ class Runtime(ABC):
         gateways having routed around it)."""
         return 0
 
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        """CPU time (user + system seconds) the instance has used since it started, its
+        helper processes (e.g. Python backend stubs) included; None when the runtime
+        cannot tell or the instance is gone.  The autoscaler's ``cpu`` metric is its
+        growth per second over the instance's cores."""
+        return None
+
     @abstractmethod
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None

@@ -254,6 +254,11 @@ class LocalRuntime(Runtime):
             self._signal_group(pid, signal.SIGKILL)
         return Exit(None, watched.killed)
 
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        watched = self._instances.get(instance_id)
+        pid = watched.address.pid if watched is not None else None
+        return process_cpu_seconds(pid) if pid is not None else None
+
     async def probe(self, instance_id: str) -> bool:
         watched = self._instances.get(instance_id)
         if watched is None:
@@ -329,6 +334,21 @@ class LocalRuntime(Runtime):
             pass
         except PermissionError:
             os.kill(pid, sig)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its descendants (those still
+    running and those that ended and were waited for); None when it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        total = 0.0
+        for member in (proc, *proc.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):  # a helper that just ended
+                times = member.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        return None
+    return total
 
 
 def pending_requests(metrics: str) -> int:

@@ -115,6 +115,11 @@ class InstanceActor:
             return 0
         return await self.runtime.in_flight(self.launch.instance_id)
 
+    async def cpu_seconds(self) -> float | None:
+        if self.launch is None:
+            return None
+        return await self.runtime.cpu_seconds(self.launch.instance_id)
+
     def read_log(self, tail: int | None, offset: int | None) -> tuple[str, int]:
         if self.launch is None:
             return "", 0
@@ -390,16 +395,24 @@ class RayRuntime(Runtime):
     async def in_flight(self, instance_id: str) -> int:
         """Asked of the instance's actor, which reads its processor's metrics on its node
         (as the local runtime does); 0 when it cannot tell."""
+        count = await self._ask_actor(instance_id, "in_flight", "in-flight count")
+        return 0 if count is None else int(count)
+
+    async def cpu_seconds(self, instance_id: str) -> float | None:
+        """Measured on the instance's node, by its actor; None when it cannot tell."""
+        seconds = await self._ask_actor(instance_id, "cpu_seconds", "CPU time")
+        return None if seconds is None else float(seconds)
+
+    async def _ask_actor(self, instance_id: str, method: str, what: str) -> Any:
+        """``method`` of a live instance's actor; None when gone or unreachable."""
         tracked = self._instances.get(instance_id)
         if tracked is None or tracked.exit is not None:
-            return 0
+            return None
         try:
-            return int(
-                await self.cluster.acall(tracked.actor, "in_flight", timeout=self.call_timeout)
-            )
+            return await self.cluster.acall(tracked.actor, method, timeout=self.call_timeout)
         except Exception as exc:
-            log.debug("instance %s: in-flight count unknown: %s", instance_id, exc)
-            return 0
+            log.debug("instance %s: %s unknown: %s", instance_id, what, exc)
+            return None
 
     def read_log(
         self, service: str, instance_id: str, *, tail: int | None = None, offset: int | None = None
