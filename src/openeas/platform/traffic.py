@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Seconds over which a rate is measured.
-RATE_WINDOW = 5.0
+#: Seconds over which a rate is measured: about two reports, so that a load step shows in
+#: full within ~2 s (the autoscaler's stabilization windows are where smoothing belongs).
+RATE_WINDOW = 2.0
 #: A gateway silent for longer is forgotten (it stopped, or lost the control plane).
 GATEWAY_TTL = 10.0
 #: At most this many gateways are remembered.
