@@ -21,6 +21,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from openeas.gateway.core import GatewayCore
+from openeas.transport.aio import wait_event
 
 if TYPE_CHECKING:
     import httpx
@@ -97,8 +98,7 @@ class TrafficReporter:
         failing = False
         async with httpx.AsyncClient(timeout=5.0) as client:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._now.wait(), self.every)
+                await wait_event(self._now, self.every)
                 self._now.clear()
                 try:
                     await self.send(client)

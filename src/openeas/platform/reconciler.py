@@ -61,6 +61,7 @@ from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, Start
 from openeas.platform.spec import Metadata, ServiceSpec
 from openeas.platform.status import InstanceStatus
 from openeas.platform.store import InstanceRecord, ServiceRecord, Store
+from openeas.transport.aio import wait_event
 
 __all__ = ["Backoff", "Reconciler", "Tuning", "counts", "instance_shape"]
 
@@ -241,8 +242,7 @@ class Reconciler:
                 log.exception("reconciler tick failed")
             if self.feed is not None and not self.feed.ready:
                 self.feed.ready = True  # every service has been published once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tuning.tick)
+            await wait_event(self._wake, self.tuning.tick)
             self._wake.clear()
 
     # -- what the control plane asks --------------------------------------------------

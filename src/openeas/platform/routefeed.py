@@ -20,6 +20,7 @@ from typing import Any
 
 from openeas.gateway.follower import snapshot
 from openeas.gateway.routes import RouteTable
+from openeas.transport.aio import wait_event
 
 #: Longest watch a gateway may ask for (seconds).
 MAX_WATCH = 60.0
@@ -78,11 +79,7 @@ class RouteFeed:
         timeout = min(max(timeout, 0.0), MAX_WATCH)
         self._remember(gateway, since, timeout)
         if since == self.version:
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), timeout)
-            except TimeoutError:
-                pass
+            await wait_event(self._changed, timeout)
         self._gateways[gateway].seen = time.monotonic()
         return snapshot(self.routes, self.version)
 

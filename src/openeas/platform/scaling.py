@@ -50,6 +50,7 @@ from openeas.platform.elastic.policy import (
 from openeas.platform.errors import NotFoundError
 from openeas.platform.status import Desired, InstanceStatus
 from openeas.platform.traffic import ServiceTraffic
+from openeas.transport.aio import wait_event
 
 if TYPE_CHECKING:
     from openeas.platform.reconciler import Reconciler
@@ -225,8 +226,7 @@ class ScalingController:
                 raise
             except Exception:
                 log.exception("scaling tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.period)
+            await wait_event(self._wake, self.period)
             self._wake.clear()
 
     # -- one round --------------------------------------------------------------------
