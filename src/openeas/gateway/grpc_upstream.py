@@ -35,7 +35,7 @@ from openeas.protocol import http2 as h2
 from openeas.protocol import instance_token
 from openeas.transport.grpc_call import GrpcError, Headers
 from openeas.transport.http2_peer import STREAM_BUFFER, STREAM_WINDOW, Http2Limits, Http2Peer
-from openeas.transport.sockets import set_nodelay
+from openeas.transport.sockets import connect_unix, grpc_unix_socket, set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -413,11 +413,19 @@ class GrpcUpstream:
     """gRPC calls to one instance, on one HTTP/2 connection (opened again when lost)."""
 
     def __init__(
-        self, host: str, port: int, loop: asyncio.AbstractEventLoop, token: str | None = None
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop,
+        token: str | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.loop = loop
+        #: the instance's gRPC Unix socket (named after its HTTP one), tried before the
+        #: TCP port; None once it could not be reached (an instance that has none)
+        self.unix_socket = grpc_unix_socket(unix_socket) if unix_socket else None
         self._extra = h2.encode_header(instance_token.HEADER, token.encode()) if token else b""
         self._conn: GrpcConnection | None = None
         self._connecting: asyncio.Task[GrpcConnection] | None = None
@@ -434,15 +442,29 @@ class GrpcUpstream:
 
     async def _open(self) -> GrpcConnection:
         authority = b"%s:%d" % (self.host.encode(), self.port)
-        try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: GrpcConnection(authority, self._extra), self.host, self.port
-                ),
-                CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+
+        def protocol() -> GrpcConnection:
+            return GrpcConnection(authority, self._extra)
+
+        conn: GrpcConnection | None = None
+        if self.unix_socket is not None:
+            try:
+                _, conn = await asyncio.wait_for(
+                    connect_unix(self.loop, protocol, self.unix_socket),
+                    CONNECT_TIMEOUT_S,
+                )
+            except (OSError, TimeoutError) as exc:  # e.g. an instance of an older version
+                log.debug("gRPC over %s: %s; using TCP", self.unix_socket, exc)
+                self.unix_socket = None
+        if conn is None:
+            try:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(protocol, self.host, self.port),
+                    CONNECT_TIMEOUT_S,
+                )
+            except (OSError, TimeoutError) as exc:
+                raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        assert conn is not None
         self._conn = conn
         return conn
 
