@@ -118,6 +118,8 @@ class GrpcConnection(Http2Peer):
         #: encoded headers every call carries (the instance's internal token)
         self._extra = extra
         self._calls: dict[int, _Call] = {}
+        #: the header block of a call without metadata to pass on, by method path
+        self._request_heads: dict[bytes, bytes] = {}
         self._next_id = 1
         #: No new calls (GOAWAY received, or the connection is gone).
         self.closed = False
@@ -256,10 +258,14 @@ class GrpcConnection(Http2Peer):
         if self._next_id > MAX_STREAM_ID:
             self.closed = True  # the next call opens a new connection; this one drains
         self._calls[call.id] = call
-        block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
-        for name, value in metadata:
-            block += h2.encode_header(name, value)
-        block += self._extra  # last: the instance reads the last token header
+        block = self._request_heads.get(path) if not metadata else None
+        if block is None:
+            block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
+            for name, value in metadata:
+                block += h2.encode_header(name, value)
+            block += self._extra  # last: the instance reads the last token header
+            if not metadata:  # the usual call: kept per method (a few dozen at most)
+                self._request_heads[path] = block
         head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, block)
         if message is None:
             self._write(head)
