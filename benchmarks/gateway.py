@@ -222,9 +222,9 @@ class ProductPath:
         instance = psutil.Process(pid)
         stats = f"http://{host}:{http_port}/v2/models/identity/stats"
         header = {"x-openeas-instance-token": internal}
+        self._wait_routed(token)  # then every gateway process runs
         gateways = self.gateway_processes()
         plat = self.platform_processes()
-        self._wait_routed(token)
         direct_h = ["-H", f"x-openeas-instance-token:{internal}"]
         return {
             "direct": Target(
