@@ -42,10 +42,8 @@ run "2. ResNet-18 ONNX with dynamic batching vs the in-process ONNX Runtime limi
   --loop-seconds $((LOOP_S / 4)) --out "$OUT"
 run "2b. inception_graphdef (TensorFlow) vs an in-process TensorFlow session loop" \
   benchmarks/inception.py --repeat "$REPEAT" --seconds "$LOOP_S" --out "$OUT"
-run "3. through the gateway vs straight to the instance" \
+run "3. through the gateway vs straight to the instance (product path and bare; HTTP and gRPC)" \
   benchmarks/gateway.py --repeat "$REPEAT" --measurement-ms "$MS" --out "$OUT"
-run "3. through the gateway vs straight to the instance, gRPC" \
-  benchmarks/gateway.py --protocol grpc --repeat "$REPEAT" --measurement-ms "$MS" --out "$OUT"
 run "4. cold start: eascmd create -> Service is running" \
   benchmarks/platform_coldstart.py --repeat $((REPEAT + 2)) --out "$OUT"
 run "4b. model repository sync from the object store vs aws s3 sync" \

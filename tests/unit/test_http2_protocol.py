@@ -701,10 +701,10 @@ class Instance:
     """The gateway's connection to an instance, in memory: the instance's frames in."""
 
     def __init__(self) -> None:
-        from openeas.gateway.grpc_upstream import _Connection
+        from openeas.gateway.grpc_upstream import GrpcConnection
 
         self.transport = FakeTransport()
-        self.conn = _Connection(b"x:1")
+        self.conn = GrpcConnection(b"x:1")
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
         self.encoder = hpack.Encoder()
 

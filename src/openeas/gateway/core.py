@@ -141,7 +141,7 @@ class GatewayCore:
         if client is None:
             assert self.loop is not None, "GatewayCore.start() not called"
             client = self._grpc[key] = GrpcUpstream(
-                upstream.host, upstream.grpc_port, self.loop, upstream.token
+                upstream.host, upstream.grpc_port, self.loop, upstream.token, upstream.unix_socket
             )
         return client
 

@@ -12,6 +12,14 @@ a valid token costs no buffering.  Unary calls are bounded by ``rpc.keepalive``;
 (``ModelStreamInfer``) stays on the instance chosen when it opened, for as long as the
 client keeps it.  An instance's error is passed on with its code, message and trailing
 metadata.
+
+A unary call that can go straight out (no sequence, an instance with a free slot and an
+open connection with room) runs in callbacks only (:class:`_FastCall`, the transport's
+``direct`` path): the call is written upstream from the client connection's
+``data_received`` and answered from the upstream connection's, with no coroutine, task,
+future or timer of its own (its keepalive is an entry in the shared
+:class:`~openeas.gateway.deadline.Timeouts`).  Everything else (queueing, connecting,
+retrying elsewhere, sequences, telling 408 from 504) takes the coroutine path.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -30,11 +39,13 @@ from openeas.gateway.balancer import ServiceState
 from openeas.gateway.core import GatewayCore, check_token
 from openeas.gateway.deadline import Deadline, Expired
 from openeas.gateway.errors import GatewayError, KeepaliveExceeded, NoInstance, UpstreamTimeout
+from openeas.gateway.grpc_upstream import GrpcConnection
 from openeas.gateway.metrics import access_log
 from openeas.gateway.routes import Upstream
 from openeas.gateway.sequences import grpc_sequence
 from openeas.gateway.upstream import ConnectFailed, UpstreamClosed
 from openeas.transport.grpc_call import GrpcError, Headers, Kind, Method, kind_of
+from openeas.transport.grpc_handlers import UnaryReply
 
 SERVICE = "inference.GRPCInferenceService"
 SERVICE_PREFIX = f"/{SERVICE}/"
@@ -68,6 +79,8 @@ class Admitted:
     state: ServiceState
     forward: Headers  # the metadata to pass on to the instance
     when: float  # loop time of its ``rpc.keepalive`` deadline
+    #: the instance the fast path chose (its slot acquired) and left to the coroutine
+    chosen: Upstream | None = None
 
 
 class GatewayGrpcFront:
@@ -82,13 +95,15 @@ class GatewayGrpcFront:
         table: dict[bytes, Method] = {}
         for rpc in pb.DESCRIPTOR.services_by_name[SERVICE.rpartition(".")[2]].methods:
             path = SERVICE_PREFIX + rpc.name
+            direct = None
             if kind_of(rpc) is Kind.UNARY:
                 kind, handler = Kind.UNARY, functools.partial(self.unary, path)
+                direct = functools.partial(self.unary_direct, path, path.encode())
             else:
                 kind, handler = Kind.BIDI_STREAM, functools.partial(self.stream, path)
             admit = functools.partial(self._admit, path)
             table[path.encode()] = Method(
-                kind, handler, _identity, _identity, metadata=True, admit=admit
+                kind, handler, _identity, _identity, metadata=True, admit=admit, direct=direct
             )
         return table
 
@@ -105,11 +120,40 @@ class GatewayGrpcFront:
             assert loop is not None
             state.limiter.admit(route.limits.rate_limit, time.perf_counter())
         except GatewayError as exc:
-            self._log("-", method, exc.grpc_code, started, "-", 0, 0)
+            self.log("-", method, exc.grpc_code, started, "-", 0, 0)
             raise
         return Admitted(state, forward, loop.time() + route.limits.keepalive_ms / 1000.0)
 
     # -- unary -------------------------------------------------------------------------
+
+    def unary_direct(
+        self, method: str, path: bytes, request: bytes, admitted: Admitted, reply: UnaryReply
+    ) -> bool:
+        """Forward a unary call in callbacks when it can go out at once; False (the
+        coroutine :meth:`unary` takes it) for a sequence's call, when every instance is
+        busy or down, or the chosen one has no open connection with room."""
+        state = admitted.state
+        if method == INFER_METHOD and grpc_sequence(request) is not None:
+            return False
+        try:
+            target = state.pick_ready(state.route())
+        except GatewayError:
+            return False  # the coroutine path says why, as it always has
+        if target is None or target.grpc_port is None:
+            return False
+        conn = self.core.grpc(target).ready()
+        if conn is None:  # the coroutine connects: to this instance, in its turn
+            state.routes.acquire(target.instance_id)
+            admitted.chosen = target
+            return False
+        fast = _FastCall(self, reply, state, target, method, len(request), conn)
+        state.in_flight += 1
+        state.routes.acquire(target.instance_id)
+        self.core.metrics.sent(state.name, target.instance_id)
+        fast.call = conn.open(path, admitted.forward, False, request, fast)
+        self.core.timeouts.add(fast, admitted.when)
+        reply.on_cancel = fast.cancelled
+        return True
 
     async def unary(self, method: str, request: bytes, admitted: Admitted) -> bytes:
         loop = self.core.loop
@@ -124,7 +168,9 @@ class GatewayGrpcFront:
             state.in_flight += 1
             deadline = Deadline(loop, admitted.when)
             try:
-                instance, response = await self._call(state, method, request, forward, deadline)
+                instance, response = await self._call(
+                    state, method, request, forward, deadline, admitted
+                )
             finally:
                 deadline.cancel()
                 state.in_flight -= 1
@@ -140,7 +186,7 @@ class GatewayGrpcFront:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._log(service, method, code, started, instance, len(request), size_out)
+            self.log(service, method, code, started, instance, len(request), size_out)
 
     async def _call(
         self,
@@ -149,6 +195,7 @@ class GatewayGrpcFront:
         request: bytes,
         forward: Headers,
         deadline: Deadline,
+        admitted: Admitted,
     ) -> tuple[str, bytes]:
         core = self.core
         sequence = grpc_sequence(request) if method == INFER_METHOD else None
@@ -164,7 +211,8 @@ class GatewayGrpcFront:
                     f"call without answering ({exc})"
                 ) from None
 
-        target, response = await core.forward(state, deadline, sequence, send)
+        chosen, admitted.chosen = admitted.chosen, None
+        target, response = await core.forward(state, deadline, sequence, send, chosen)
         return target.instance_id, response
 
     # -- streaming ---------------------------------------------------------------------
@@ -223,9 +271,9 @@ class GatewayGrpcFront:
                     state.release(target)
                 if service != "-":
                     state.in_flight -= 1
-            self._log(service, method, code, started, instance, 0, 0)
+            self.log(service, method, code, started, instance, 0, 0)
 
-    def _log(
+    def log(
         self,
         service: str,
         method: str,
@@ -244,3 +292,102 @@ class GatewayGrpcFront:
                 service, method.rsplit("/", 1)[-1], code.name, elapsed * 1000.0,
                 instance, size_in, size_out,
             )  # fmt: skip
+
+
+class _FastCall:
+    """A unary call forwarded in callbacks (:meth:`GatewayGrpcFront.unary_direct`): the
+    upstream connection's receiver, the keepalive's entry in the shared timeouts and
+    the client call's cancel hook."""
+
+    __slots__ = ("front", "reply", "state", "target", "method", "size_in", "conn", "call",
+                 "started")  # fmt: skip
+
+    def __init__(
+        self,
+        front: GatewayGrpcFront,
+        reply: UnaryReply,
+        state: ServiceState,
+        target: Upstream,
+        method: str,
+        size_in: int,
+        conn: GrpcConnection,
+    ) -> None:
+        self.front = front
+        self.reply = reply
+        self.state = state
+        self.target = target
+        self.method = method
+        self.size_in = size_in
+        self.conn = conn
+        self.call: Any = None  # the upstream call while it runs
+        self.started = time.perf_counter()
+
+    def _settle(self) -> None:
+        """The upstream call is over: free its timeout and the instance's slot."""
+        self.front.core.timeouts.remove(self)
+        self.state.release(self.target)
+        self.state.in_flight -= 1
+
+    def _log(self, code: grpc.StatusCode, size_out: int = 0) -> None:
+        self.front.log(
+            self.state.name, self.method, code, self.started, self.target.instance_id,
+            self.size_in, size_out,
+        )  # fmt: skip
+
+    def upstream_done(self, outcome: bytes | BaseException) -> None:
+        """The instance's answer or error (grpc_upstream.Receiver)."""
+        self.call = None
+        self._settle()
+        if isinstance(outcome, bytes):
+            self.reply.respond(outcome)
+            self._log(grpc.StatusCode.OK, len(outcome))
+            return
+        if isinstance(outcome, ConnectFailed):  # not run: another instance, as usual
+            self.front.core.mark_down(self.target)
+            self.reply.fallback()
+            return
+        error: Exception
+        if isinstance(outcome, GrpcError):
+            error, code = outcome, outcome.status
+        elif isinstance(outcome, UpstreamClosed):
+            error = UpstreamTimeout(
+                f"instance {self.target.instance_id} of service '{self.state.name}' dropped "
+                f"the call without answering ({outcome})"
+            )
+            code = error.grpc_code
+        else:  # pragma: no cover - the connection delivers only the errors above
+            error, code = (
+                GrpcError(grpc.StatusCode.INTERNAL, str(outcome)),
+                grpc.StatusCode.INTERNAL,
+            )
+        self.reply.fail(error)
+        self._log(code)
+
+    def cancelled(self) -> None:
+        """The client reset the call, its deadline passed or its connection went."""
+        call, self.call = self.call, None
+        if call is None:
+            return  # the keepalive's probe is running: it settles
+        self.conn.cancel(call)  # the instance cancels it too
+        self._settle()
+        self._log(grpc.StatusCode.CANCELLED)
+
+    def expire(self) -> None:
+        """The keepalive passed while the instance had the call: reset it, then 408 or
+        504 as :meth:`GatewayCore.expired_error` finds."""
+        call, self.call = self.call, None
+        if call is None:
+            return
+        self.conn.cancel(call)
+        loop = self.front.core.loop
+        assert loop is not None
+        loop.create_task(self._after_expiry())
+
+    async def _after_expiry(self) -> None:
+        try:
+            error = await self.front.core.expired_error(self.state, self.target)
+        finally:
+            self.state.release(self.target)
+            self.state.in_flight -= 1
+        self.reply.fail(error)
+        self._log(error.grpc_code)

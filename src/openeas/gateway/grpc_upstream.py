@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 from urllib.parse import unquote
 
 import grpc
@@ -34,7 +35,7 @@ from openeas.protocol import http2 as h2
 from openeas.protocol import instance_token
 from openeas.transport.grpc_call import GrpcError, Headers
 from openeas.transport.http2_peer import STREAM_BUFFER, STREAM_WINDOW, Http2Limits, Http2Peer
-from openeas.transport.sockets import set_nodelay
+from openeas.transport.sockets import connect_unix, grpc_unix_socket, set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +66,26 @@ _HTTP_TO_GRPC = {
 }
 
 
+class Receiver(Protocol):
+    """Who gets a unary call's outcome in a callback (instead of a future to await)."""
+
+    def upstream_done(self, outcome: bytes | BaseException) -> None:
+        """The answer message, or why there is none: GrpcError (the instance's status),
+        ConnectFailed (refused: it did not run), UpstreamClosed (broken under it)."""
+
+
 class _Call:
     """One call (HTTP/2 stream) on a connection."""
 
     __slots__ = (
         "id", "send_window", "pending", "end_pending", "writable", "recv", "messages",
-        "queue", "future", "recv_window", "recv_unacked", "unread", "headers_seen", "done",
+        "queue", "future", "receiver", "recv_window", "recv_unacked", "unread",
+        "headers_seen", "done",
     )  # fmt: skip
 
-    def __init__(self, stream_id: int, send_window: int, streaming: bool) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(
+        self, stream_id: int, send_window: int, streaming: bool, receiver: Receiver | None = None
+    ) -> None:
         self.id = stream_id
         self.send_window = send_window
         self.pending = bytearray()  # DATA waiting for flow-control window
@@ -86,8 +97,11 @@ class _Call:
         self.queue: asyncio.Queue[bytes | BaseException | None] | None = (
             asyncio.Queue() if streaming else None
         )
-        #: A unary call's outcome; a stream's end.
-        self.future: asyncio.Future[bytes | None] = loop.create_future()
+        #: A unary call's outcome (unless a receiver takes it); a stream's end.
+        self.future: asyncio.Future[bytes | None] | None = (
+            None if receiver is not None else asyncio.get_running_loop().create_future()
+        )
+        self.receiver = receiver
         self.recv_window = STREAM_WINDOW
         self.recv_unacked = 0
         self.unread = 0  # a stream's received bytes still in its queue (not yet acked)
@@ -95,7 +109,7 @@ class _Call:
         self.done = False
 
 
-class _Connection(Http2Peer):
+class GrpcConnection(Http2Peer):
     """One HTTP/2 connection to an instance, as the client."""
 
     def __init__(self, authority: bytes, extra: bytes = b"") -> None:
@@ -104,6 +118,8 @@ class _Connection(Http2Peer):
         #: encoded headers every call carries (the instance's internal token)
         self._extra = extra
         self._calls: dict[int, _Call] = {}
+        #: the header block of a call without metadata to pass on, by method path
+        self._request_heads: dict[bytes, bytes] = {}
         self._next_id = 1
         #: No new calls (GOAWAY received, or the connection is gone).
         self.closed = False
@@ -227,19 +243,29 @@ class _Connection(Http2Peer):
     # -- calls -------------------------------------------------------------------------
 
     def open(
-        self, path: bytes, metadata: Headers, streaming: bool, message: bytes | None = None
+        self,
+        path: bytes,
+        metadata: Headers,
+        streaming: bool,
+        message: bytes | None = None,
+        receiver: Receiver | None = None,
     ) -> _Call:
         """Start a call: its headers, and with ``message`` its only request message
-        (then the call is half-closed), in one write."""
-        call = _Call(self._next_id, self._peer_window, streaming)
+        (then the call is half-closed), in one write.  A unary call's outcome goes to
+        ``receiver`` when given (then nothing awaits it), else to the call's future."""
+        call = _Call(self._next_id, self._peer_window, streaming, receiver)
         self._next_id += 2
         if self._next_id > MAX_STREAM_ID:
             self.closed = True  # the next call opens a new connection; this one drains
         self._calls[call.id] = call
-        block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
-        for name, value in metadata:
-            block += h2.encode_header(name, value)
-        block += self._extra  # last: the instance reads the last token header
+        block = self._request_heads.get(path) if not metadata else None
+        if block is None:
+            block = _REQUEST_HEAD + self._authority + h2.encode_header(b":path", path)
+            for name, value in metadata:
+                block += h2.encode_header(name, value)
+            block += self._extra  # last: the instance reads the last token header
+            if not metadata:  # the usual call: kept per method (a few dozen at most)
+                self._request_heads[path] = block
         head = h2.frame(h2.HEADERS, h2.END_HEADERS, call.id, block)
         if message is None:
             self._write(head)
@@ -275,10 +301,12 @@ class _Connection(Http2Peer):
         call.unread = 0
 
     def cancel(self, call: _Call) -> None:
-        """Nobody waits for the call any more: reset it (the instance cancels it)."""
+        """Nobody waits for the call any more: reset it (the instance cancels it); its
+        receiver is not called."""
         if self._calls.pop(call.id, None) is not None:
             self._write(h2.rst_stream(call.id, h2.CANCEL))
         call.done = True
+        call.receiver = None
         self._unblock(call.id)
         self._check_drained()
 
@@ -297,18 +325,15 @@ class _Connection(Http2Peer):
             call.writable.set()
         if call.queue is not None:
             call.queue.put_nowait(outcome)
-        elif not call.future.done():
-            if outcome is not None:
-                call.future.set_exception(outcome)
-            elif len(call.messages) == 1:
-                call.future.set_result(call.messages[0])
+        elif call.receiver is not None:
+            receiver, call.receiver = call.receiver, None  # once
+            receiver.upstream_done(_unary_outcome(call, outcome))
+        elif call.future is not None and not call.future.done():
+            result = _unary_outcome(call, outcome)
+            if isinstance(result, BaseException):
+                call.future.set_exception(result)
             else:
-                call.future.set_exception(
-                    GrpcError(
-                        grpc.StatusCode.INTERNAL,
-                        f"the instance sent {len(call.messages)} messages to a unary call",
-                    )
-                )
+                call.future.set_result(result)
         self._check_drained()
 
     def _reset(self, call: _Call, error: BaseException) -> None:
@@ -359,6 +384,17 @@ class _Connection(Http2Peer):
             self._transport.abort()
 
 
+def _unary_outcome(call: _Call, outcome: BaseException | None) -> bytes | BaseException:
+    """A finished unary call's answer, or its error."""
+    if outcome is not None:
+        return outcome
+    if len(call.messages) == 1:
+        return call.messages[0]
+    return GrpcError(
+        grpc.StatusCode.INTERNAL, f"the instance sent {len(call.messages)} messages to a unary call"
+    )
+
+
 def _status(headers: Headers) -> GrpcError | None:
     """The outcome of a call from its trailers (None: OK)."""
     code = -1
@@ -383,16 +419,24 @@ class GrpcUpstream:
     """gRPC calls to one instance, on one HTTP/2 connection (opened again when lost)."""
 
     def __init__(
-        self, host: str, port: int, loop: asyncio.AbstractEventLoop, token: str | None = None
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop,
+        token: str | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.loop = loop
+        #: the instance's gRPC Unix socket (named after its HTTP one), tried before the
+        #: TCP port; None once it could not be reached (an instance that has none)
+        self.unix_socket = grpc_unix_socket(unix_socket) if unix_socket else None
         self._extra = h2.encode_header(instance_token.HEADER, token.encode()) if token else b""
-        self._conn: _Connection | None = None
-        self._connecting: asyncio.Task[_Connection] | None = None
+        self._conn: GrpcConnection | None = None
+        self._connecting: asyncio.Task[GrpcConnection] | None = None
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> GrpcConnection:
         conn = self._conn
         if conn is not None and conn.usable():
             return conn
@@ -402,19 +446,41 @@ class GrpcUpstream:
             task.add_done_callback(lambda _: setattr(self, "_connecting", None))
         return await asyncio.shield(task)
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> GrpcConnection:
         authority = b"%s:%d" % (self.host.encode(), self.port)
-        try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: _Connection(authority, self._extra), self.host, self.port
-                ),
-                CONNECT_TIMEOUT_S,
-            )
-        except (OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+
+        def protocol() -> GrpcConnection:
+            return GrpcConnection(authority, self._extra)
+
+        conn: GrpcConnection | None = None
+        if self.unix_socket is not None:
+            try:
+                _, conn = await asyncio.wait_for(
+                    connect_unix(self.loop, protocol, self.unix_socket),
+                    CONNECT_TIMEOUT_S,
+                )
+            except (OSError, TimeoutError) as exc:  # e.g. an instance of an older version
+                log.debug("gRPC over %s: %s; using TCP", self.unix_socket, exc)
+                self.unix_socket = None
+        if conn is None:
+            try:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(protocol, self.host, self.port),
+                    CONNECT_TIMEOUT_S,
+                )
+            except (OSError, TimeoutError) as exc:
+                raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        assert conn is not None
         self._conn = conn
         return conn
+
+    def ready(self) -> GrpcConnection | None:
+        """The connection, when a call can start on it at once (open, below the
+        instance's stream limit); else None (the caller takes :meth:`unary`'s path)."""
+        conn = self._conn
+        if conn is not None and conn.usable() and conn.has_room():
+            return conn
+        return None
 
     async def unary(
         self, path: bytes, message: bytes, metadata: Headers, deadline: Deadline
@@ -434,6 +500,7 @@ class GrpcUpstream:
             if not conn.usable():
                 conn = await self._connection()
         call = conn.open(path, metadata, streaming=False, message=message)
+        assert call.future is not None
         try:
             answer = await deadline.wait(call.future)  # type: ignore[arg-type]
         except BaseException:
@@ -469,7 +536,7 @@ class GrpcUpstream:
                 conn.cancel(call)
 
     @staticmethod
-    async def _pump(conn: _Connection, call: _Call, requests: AsyncIterator[bytes]) -> None:
+    async def _pump(conn: GrpcConnection, call: _Call, requests: AsyncIterator[bytes]) -> None:
         """Send the request messages as they come, waiting while the window is full."""
         writable = call.writable
         assert writable is not None and call.queue is not None

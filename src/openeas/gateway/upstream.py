@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import socket
 import time
 from typing import Protocol
 
@@ -30,7 +29,7 @@ import httptools
 
 from openeas.gateway.deadline import Deadline
 from openeas.protocol import instance_token
-from openeas.transport.sockets import set_nodelay, socket_address
+from openeas.transport.sockets import connect_unix, set_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +299,12 @@ class InstancePool:
             try:
                 _, conn = await deadline.wait(
                     asyncio.ensure_future(
-                        asyncio.wait_for(self._connect_unix(self.unix_socket), CONNECT_TIMEOUT_S)
+                        asyncio.wait_for(
+                            connect_unix(
+                                self.loop, lambda: UpstreamConnection(self), self.unix_socket
+                            ),
+                            CONNECT_TIMEOUT_S,
+                        )
                     )
                 )
                 return conn
@@ -321,19 +325,6 @@ class InstancePool:
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return conn
-
-    async def _connect_unix(self, name: str) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
-        # connected by hand: uvloop's create_unix_connection rejects abstract addresses
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            await self.loop.sock_connect(sock, socket_address(name))
-            return await self.loop.create_unix_connection(
-                lambda: UpstreamConnection(self), sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
 
     def idle(self) -> bool:
         """No request in progress."""

@@ -75,6 +75,12 @@ class Method:
     before any message is read: what it raises ends the call at once (a missing token
     costs no buffering), what it returns is the handler's second argument instead of
     the headers.
+
+    ``direct`` (UNARY, with ``metadata``) is a callback fast path tried before
+    ``handler``: ``direct(request, metadata, reply)`` either returns False (the call
+    goes to ``handler`` as usual) or True, having taken the call: it then answers from
+    callbacks through ``reply``, a :class:`~openeas.transport.grpc_handlers.UnaryReply`,
+    without a coroutine, task or future per call.
     """
 
     kind: Kind
@@ -83,6 +89,7 @@ class Method:
     encode: Callable[[Any], bytes]
     metadata: bool = False
     admit: Callable[[Headers], Any] | None = None
+    direct: Callable[[Any, Any, Any], bool] | None = None
 
 
 class GrpcError(Exception):

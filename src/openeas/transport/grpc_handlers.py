@@ -159,10 +159,28 @@ class CallRunner(abc.ABC):
             return
         message = stream.messages.pop()
         if stream.method.kind is Kind.UNARY:
+            if stream.method.direct is not None and self._direct(stream, message):
+                return
             # eagerly: a call that completes without waiting needs no task
             stream.task = start_eagerly(self._loop, self._unary(stream, message))
         else:
             stream.task = self._loop.create_task(self._server_stream(stream, message))
+
+    def _direct(self, stream: CallStream, message: bytes) -> bool:
+        """Offer a unary call to its method's callback fast path; True when taken."""
+        method = stream.method
+        assert method.direct is not None
+        reply = UnaryReply(self, stream, message)
+        stream.task = reply  # a reset or a deadline reaches the fast path through it
+        try:
+            taken = method.direct(method.decode(message), stream.headers, reply)
+        except Exception as exc:
+            stream.task = None
+            self._fail_call(stream, exc)
+            return True
+        if not taken:
+            stream.task = None
+        return taken
 
     # -- handlers ----------------------------------------------------------------------
 
@@ -234,3 +252,59 @@ class CallRunner(abc.ABC):
             if stream.task is not None:
                 stream.task.cancel()
             self._finish(stream, DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+
+class UnaryReply:
+    """How a unary method's ``direct`` fast path answers its call (see
+    :class:`~openeas.transport.grpc_call.Method`): exactly one of :meth:`respond`,
+    :meth:`fail` or :meth:`fallback`, from whatever callback has the outcome.
+
+    While the call is open the transport holds it as the call's task: when the client
+    resets the call, its ``grpc-timeout`` passes or the connection goes, :meth:`cancel`
+    calls :attr:`on_cancel` (the fast path then gives up what it holds); answering
+    after that is harmless (nothing is sent).
+    """
+
+    __slots__ = ("_runner", "_stream", "_message", "on_cancel")
+
+    def __init__(self, runner: CallRunner, stream: CallStream, message: bytes) -> None:
+        self._runner = runner
+        self._stream = stream
+        self._message = message
+        #: called (once) when the call is over for the client before it was answered
+        self.on_cancel: Callable[[], None] | None = None
+
+    def respond(self, response: Any) -> None:
+        """The call's answer, then OK."""
+        self._settle()
+        stream = self._stream
+        try:
+            payload = stream.method.encode(response)
+        except Exception as exc:
+            self._runner._fail_call(stream, exc)
+            return
+        self._runner._respond(stream, payload)
+
+    def fail(self, exc: Exception) -> None:
+        """End the call with the status of ``exc``, as if the handler had raised it."""
+        self._settle()
+        self._runner._fail_call(self._stream, exc)
+
+    def fallback(self) -> None:
+        """Run the method's coroutine ``handler`` on the call after all."""
+        self._settle()
+        stream = self._stream
+        if not stream.done:
+            runner = self._runner
+            stream.task = start_eagerly(runner._loop, runner._unary(stream, self._message))
+
+    def cancel(self) -> None:
+        """The call is over for the client (called by the transport)."""
+        self._settle()
+        on_cancel, self.on_cancel = self.on_cancel, None
+        if on_cancel is not None:
+            on_cancel()
+
+    def _settle(self) -> None:
+        if self._stream.task is self:
+            self._stream.task = None

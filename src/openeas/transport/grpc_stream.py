@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from openeas.transport.grpc_call import Method
 from openeas.transport.http2_peer import STREAM_WINDOW
+
+
+class Cancellable(Protocol):
+    """What runs a call's handler: a task, or a fast path's reply handle."""
+
+    def cancel(self) -> Any:
+        """The call is over for the client (reset, deadline, connection gone)."""
 
 
 class CallStream:
@@ -45,7 +52,7 @@ class CallStream:
         self.recv = bytearray()
         self.messages: list[bytes] = []
         self.queue: asyncio.Queue[bytes | None] | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: Cancellable | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.send_window = send_window
         self.pending = bytearray()  # DATA bytes waiting for flow-control window

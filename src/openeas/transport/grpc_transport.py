@@ -536,18 +536,20 @@ class GrpcServer:
         #: a platform instance's token (see openeas.protocol.instance_token); None: open
         self.internal_token = internal_token
         self.connections: set[Http2Connection] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
 
     async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
-        """Accept connections on the listening ``sock`` (over TLS with ``tls``)."""
+        """Accept connections on the listening ``sock`` (over TLS with ``tls``); called
+        again, on one more socket (e.g. a Unix socket next to the TCP port)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Http2Connection(self), sock=sock, ssl=tls)
+        server = await loop.create_server(lambda: Http2Connection(self), sock=sock, ssl=tls)
+        self._servers.append(server)
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting; running calls get ``grace`` seconds, then are cancelled."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
         connections = list(self.connections)
         for connection in connections:
             connection.drain()

@@ -1,9 +1,11 @@
 """Listening and connected sockets: TCP, and Unix-domain sockets next to TCP.
 
-A server may serve HTTP on a Unix-domain socket too (``--http-unix-socket``).  The gateway reaches instances on the same machine this way: a loopback TCP round trip
-costs both processes about twice the kernel time of a Unix-socket one, and the gateway's
-extra hop is mostly that kernel time.  ``@name`` is a name in Linux's abstract socket
-namespace (no file to clean up, no path-length trouble); anything else is a path.
+A server may serve HTTP on a Unix-domain socket too (``--http-unix-socket``), and then
+gRPC on a second one named after it (:func:`grpc_unix_socket`).  The gateway reaches
+instances on the same machine this way: a loopback TCP round trip costs both processes
+about twice the kernel time of a Unix-socket one, and the gateway's extra hop is mostly
+that kernel time.  ``@name`` is a name in Linux's abstract socket namespace (no file to
+clean up, no path-length trouble); anything else is a path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import asyncio
 import os
 import socket
 import stat
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -51,6 +56,11 @@ def socket_address(name: str) -> str:
     return "\0" + name[1:] if name.startswith("@") else name
 
 
+def grpc_unix_socket(http_unix_socket: str) -> str:
+    """The Unix socket a server with ``--http-unix-socket=NAME`` serves gRPC on."""
+    return http_unix_socket + ".grpc"
+
+
 def bind_unix_socket(name: str) -> socket.socket:
     """A listening Unix-domain socket; OSError names it when it cannot be bound.
 
@@ -64,6 +74,22 @@ def bind_unix_socket(name: str) -> socket.socket:
             pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     return _listen(sock, socket_address(name), f"unix socket {name}")
+
+
+async def connect_unix(
+    loop: asyncio.AbstractEventLoop, protocol: Callable[[], _P], name: str
+) -> tuple[asyncio.BaseTransport, _P]:
+    """A client connection to the Unix socket ``name`` (``@x``: abstract) speaking
+    ``protocol``; OSError when nothing listens there."""
+    # connected by hand: uvloop's create_unix_connection rejects abstract addresses
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, socket_address(name))
+        return await loop.create_unix_connection(protocol, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class Listener(Protocol):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from openeas.gateway import Upstream
@@ -65,7 +66,7 @@ def test_file_socket_is_served_and_removed_on_stop(tmp_path: Path) -> None:
         assert _raw_get(str(path), "/v2/health/live").startswith(b"HTTP/1.1 200")
     finally:
         assert server.stop() == 0
-    assert not path.exists()
+    assert not path.exists() and not Path(f"{path}.grpc").exists()
 
 
 def _infer(gateway: GatewayThread, service: str) -> np.ndarray:
@@ -104,3 +105,41 @@ def test_gateway_falls_back_to_tcp_without_the_socket(
         gateway.publish("tcp-svc", TOKEN, [upstream])
         _infer(gateway, "tcp-svc")
         _infer(gateway, "tcp-svc")
+
+
+def _grpc_infer(gateway: GatewayThread, service: str) -> None:
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        data = np.arange(4, dtype=np.float32).reshape(1, 4)
+        tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(data)
+        headers = {"authorization": TOKEN, "x-eas-service": service}
+        result = client.infer("identity_fp32", [tensor], headers=headers)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+    finally:
+        client.close()
+
+
+def test_grpc_reaches_the_instance_over_its_unix_socket(
+    unix_server: tuple[ServerProcess, str],
+) -> None:
+    server, name = unix_server
+    # nothing listens on the TCP ports given: only the socket can answer
+    upstream = Upstream("u0", "127.0.0.1", free_port(), free_port(), name)
+    with GatewayThread() as gateway:
+        gateway.publish("unix-grpc", TOKEN, [upstream])
+        for _ in range(3):
+            _grpc_infer(gateway, "unix-grpc")
+
+
+def test_grpc_falls_back_to_tcp_without_the_socket(
+    unix_server: tuple[ServerProcess, str],
+) -> None:
+    server, _ = unix_server
+    upstream = Upstream(
+        "u0", "127.0.0.1", server.http_port, server.grpc_port, "@openeas-test-missing"
+    )
+    with GatewayThread() as gateway:
+        gateway.publish("tcp-grpc", TOKEN, [upstream])
+        _grpc_infer(gateway, "tcp-grpc")
+        _grpc_infer(gateway, "tcp-grpc")

@@ -12,7 +12,9 @@ answers the standard ``grpc.health.v1.Health`` service (:mod:`.grpc_health`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -29,7 +31,7 @@ from openeas.server.options import ServerOptions
 from openeas.transport.grpc_call import Method, kind_of
 from openeas.transport.grpc_transport import GrpcServer
 from openeas.transport.http2_peer import Http2Limits
-from openeas.transport.sockets import bind_socket
+from openeas.transport.sockets import bind_socket, bind_unix_socket, grpc_unix_socket
 from openeas.transport.tls import ALPN_H2, TlsFileError, server_context
 
 log = logging.getLogger(__name__)
@@ -387,10 +389,17 @@ class GrpcFrontend:
         sock = bind_socket(self.options.grpc_address, self.options.grpc_port)
         self._port = sock.getsockname()[1]
         await self._server.start(sock, tls)
+        if self.options.http_unix_socket:  # the local gateway's way in (no TLS: local)
+            unix = bind_unix_socket(grpc_unix_socket(self.options.http_unix_socket))
+            await self._server.start(unix)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls; in-flight calls get ``grace`` seconds to finish."""
         await self._server.stop(grace)
+        name = self.options.http_unix_socket
+        if name and not name.startswith("@"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(grpc_unix_socket(name))
 
 
 def http2_limits(options: ServerOptions) -> Http2Limits:
