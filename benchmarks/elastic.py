@@ -36,22 +36,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tritonclient.http as httpclient
 
-from openeas.testing.onnx_models import ADD_SUB_CONFIG, write_add_sub_model, write_model_config
+from openeas.testing.onnx_models import (
+    ADD_SUB_CONFIG,
+    add_sub_inputs,
+    write_add_sub_model,
+    write_model_config,
+)
 from openeas.testing.server import free_port, start_server
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-
-
-def _inputs() -> list[Any]:
-    data = np.arange(16, dtype=np.float32).reshape(1, 16)
-    inputs = [httpclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
-    for item in inputs:
-        item.set_data_from_numpy(data)
-    return inputs
 
 
 class Platform:
@@ -134,14 +130,14 @@ def cold_start(plat: Platform, repo: Path, repeat: int) -> tuple[list[float], li
         )
         client = plat.client(name)
         started = time.perf_counter()
-        client.infer("simple", _inputs(), headers=headers)
+        client.infer("simple", add_sub_inputs(httpclient), headers=headers)
         zero_s.append(time.perf_counter() - started)
         client.close()
 
         started = time.perf_counter()
         server = start_server(repo, log_path=plat.home / f"bare-{i}.log")
         bare = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
-        bare.infer("simple", _inputs())
+        bare.infer("simple", add_sub_inputs(httpclient))
         bare_s.append(time.perf_counter() - started)
         bare.close()
         server.stop()
@@ -167,7 +163,9 @@ class OpenLoad:
         next_at = time.monotonic()
         while not self.stop.is_set():
             try:
-                client.infer("simple", _inputs(), headers={"Authorization": self.token})
+                client.infer(
+                    "simple", add_sub_inputs(httpclient), headers={"Authorization": self.token}
+                )
             except Exception:  # noqa: BLE001 - counted
                 self.failures += 1
             next_at += self.interval

@@ -21,7 +21,6 @@ The follower authenticates with the gateway credential: ``Authorization: Bearer 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.transport.aio import cancel_and_wait
 
 if TYPE_CHECKING:
     import httpx
@@ -203,10 +203,7 @@ class RouteFollower:
             self._task = asyncio.create_task(self._run(), name="route-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         import httpx  # here: a restarting gateway serves its saved routes before this

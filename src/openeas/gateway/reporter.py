@@ -15,13 +15,12 @@ authenticates like the route watch, with the gateway credential.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from openeas.gateway.core import GatewayCore
-from openeas.transport.aio import wait_event
+from openeas.transport.aio import cancel_and_wait, wait_event
 
 if TYPE_CHECKING:
     import httpx
@@ -87,10 +86,7 @@ class TrafficReporter:
             self._task = asyncio.create_task(self._run(), name="traffic-reporter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         import httpx

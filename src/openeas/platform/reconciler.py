@@ -61,7 +61,7 @@ from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, Start
 from openeas.platform.spec import Metadata, ServiceSpec
 from openeas.platform.status import InstanceStatus
 from openeas.platform.store import InstanceRecord, ServiceRecord, Store
-from openeas.transport.aio import wait_event
+from openeas.transport.aio import tick_forever
 
 __all__ = ["Backoff", "Reconciler", "Tuning", "counts", "instance_shape"]
 
@@ -233,17 +233,16 @@ class Reconciler:
         await self.runtime.close()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconciler tick failed")
+        await tick_forever(
+            self._first_then_tick, self._wake, self.tuning.tick, log, "reconciler tick"
+        )
+
+    async def _first_then_tick(self) -> None:
+        try:
+            await self.tick()
+        finally:
             if self.feed is not None and not self.feed.ready:
                 self.feed.ready = True  # every service has been published once
-            await wait_event(self._wake, self.tuning.tick)
-            self._wake.clear()
 
     # -- what the control plane asks --------------------------------------------------
 

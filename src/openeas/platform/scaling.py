@@ -28,7 +28,6 @@ way for scale-up).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -50,7 +49,7 @@ from openeas.platform.elastic.policy import (
 from openeas.platform.errors import NotFoundError
 from openeas.platform.status import Desired, InstanceStatus
 from openeas.platform.traffic import ServiceTraffic
-from openeas.transport.aio import wait_event
+from openeas.transport.aio import cancel_and_wait, tick_forever
 
 if TYPE_CHECKING:
     from openeas.platform.reconciler import Reconciler
@@ -209,25 +208,14 @@ class ScalingController:
         self._task = asyncio.create_task(self._run(), name="scaling")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def wake(self, _service: str | None = None) -> None:
         """Decide at once (a request waits for a service at zero instances)."""
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("scaling tick failed")
-            await wait_event(self._wake, self.period)
-            self._wake.clear()
+        await tick_forever(self.tick, self._wake, self.period, log, "scaling tick")
 
     # -- one round --------------------------------------------------------------------
 

@@ -163,3 +163,15 @@ output [
   { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
 ]
 """
+
+
+def add_sub_inputs(client_module: Any) -> list[Any]:
+    """``INPUT0`` and ``INPUT1`` of the "simple" add/sub model (both ``arange(16)``, batch
+    1) for ``tritonclient.http`` or ``tritonclient.grpc`` (passed as ``client_module``)."""
+    import numpy as np
+
+    data = np.arange(16, dtype=np.float32).reshape(1, 16)
+    inputs = [client_module.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+    for item in inputs:
+        item.set_data_from_numpy(data)
+    return inputs

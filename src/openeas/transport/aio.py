@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
@@ -19,3 +23,31 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def tick_forever(
+    tick: Callable[[], Awaitable[None]],
+    wake: asyncio.Event,
+    period: float,
+    logger: logging.Logger,
+    what: str,
+) -> None:
+    """Await ``tick()`` now and then every ``period`` seconds, or at once when ``wake`` is
+    set; a tick that fails is logged and the next one runs (until cancelled)."""
+    while True:
+        try:
+            await tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s failed", what)
+        await wait_event(wake, period)
+        wake.clear()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (None: nothing to do) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -18,16 +18,9 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from openeas.testing.onnx_models import add_sub_inputs
 from tests.integration.conftest import wait_until
 from tests.integration.platform.conftest import Platform, make_add_sub_repository, service_doc
-
-
-def _inputs() -> list[Any]:
-    data = np.arange(16, dtype=np.float32).reshape(1, 16)
-    inputs = [httpclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
-    for item in inputs:
-        item.set_data_from_numpy(data)
-    return inputs
 
 
 class PacedLoad:
@@ -46,7 +39,7 @@ class PacedLoad:
 
     def _run(self) -> None:
         client = httpclient.InferenceServerClient(self.url, network_timeout=60)
-        inputs = _inputs()
+        inputs = add_sub_inputs(httpclient)
         next_at = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -184,7 +177,9 @@ def test_scale_to_zero_holds_the_first_requests_and_serves_them(platform: Platfo
     def one() -> None:
         client = httpclient.InferenceServerClient(url, network_timeout=90)
         try:
-            out = client.infer("simple", _inputs(), headers={"Authorization": token})
+            out = client.infer(
+                "simple", add_sub_inputs(httpclient), headers={"Authorization": token}
+            )
             results.append(out.as_numpy("OUTPUT0"))
         except Exception as exc:  # noqa: BLE001
             results.append(exc)

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from openeas.testing.onnx_models import add_sub_inputs
 from tests.integration.conftest import wait_until
 from tests.integration.platform.conftest import Platform, make_add_sub_repository, service_doc
 
@@ -47,14 +47,6 @@ def _running(platform: Platform) -> bool:
     return result.returncode == 0 and json.loads(result.stdout)["status"] == "Running"
 
 
-def _inputs(module: Any) -> list[Any]:
-    data = np.arange(16, dtype=np.float32).reshape(1, 16)
-    inputs = [module.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
-    for item in inputs:
-        item.set_data_from_numpy(data)
-    return inputs
-
-
 class Load:
     """``threads`` clients per protocol, each with its own connection (a failed one is
     replaced), sending add/sub requests through the gateway until stopped."""
@@ -72,10 +64,10 @@ class Load:
         if protocol == "http":
             url = f"{self.platform.gateway_url}/api/predict/{NAME}"
             client: Any = httpclient.InferenceServerClient(url, network_timeout=30)
-            inputs, headers = _inputs(httpclient), {"Authorization": self.token}
+            inputs, headers = add_sub_inputs(httpclient), {"Authorization": self.token}
         else:
             client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.platform.grpc_port}")
-            inputs = _inputs(grpcclient)
+            inputs = add_sub_inputs(grpcclient)
             headers = {"authorization": self.token, "x-eas-service": NAME}
         return client, lambda: client.infer("simple", inputs, headers=headers)
 
