@@ -98,11 +98,6 @@ def gateway(
 
     os.umask(0o077)  # the snapshot holds tokens
     home = openeas_home()
-    parent = os.environ.get("OPENEAS_SUPERVISOR_PID")
-    if parent and inherit_fds:
-        from openeas.platform.supervisor import die_with_parent
-
-        die_with_parent(int(parent))
     credential = credential or home / "gateway-credential"
     try:
         token = read_credential(credential)

@@ -189,6 +189,9 @@ def gateway_tls(cert: str | None, key: str | None) -> GatewayTls | None:
     help="control-plane: run only the control plane (what the supervisor starts)",
 )
 @click.option("--gateway-metrics", hidden=True, help="the gateway's metrics URL (supervisor)")
+@click.option(
+    "--api-fd", type=int, hidden=True, help="the API's listening socket, bound by the supervisor"
+)
 def up(
     host: str,
     api_port: int,
@@ -217,6 +220,7 @@ def up(
     tls_key: str | None,
     component: str,
     gateway_metrics: str | None,
+    api_fd: int | None,
 ) -> None:
     """Start the control plane, gateway and local runtime (foreground unless --detach).
 
@@ -229,8 +233,6 @@ def up(
 
     if runtime == "ray" and not ray_address:
         raise click.UsageError("--runtime ray needs --ray-address (or RAY_ADDRESS)")
-    if component == "control-plane":
-        _control_plane_only()
     running = None if component == "control-plane" else running_platform()
     if running is not None:
         raise click.ClickException(
@@ -269,6 +271,7 @@ def up(
             crashloop_restarts=crashloop_restarts,
         ),
         gateway_metrics=gateway_metrics,
+        api_fd=api_fd,
     )
     import uvloop
 
@@ -277,15 +280,6 @@ def up(
             runner.run(serve(options))
     except PlatformError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _control_plane_only() -> None:
-    """The control-plane component: dies with its supervisor (when it has one)."""
-    from openeas.platform.supervisor import die_with_parent
-
-    parent = os.environ.get("OPENEAS_SUPERVISOR_PID")
-    if parent:
-        die_with_parent(int(parent))
 
 
 #: ``openeas up`` flags that the control-plane component takes as they are

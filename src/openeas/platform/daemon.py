@@ -68,6 +68,8 @@ class PlatformOptions:
     tuning: Tuning = field(default_factory=Tuning)
     #: the gateway process's metrics page, added to the API's ``/metrics``
     gateway_metrics: str | None = None
+    #: the API's listening socket, bound by the supervisor (None: bind host:api_port)
+    api_fd: int | None = None
 
     def endpoints(self) -> Endpoints:
         wildcard = self.host in ("0.0.0.0", "::", "")
@@ -104,10 +106,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_api(server: uvicorn.Server) -> None:
+async def _serve_api(server: uvicorn.Server, sockets: list[socket.socket] | None) -> None:
     # uvicorn reports a port it cannot bind with sys.exit(); keep that inside this task.
     with contextlib.suppress(SystemExit):
-        await server.serve()
+        await server.serve(sockets)
 
 
 def _check_alone(home: Any) -> None:
@@ -167,13 +169,15 @@ async def serve(options: PlatformOptions) -> None:
             timeout_graceful_shutdown=5,
         )
     )
+    # The supervisor's socket (it keeps the port open while this process restarts).
+    sockets = [socket.socket(fileno=options.api_fd)] if options.api_fd is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reconciler.start()
     scaling.start()
-    api = asyncio.create_task(_serve_api(server))
+    api = asyncio.create_task(_serve_api(server, sockets))
     try:
         await _wait_listening(server, api, f"{options.host}:{options.api_port}")
         log.info("control plane up: API on %s:%d", options.host, options.api_port)

@@ -1,13 +1,13 @@
 """``openeas up``: the control plane and the gateway as two processes under a supervisor.
 
-The supervisor is small on purpose (it must not die): it binds the gateway's listening
-sockets, starts the **control plane** (``openeas up --component=control-plane``: REST
+The supervisor is small on purpose (it must not die): it binds the listening sockets
+(the API's and the gateway's), starts the **control plane** (``openeas up --component=control-plane``: REST
 API, reconciler, local runtime) and the **gateway** (``openeas gateway``, which follows
 the routes through the API), and restarts either within a second when it dies.
 
-* The gateway inherits the listening sockets (file descriptors): while it restarts, the
-  supervisor's copies keep the ports open, so new connections wait in the backlog instead
-  of being refused.
+* The components inherit the listening sockets (file descriptors): while one restarts,
+  the supervisor's copies keep its ports open, so new connections wait in the backlog
+  instead of being refused (an ``eascmd`` call during a control-plane restart waits).
 * Each component's log lines (stderr) are forwarded into the platform log, next to the
   supervisor's own lines about starts, exits and restarts.
 * ``$OPENEAS_HOME/platform.json`` names the supervisor's pid (``openeas down`` signals
@@ -15,9 +15,10 @@ the routes through the API), and restarts either within a second when it dies.
 * With the Ray runtime and no storage endpoint it also runs the embedded S3 server's
   two processes (:mod:`openeas.storage.embedded_s3`), restarted like the others and
   stopped last.
-* The components die with the supervisor (``PR_SET_PDEATHSIG``): a killed supervisor
-  leaves no orphaned gateway holding the ports; instances keep running and the next
-  ``openeas up`` adopts them.
+* The components die with the supervisor (``PR_SET_PDEATHSIG``, see
+  :mod:`openeas.platform.children`): a killed supervisor leaves no orphaned gateway or
+  ``weed`` holding the ports; instances keep running and the next ``openeas up`` adopts
+  them.  That ``openeas up`` first waits for the old components to be gone.
 
 SIGTERM/SIGINT stop the control plane first (it stops the instances; services come back
 on the next ``up``), then the gateway (in-flight requests finish).
@@ -26,7 +27,6 @@ on the next ``up``), then the gateway (in-flight requests finish).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from openeas.platform.children import parent_death_signal, wait_for_leftovers
 from openeas.platform.client import runtime_info_path
 from openeas.platform.errors import PlatformError
 from openeas.transport.sockets import bind_socket
@@ -52,16 +53,6 @@ STABLE_AFTER = 10.0
 MAX_RESTART_DELAY = 1.0
 #: How often the supervisor looks at its components.
 POLL_INTERVAL = 0.05
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this process when ``parent`` (the supervisor) dies; exit
-    now if it already has (the request would then never fire)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        sys.exit("the supervisor is gone")
 
 
 @dataclass
@@ -112,7 +103,8 @@ class Supervisor:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             pass_fds=comp.pass_fds,
-            env={**os.environ, "OPENEAS_SUPERVISOR_PID": str(os.getpid())},
+            # it dies with the supervisor (see openeas.platform.children)
+            preexec_fn=parent_death_signal(signal.SIGKILL),
         )
         assert comp.process.stderr is not None
         comp.forwarder = threading.Thread(
@@ -223,6 +215,10 @@ def supervise(options: SupervisedPlatform, home: Path) -> None:
     from openeas.platform.auth import gateway_credential_path, load_or_create_gateway_token
 
     load_or_create_gateway_token()
+    # After a crash the old components may still be dying, holding the ports.
+    for line in wait_for_leftovers(runtime_info_path()):
+        log.warning("component of the previous platform: %s", line)
+    api_socket = bind_socket(options.host, options.api_port)
     http = bind_socket(options.host, options.http_port)
     grpc = bind_socket(options.host, options.grpc_port)
     metrics = bind_socket("127.0.0.1", 0)
@@ -236,8 +232,9 @@ def supervise(options: SupervisedPlatform, home: Path) -> None:
             "up", "--component=control-plane", f"--host={options.host}",
             f"--api-port={options.api_port}", f"--http-port={options.http_port}",
             f"--grpc-port={options.grpc_port}", f"--gateway-metrics={metrics_url}",
-            *options.control_plane_args,
+            f"--api-fd={api_socket.fileno()}", *options.control_plane_args,
         ),
+        pass_fds=(api_socket.fileno(),),
         stop_timeout=options.stop_grace + 30,
     )  # fmt: skip
     gateway = Component(
@@ -263,5 +260,5 @@ def supervise(options: SupervisedPlatform, home: Path) -> None:
     try:
         supervisor.run()
     finally:
-        for sock in (http, grpc, metrics):
+        for sock in (api_socket, http, grpc, metrics):
             sock.close()

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
+
+from openeas.testing.server import free_port
 from tests.integration.conftest import wait_until
-from tests.integration.platform.conftest import Platform, make_add_sub_repository, service_doc
+from tests.integration.platform.conftest import (
+    Platform,
+    make_add_sub_repository,
+    platform_running,
+    service_doc,
+)
 from tests.integration.platform.test_eascmd import infer, running
 
 NAME = "restartable"
@@ -88,11 +99,6 @@ def test_instances_survive_a_control_plane_crash_and_come_back_after_down_up(
 def test_up_refuses_a_second_platform_and_a_taken_port(platform: Platform, tmp_path: Path) -> None:
     again = platform.eascmd_platform("up", "--api-port", str(platform.api_port))
     assert again.returncode == 1 and "already running" in again.stderr
-    import subprocess
-    import sys
-
-    from openeas.testing.server import free_port
-
     taken = subprocess.run(
         [
             sys.executable,
@@ -109,4 +115,38 @@ def test_up_refuses_a_second_platform_and_a_taken_port(platform: Platform, tmp_p
         timeout=60,
         check=False,
     )
-    assert taken.returncode == 1 and "could not listen" in taken.stderr
+    assert taken.returncode == 1, taken.stderr
+    assert f"failed to bind 127.0.0.1:{platform.api_port}: Address already in use" in taken.stderr
+
+
+def test_up_after_a_crash_waits_for_the_old_components_to_be_gone(tmp_path: Path) -> None:
+    """A component of a killed platform that is still dying (holding the API port for a
+    moment) does not make the next `openeas up` fail: it waits for it."""
+    api = free_port()
+    dying = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_PORT, str(api), "1.5"], stdout=subprocess.PIPE, text=True
+    )
+    assert dying.stdout is not None and dying.stdout.readline() == "listening\n"
+    supervisor = subprocess.Popen(["true"])  # the crashed supervisor: its pid is gone
+    supervisor.wait()
+    record = {"pid": dying.pid, "started_at": psutil.Process(dying.pid).create_time()}
+    (tmp_path / "platform.json").write_text(
+        json.dumps({"pid": supervisor.pid, "components": {"control-plane": record}})
+    )
+    args = [f"--api-port={api}", f"--http-port={free_port()}", f"--grpc-port={free_port()}"]
+    with platform_running(Platform(tmp_path, api, 0, 0, args)) as plat:
+        assert dying.poll() is not None
+        assert f"control-plane (pid {dying.pid}) exited" in plat.log()
+    dying.wait()
+
+
+#: a process that holds a port (argv[1]) for a while (argv[2] seconds), then exits
+_HOLD_PORT = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("listening", flush=True)
+time.sleep(float(sys.argv[2]))
+"""

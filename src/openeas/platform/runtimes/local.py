@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -32,14 +31,13 @@ from pathlib import Path
 import httpx
 import psutil
 
+from openeas.platform.children import parent_death_signal
 from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
 from openeas.protocol import instance_token
 
 log = logging.getLogger(__name__)
 
 INSTANCE_ENV = "OPENEAS_INSTANCE_ID"
-#: prctl(2): the signal a process gets when the thread that forked it dies
-_PR_SET_PDEATHSIG = 1
 _THREAD_ENV = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -177,13 +175,13 @@ class LocalRuntime(Runtime):
     ) -> subprocess.Popen[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         cpus = set(launch.cpus)
-        prctl = ctypes.CDLL(None, use_errno=True).prctl if die_with_parent else None
+        arm = parent_death_signal(signal.SIGTERM) if die_with_parent else None
 
         def pin() -> None:  # runs in the child between fork and exec
             if cpus:
                 os.sched_setaffinity(0, cpus)
-            if prctl is not None:
-                prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if arm is not None:
+                arm()
 
         with open(path, "ab") as log_file:
             return subprocess.Popen(
