@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ import numpy as np
 import onnx
 from charts import grouped_bars
 from onnx import TensorProto, helper, numpy_helper
+from results import args_record, write_results
 
 from openeas.testing.onnx_models import IR_VERSION
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
@@ -248,16 +248,9 @@ def main() -> None:
             f"| {statistics.median(p['p99_us'] for p in points):.0f} "
             f"| **{statistics.median(rates) / limit:.2f}x** |"
         )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"cnn-batching-{datetime.date.today()}"
-    stem.with_suffix(".md").write_text(report)
-    stem.with_suffix(".json").write_text(
-        json.dumps({"limits": limits, "served": served, "args": vars(args) | {"out": str(args.out)}},
-                   indent=1)
-    )  # fmt: skip
-    print(f"wrote {stem}.md")
+    data = {"limits": limits, "served": served, "args": args_record(args)}
+    md = write_results(args.out, f"cnn-batching-{datetime.date.today()}", "\n".join(lines), data)
+    stem = md.with_suffix("")
     groups = [f"batch {b}" for b in batch_sizes] + [f"c={c}" for c in served]
     bars = {
         "in-process ORT": [[run[b] for run in limits] for b in batch_sizes] + [[] for _ in served],

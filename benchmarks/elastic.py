@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import tritonclient.http as httpclient
+from results import write_results
 
 from openeas.testing.onnx_models import (
     ADD_SUB_CONFIG,
@@ -262,11 +263,7 @@ def main() -> None:
         f"Step to capacity / bare start: {statistics.median(capacity_s) / med_bare:.2f}. "
         f"Failed requests during the steps: {failures}.",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"elastic-{today}.md"
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {path}")
+    write_results(args.out, f"elastic-{today}", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import psutil
 from charts import grouped_bars
+from results import args_record, write_results
 
 from openeas.gateway import ServiceLimits
 from openeas.testing.gateway import GatewayThread, upstream_of
@@ -465,17 +466,8 @@ def write_report(
         "counted during the run.",
         "",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{stem}.md"
-    path.write_text("\n".join(lines))
-    (args.out / f"{stem}.json").write_text(
-        json.dumps(
-            {"args": vars(args) | {"out": str(args.out)}, "summary": summary, "runs": runs},
-            indent=1,
-        )
-    )
-    print("\n".join(lines))
-    print(f"written: {path}")
+    data = {"args": args_record(args), "summary": summary, "runs": runs}
+    write_results(args.out, stem, "\n".join(lines), data)
     names = [name for pair in pairs for name in pair]
     groups = [f"{p} c={c}" for p in protocols for c in levels]
     chart = grouped_bars(

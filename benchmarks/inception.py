@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from charts import grouped_bars
+from results import write_results
 
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
 from openeas.testing.server import start_server
@@ -143,11 +144,7 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
     report = render(loops, served, load, args)
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"inception-{datetime.date.today().isoformat()}.md"
-    path.write_text(report)
-    print(f"wrote {path}")
+    path = write_results(args.out, f"inception-{datetime.date.today().isoformat()}", report)
     groups = [f"batch/c={b}" for b in batches]
     chart = grouped_bars(
         path.with_suffix(".png"),

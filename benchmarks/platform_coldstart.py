@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import write_results
+
 from openeas.testing.onnx_models import ADD_SUB_CONFIG, write_add_sub_model, write_model_config
 from openeas.testing.server import free_port, start_server
 
@@ -120,11 +122,7 @@ def main() -> None:
         f"Ratio create / bare processor: {med_c / med_b:.2f}. Target: create under 5 s "
         f"({'met' if med_c < 5 else 'NOT met'}).",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"platform-coldstart-{today}.md"
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {path}")
+    write_results(args.out, f"platform-coldstart-{today}", "\n".join(lines))
 
 
 if __name__ == "__main__":

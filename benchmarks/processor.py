@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from charts import processor_chart
 from peers import MLServer, OpenEAS, Peer, Triton
+from results import write_results
 
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
 
@@ -133,12 +133,9 @@ def main() -> None:
     )
     for name, reason in failures.items():
         report += f"\n{name} could not be measured: {reason}\n"
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.date.today().isoformat()
-    (args.out / f"processor-{args.protocol}-{stamp}.md").write_text(report)
-    (args.out / f"processor-{args.protocol}-{stamp}.json").write_text(json.dumps(results, indent=1))
-    chart = processor_chart(args.out / f"processor-{args.protocol}-{stamp}.json")
+    stem = f"processor-{args.protocol}-{datetime.date.today().isoformat()}"
+    md = write_results(args.out, stem, report, results)
+    chart = processor_chart(md.with_suffix(".json"))
     if chart:
         print(f"wrote {chart}")
 

@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from results import args_record, write_results
+
 from openeas.testing.onnx_models import ADD_SUB_CONFIG, write_add_sub_model, write_model_config
 from openeas.testing.perf import run_perf_analyzer, unavailable_reason
 from openeas.testing.server import free_port
@@ -195,17 +197,8 @@ def write_report(
         "Unix socket, the Ray one (on the worker node) over TCP.",
         "",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"ray-runtime-{today}.md"
-    path.write_text("\n".join(lines))
-    (args.out / f"ray-runtime-{today}.json").write_text(
-        json.dumps(
-            {"args": vars(args) | {"out": str(args.out)}, "create_s": creates, "runs": runs},
-            indent=1,
-        )
-    )
-    print("\n".join(lines))
-    print(f"written: {path}")
+    data = {"args": args_record(args), "create_s": creates, "runs": runs}
+    write_results(args.out, f"ray-runtime-{today}", "\n".join(lines), data)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from results import write_results
+
 from openeas.storage import StorageConfig, open_store
 from openeas.testing.seaweedfs import SeaweedFS, start_seaweedfs
 
@@ -183,12 +185,7 @@ def main() -> None:
         "and the atomic swap; aws s3 sync writes files in place.  CPU is the tool's own "
         "user + system time (SeaweedFS excluded), the steadier measure on a busy machine.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"storage-sync-{datetime.date.today()}.md"
-    out.write_text(text)
-    print(f"written to {out}")
+    write_results(args.out, f"storage-sync-{datetime.date.today()}", "\n".join(lines))
 
 
 if __name__ == "__main__":
