@@ -68,11 +68,34 @@ class ServiceRoute:
     hold: bool = False
 
 
+@dataclass(frozen=True)
+class GroupMember:
+    """A service of a group, with its share of the group's traffic."""
+
+    service: str
+    #: relative to the other members' weights (the control plane computes it: the
+    #: member's ready instances in TrafficMode ``auto``, its Weight in ``customized``);
+    #: 0 or a standalone member: none of the group's traffic
+    weight: int
+
+
+@dataclass(frozen=True)
+class GroupRoute:
+    """A service group's endpoint (EAS): its own token; each request goes to one member
+    service, chosen by weight, and is then served as a request to that service."""
+
+    name: str
+    token: str
+    members: tuple[GroupMember, ...] = ()
+
+
 class RouteTable:
-    """Services by name, plus the in-flight request count of every instance."""
+    """Services and service groups by name, plus the in-flight request count of every
+    instance.  A group's name is never a service's name (the control plane sees to it)."""
 
     def __init__(self) -> None:
         self._routes: dict[str, ServiceRoute] = {}
+        self._groups: dict[str, GroupRoute] = {}
         self._in_flight: dict[str, int] = {}
         self.version = 0
         #: called after every change (the control plane wakes its route watchers)
@@ -88,6 +111,16 @@ class RouteTable:
     def remove(self, name: str) -> None:
         """Stop routing to a service (unknown names are ignored)."""
         if self._routes.pop(name, None) is not None:
+            self._changed()
+
+    def update_group(self, group: GroupRoute) -> None:
+        """Publish (or replace) a service group's route."""
+        self._groups[group.name] = group
+        self._changed()
+
+    def remove_group(self, name: str) -> None:
+        """Stop routing to a group (unknown names are ignored)."""
+        if self._groups.pop(name, None) is not None:
             self._changed()
 
     def _changed(self) -> None:
@@ -106,6 +139,12 @@ class RouteTable:
 
     def services(self) -> Iterable[ServiceRoute]:
         return self._routes.values()
+
+    def group(self, name: str) -> GroupRoute | None:
+        return self._groups.get(name)
+
+    def groups(self) -> Iterable[GroupRoute]:
+        return self._groups.values()
 
     def acquire(self, instance_id: str) -> None:
         """Count a request sent to an instance (pair with :meth:`release`)."""
