@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import stat
 from pathlib import Path
 
 from openeas.gateway.follower import (
+    Snapshot,
     apply_snapshot,
+    group_from_json,
+    group_to_json,
     load_snapshot,
     route_from_json,
     route_to_json,
     save_snapshot,
     snapshot,
 )
-from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.gateway.routes import (
+    GroupMember,
+    GroupRoute,
+    RouteTable,
+    ServiceLimits,
+    ServiceRoute,
+    Upstream,
+)
 from openeas.platform.routefeed import RouteFeed
 from openeas.platform.runtimes.local import pending_requests
 
@@ -26,6 +37,7 @@ ROUTE = ServiceRoute(
     upstreams=(Upstream("svc-1", "127.0.0.1", 1, 2, "@sock", token="inner"),),
     draining=(Upstream("svc-0", "127.0.0.1", 3, None),),
 )
+GROUP = GroupRoute("grp", "group-tok", (GroupMember("svc", 90), GroupMember("canary", 0)))
 
 
 def test_a_route_survives_its_json_with_tokens_and_limits() -> None:
@@ -36,6 +48,36 @@ def test_a_route_survives_its_json_with_tokens_and_limits() -> None:
     old = route_to_json(ROUTE)
     del old["hold"]
     assert route_from_json(old).hold is False
+
+
+def test_a_group_survives_its_json_and_older_snapshots_have_none(tmp_path: Path) -> None:
+    assert group_from_json(group_to_json(GROUP)) == GROUP
+    assert group_to_json(GROUP) == {
+        "name": "grp",
+        "token": "group-tok",
+        "members": [{"service": "svc", "weight": 90}, {"service": "canary", "weight": 0}],
+    }
+    # a snapshot saved by a gateway (or served by a control plane) before groups
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"version": "e.7", "services": [route_to_json(ROUTE)]}))
+    assert load_snapshot(path) == Snapshot("e.7", [ROUTE], [])
+    path.write_text('{"version": "x", "services": [], "groups": [{"name": "g"}]}')
+    assert load_snapshot(path) is None  # broken: ignored (logged), not a crash
+
+
+def test_applying_a_snapshot_publishes_changes_and_removes_groups() -> None:
+    table = RouteTable()
+    table.update_group(GroupRoute("gone", "t"))
+    apply_snapshot(table, [ROUTE], [GROUP])
+    assert table.group("gone") is None and table.group("grp") == GROUP
+    version = table.version
+    apply_snapshot(table, [ROUTE], [dataclasses.replace(GROUP)])  # equal: not republished
+    assert table.version == version
+    reweighted = dataclasses.replace(GROUP, members=(GroupMember("svc", 1),))
+    apply_snapshot(table, [ROUTE], [reweighted])
+    assert table.group("grp") == reweighted
+    apply_snapshot(table, [ROUTE])
+    assert list(table.groups()) == [] and table.get("svc") == ROUTE
 
 
 def test_applying_a_snapshot_replaces_changes_and_removes_the_missing() -> None:
@@ -57,7 +99,10 @@ def test_the_saved_snapshot_is_owner_only_and_loads_back(tmp_path: Path) -> None
     path = tmp_path / "state" / "routes.json"
     save_snapshot(path, snapshot(table, "e.1"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_snapshot(path) == ("e.1", [ROUTE])
+    assert load_snapshot(path) == Snapshot("e.1", [ROUTE], [])
+    table.update_group(GROUP)
+    save_snapshot(path, snapshot(table, "e.2"))
+    assert load_snapshot(path) == Snapshot("e.2", [ROUTE], [GROUP])
     path.write_text('{"version": "x", "services": [{"name": 1}]}')
     assert load_snapshot(path) is None  # broken: ignored (logged), not a crash
     assert load_snapshot(tmp_path / "none.json") is None
@@ -84,6 +129,20 @@ def test_the_feed_answers_a_change_at_once_and_tracks_what_gateways_applied() ->
         # A version of an earlier control plane (another epoch) is not an acknowledgement.
         await feed.watch("other." + second["version"].split(".")[1], 0, "gw")
         assert not feed.caught_up()
+
+    asyncio.run(scenario())
+
+
+def test_the_feed_serves_service_groups() -> None:
+    async def scenario() -> None:
+        table = RouteTable()
+        feed = RouteFeed(table)
+        first = await feed.watch("", 5, "gw")
+        assert first["groups"] == []
+        waiting = asyncio.create_task(feed.watch(first["version"], 5, "gw"))
+        await asyncio.sleep(0.01)
+        table.update_group(GROUP)  # a group change alone wakes the watch
+        assert Snapshot.from_json(await asyncio.wait_for(waiting, 1)).groups == [GROUP]
 
     asyncio.run(scenario())
 

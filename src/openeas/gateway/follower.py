@@ -2,7 +2,8 @@
 
 The control plane answers ``GET /api/v1/gateway/routes`` with the whole route table (a
 *snapshot*: every service's token, limits, ready and draining instances with their
-internal tokens) and an opaque ``version``.  With ``?since=VERSION&timeout=SECONDS`` the
+internal tokens; every service group's token and member services with their weights)
+and an opaque ``version``.  With ``?since=VERSION&timeout=SECONDS`` the
 answer waits (a long poll) until the table differs from ``VERSION`` or the timeout
 passes; either way it is a full snapshot, so a follower never has to merge deltas.  A
 control plane that has just started answers 503 until its first reconciliation has
@@ -30,7 +31,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openeas.gateway.routes import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.gateway.routes import (
+    GroupMember,
+    GroupRoute,
+    RouteTable,
+    ServiceLimits,
+    ServiceRoute,
+    Upstream,
+)
 from openeas.transport.aio import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -89,8 +97,49 @@ def route_from_json(doc: dict[str, Any]) -> ServiceRoute:
     )
 
 
+def group_to_json(group: GroupRoute) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "token": group.token,
+        "members": [{"service": m.service, "weight": m.weight} for m in group.members],
+    }
+
+
+def group_from_json(doc: dict[str, Any]) -> GroupRoute:
+    """The service group of one snapshot entry; KeyError/TypeError/ValueError when
+    malformed."""
+    return GroupRoute(
+        name=str(doc["name"]),
+        token=str(doc["token"]),
+        members=tuple(GroupMember(str(m["service"]), int(m["weight"])) for m in doc["members"]),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A route snapshot's content: the control plane's version, services and groups."""
+
+    version: str
+    services: list[ServiceRoute]
+    groups: list[GroupRoute]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Snapshot:
+        """KeyError/TypeError/ValueError when malformed."""
+        return cls(
+            str(doc["version"]),
+            [route_from_json(s) for s in doc["services"]],
+            # absent from snapshots of control planes before service groups
+            [group_from_json(g) for g in doc.get("groups", ())],
+        )
+
+
 def snapshot(routes: RouteTable, version: str) -> dict[str, Any]:
-    return {"version": version, "services": [route_to_json(r) for r in routes.services()]}
+    return {
+        "version": version,
+        "services": [route_to_json(r) for r in routes.services()],
+        "groups": [group_to_json(g) for g in routes.groups()],
+    }
 
 
 def worker_share(route: ServiceRoute, workers: int) -> ServiceRoute:
@@ -109,14 +158,27 @@ def worker_share(route: ServiceRoute, workers: int) -> ServiceRoute:
     return dataclasses.replace(route, limits=shared)
 
 
-def apply_snapshot(table: RouteTable, services: Iterable[ServiceRoute]) -> None:
-    """Make ``table`` hold exactly ``services`` (unchanged routes are not republished)."""
+def apply_snapshot(
+    table: RouteTable, services: Iterable[ServiceRoute], groups: Iterable[GroupRoute] = ()
+) -> None:
+    """Make ``table`` hold exactly ``services`` and ``groups`` (unchanged routes are not
+    republished: a group keeps its place in the rotation of its members)."""
     wanted = {route.name: route for route in services}
     for name in [r.name for r in table.services() if r.name not in wanted]:
         table.remove(name)
     for name, route in wanted.items():
         if table.get(name) != route:
             table.update(route)
+    _apply_groups(table, groups)
+
+
+def _apply_groups(table: RouteTable, groups: Iterable[GroupRoute]) -> None:
+    wanted = {group.name: group for group in groups}
+    for name in [g.name for g in table.groups() if g.name not in wanted]:
+        table.remove_group(name)
+    for name, group in wanted.items():
+        if table.group(name) != group:
+            table.update_group(group)
 
 
 # -- the file -----------------------------------------------------------------------------
@@ -133,11 +195,10 @@ def save_snapshot(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_snapshot(path: Path) -> tuple[str, list[ServiceRoute]] | None:
-    """The saved version and routes; None (logged) when there is none or it is broken."""
+def load_snapshot(path: Path) -> Snapshot | None:
+    """The saved snapshot; None (logged) when there is none or it is broken."""
     try:
-        doc = json.loads(path.read_text())
-        return str(doc["version"]), [route_from_json(s) for s in doc["services"]]
+        return Snapshot.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -191,11 +252,20 @@ class RouteFollower:
         saved = load_snapshot(self.snapshot_path)
         if saved is None:
             return False
-        self.version, services = saved
-        apply_snapshot(self.table, [worker_share(r, self.workers) for r in services])
-        self.loaded.set()
-        log.info("routes of %d services loaded from %s", len(services), self.snapshot_path)
+        self._apply(saved)
+        log.info(
+            "routes of %d services and %d service groups loaded from %s",
+            len(saved.services), len(saved.groups), self.snapshot_path,
+        )  # fmt: skip
         return True
+
+    def _apply(self, snap: Snapshot) -> None:
+        """Put a snapshot into the table (each worker process enforces its share of
+        every service's limits; groups are the same in every worker)."""
+        services = [worker_share(r, self.workers) for r in snap.services]
+        apply_snapshot(self.table, services, snap.groups)
+        self.version = snap.version
+        self.loaded.set()
 
     def start(self) -> None:
         """Start following (once; later calls do nothing)."""
@@ -236,13 +306,9 @@ class RouteFollower:
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}: {response.text[:200]}")
         doc = response.json()
-        version = str(doc["version"])
-        if version == self.version:
+        if str(doc["version"]) == self.version:
             return
-        services = [worker_share(route_from_json(s), self.workers) for s in doc["services"]]
-        apply_snapshot(self.table, services)
-        self.version = version
-        self.loaded.set()
+        self._apply(Snapshot.from_json(doc))
         try:
             save_snapshot(self.snapshot_path, doc)
         except OSError as exc:
