@@ -1,9 +1,10 @@
 """What the HTTP and gRPC fronts of the gateway share: service states, pools, deadlines.
 
 :class:`GatewayCore` owns the per-service :class:`ServiceState`, the HTTP connection pool
-and the gRPC client of every instance, the instances recently found unreachable, and
-the metrics.  Both fronts authenticate with :func:`check_token`, bound a request by its
-``rpc.keepalive`` with a :class:`Deadline`, and tell a slow request (408) from an
+and the gRPC client of every instance, the instances recently found unreachable, the
+metrics, and the rotation of every service group over its members
+(:meth:`GatewayCore.member`).  Both fronts authenticate with :func:`check_token`, bound
+a request by its ``rpc.keepalive`` with a :class:`Deadline`, and tell a slow request (408) from an
 instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
 """
 
@@ -28,9 +29,10 @@ from openeas.gateway.errors import (
     Unauthorized,
     UpstreamTimeout,
 )
+from openeas.gateway.groups import GroupBalancer
 from openeas.gateway.grpc_upstream import GrpcUpstream
 from openeas.gateway.metrics import GatewayMetrics
-from openeas.gateway.routes import RouteTable, ServiceRoute, Upstream
+from openeas.gateway.routes import GroupRoute, RouteTable, ServiceRoute, Upstream
 from openeas.gateway.sequences import SequenceInfo
 from openeas.gateway.upstream import ConnectFailed, InstancePool
 
@@ -51,16 +53,24 @@ _PROBE = b"GET /v2/health/live HTTP/1.1\r\nhost: gateway\r\ncontent-length: 0\r\
 _encoded = functools.lru_cache(maxsize=4096)(str.encode)
 
 
-def check_token(route: ServiceRoute, presented: bytes | str | None) -> None:
-    """Raise Unauthorized unless ``presented`` (an Authorization value) is the token."""
+def check_token(route: ServiceRoute | GroupRoute, presented: bytes | str | None) -> None:
+    """Raise Unauthorized unless ``presented`` (an Authorization value) is the token of
+    the service (or service group)."""
     if not presented:
-        raise Unauthorized(f"service '{route.name}' needs its token in the Authorization header")
+        raise Unauthorized(f"{_kind(route)} needs its token in the Authorization header")
     if isinstance(presented, str):
         presented = presented.encode()
     if presented[:7].lower() == b"bearer ":
         presented = presented[7:]
     if not hmac.compare_digest(presented.strip(), _encoded(route.token)):
-        raise Unauthorized(f"invalid token for service '{route.name}'")
+        raise Unauthorized(f"invalid token for {_kind(route)}")
+
+
+def _kind(route: ServiceRoute | GroupRoute) -> str:
+    """``service 'NAME'`` or ``service group 'NAME'``, for messages."""
+    if isinstance(route, GroupRoute):
+        return f"service group '{route.name}'"
+    return f"service '{route.name}'"
 
 
 class GatewayCore:
@@ -71,6 +81,7 @@ class GatewayCore:
         self.states: dict[str, ServiceState] = {}
         self.down: dict[str, float] = {}
         self.metrics = GatewayMetrics(lambda: self.states.values())
+        self.groups = GroupBalancer()
         #: by (host, port, internal token): a new instance on a reused port is a new pool
         self._pools: dict[tuple[str, int, str | None], InstancePool] = {}
         self._grpc: dict[tuple[str, int | None, str | None], GrpcUpstream] = {}
@@ -95,16 +106,69 @@ class GatewayCore:
             state = self.states[name] = ServiceState(name, self.routes, self.down, self._held)
         return state
 
+    def target(self, name: str) -> ServiceState | GroupRoute:
+        """What a request to ``name`` addresses: a service's state (one dict lookup for a
+        service that has had a request) or a service group (see :meth:`member`).
+        ServiceNotFound for a name that is neither."""
+        state = self.states.get(name)
+        if state is None:
+            group = self.group(name)
+            if group is not None:
+                return group
+            state = self.state(name)
+        return state
+
+    def group(self, name: str) -> GroupRoute | None:
+        """The service group of this name (None when it is a service's, or unknown)."""
+        return self.routes.group(name) if self.routes.get(name) is None else None
+
+    def member(
+        self, group: GroupRoute, authorization: bytes | str | None
+    ) -> tuple[ServiceState, ServiceRoute]:
+        """The member service that serves this request to ``group`` (with the group's
+        token: a member's own is Unauthorized), its state and route: the request is then
+        served, limited and counted as one to that service.  Each call takes the group's
+        next turn (once per request).  NoInstance when no member takes group traffic."""
+        check_token(group, authorization)  # before choosing: a refusal takes no turn
+        member = self.groups.choose(group)
+        if member is None:
+            raise NoInstance(
+                f"service group '{group.name}' has no member service that takes its "
+                "traffic (every member is standalone or has weight 0)"
+            )
+        try:
+            state = self.state(member)
+            return state, state.route()
+        except ServiceNotFound:  # the control plane removes it from the group next
+            raise NoInstance(
+                f"member service '{member}' of service group '{group.name}' does not exist"
+            ) from None
+
+    def resolve(
+        self, name: str, authorization: bytes | str | None
+    ) -> tuple[ServiceState, ServiceRoute]:
+        """The state and route that serve a request to ``name`` (a service, or a group's
+        chosen member) once its token is checked (see :meth:`target`, :meth:`member`)."""
+        target = self.target(name)
+        if isinstance(target, GroupRoute):
+            return self.member(target, authorization)
+        route = target.route()
+        check_token(route, authorization)
+        return target, route
+
     def _held(self, name: str) -> None:
         if self.on_hold is not None:
             self.on_hold(name)
 
     def service_for_token(self, token: bytes | str | None) -> str:
-        """The one service whose token this is (gRPC calls without ``x-eas-service``)."""
+        """The one service or service group whose token this is (gRPC calls without
+        ``x-eas-service``)."""
         if not token:
             raise Unauthorized("missing authorization metadata (the service token)")
         matches = []
-        for route in self.routes.services():
+        candidates: list[ServiceRoute | GroupRoute] = [*self.routes.services()]
+        candidates.extend(self.routes.groups())
+        for route in candidates:
             try:
                 check_token(route, token)
             except Unauthorized:
@@ -297,7 +361,11 @@ class GatewayCore:
             state.expire_sequences(now)
             if self.routes.get(name) is None and not state.in_flight:
                 del self.states[name]
-        # close the pools and gRPC clients of instances that are gone and idle
+        self.groups.forget_except(group.name for group in self.routes.groups())
+        self._close_idle_clients()
+
+    def _close_idle_clients(self) -> None:
+        """Close the pools and gRPC clients of instances that are gone and idle."""
         http_live: set[tuple[str, int, str | None]] = set()
         grpc_live: set[tuple[str, int | None, str | None]] = set()
         for route in self.routes.services():

@@ -6,9 +6,11 @@ messages are never deserialised: the handler gets the message bytes and the call
 metadata, and forwards both, as they came, to the chosen instance with the gateway's
 own client (:mod:`openeas.gateway.grpc_upstream`).  The service is named
 by the ``x-eas-service`` metadata, or found from the ``authorization`` token when exactly
-one service has it; the token is checked on the call's headers, before its message is
-read (:attr:`~openeas.transport.grpc_transport.Method.admit`), so a call without
-a valid token costs no buffering.  Unary calls are bounded by ``rpc.keepalive``; a stream
+one service has it; a service group's name (or token) stands for the member service
+chosen for the call (:meth:`GatewayCore.member`), which then serves it as its own.  The
+token is checked on the call's headers, before its message is read
+(:attr:`~openeas.transport.grpc_transport.Method.admit`), so a call without a valid
+token costs no buffering.  Unary calls are bounded by ``rpc.keepalive``; a stream
 (``ModelStreamInfer``) stays on the instance chosen when it opened, for as long as the
 client keeps it.  An instance's error is passed on with its code, message and trailing
 metadata.
@@ -36,7 +38,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 
 from openeas.gateway.balancer import ServiceState
-from openeas.gateway.core import GatewayCore, check_token
+from openeas.gateway.core import GatewayCore
 from openeas.gateway.deadline import Deadline, Expired
 from openeas.gateway.errors import GatewayError, KeepaliveExceeded, NoInstance, UpstreamTimeout
 from openeas.gateway.grpc_upstream import GrpcConnection
@@ -113,9 +115,8 @@ class GatewayGrpcFront:
         try:
             token, service, forward = _split_metadata(headers)
             name = service or self.core.service_for_token(token)
-            state = self.core.state(name)
-            route = state.route()
-            check_token(route, token)
+            # a group's call is served, limited and counted as one to its chosen member
+            state, route = self.core.resolve(name, token)
             loop = self.core.loop
             assert loop is not None
             state.limiter.admit(route.limits.rate_limit, time.perf_counter())

@@ -1,7 +1,9 @@
 """The gateway's HTTP requests: ``/api/predict/<service>/<path>`` -> ``/<path>`` on an instance.
 
 Per request (:class:`HttpExchange`, served by :mod:`openeas.gateway.http1`): find the
-service, check the token, admit it (rate limit), choose an instance (sequence affinity,
+service (for a service group's name: check the group's token, then take the member
+service its smooth weighted round robin chooses, see :meth:`GatewayCore.member`; the
+request is then one to that service), check the token, admit it (rate limit), choose an instance (sequence affinity,
 else least outstanding, waiting in the service's queue when all are busy), forward the
 request byte for byte over a pooled keep-alive connection and relay the answer.
 
@@ -87,10 +89,13 @@ def check_head(
     name = raw_path[_PREFIX_LEN:].partition(b"/")[0].decode("ascii", "replace")
     label = "-"
     try:
-        state = core.state(unquote(name))
-        label = state.name
         authorization = next((v for k, v in headers if k == b"authorization"), None)
-        check_token(state.route(), authorization)
+        addressed = core.target(unquote(name))
+        if not isinstance(addressed, ServiceState):  # a group: its member is chosen in _start
+            check_token(addressed, authorization)
+            return None
+        label = addressed.name
+        check_token(addressed.route(), authorization)
     except GatewayError as exc:
         refused = _Refused(core, client, method, url, headers, exc)
         refused.service, refused.label = name, label
@@ -151,11 +156,15 @@ class HttpExchange:
             )
         name, _, rest = raw_path[_PREFIX_LEN:].partition(b"/")
         service = self.service = name.decode("ascii", "replace")  # as sent: no CR/LF in logs
-        state = core.state(unquote(service) if "%" in service else service)
-        self.label = state.name
-        route = state.route()
+        addressed = core.target(unquote(service) if "%" in service else service)
         forward = _Forward.of(self.method, query, self.headers, self.body, rest)
-        check_token(route, forward.authorization)
+        if isinstance(addressed, ServiceState):
+            state, route = addressed, addressed.route()
+            self.label = state.name  # a refusal is counted for the service
+            check_token(route, forward.authorization)
+        else:  # a group: served, limited and counted as a request to its chosen member
+            state, route = core.member(addressed, forward.authorization)
+            self.label = state.name
         if self.method not in _METHODS:
             raise MethodNotAllowed(
                 f"method {self.method.decode('ascii', 'replace')} is not allowed; "

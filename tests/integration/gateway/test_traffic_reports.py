@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import uvicorn
+from tritonclient.utils import InferenceServerException
 
 from openeas.gateway import RouteTable, ServiceLimits, ServiceRoute, Upstream
+from openeas.gateway.routes import GroupMember, GroupRoute
 from openeas.platform.api import create_app
 from openeas.platform.auth import AccessKey
 from openeas.platform.routefeed import RouteFeed
@@ -168,16 +170,16 @@ def _identity_client(port: int, name: str) -> httpclient.InferenceServerClient:
     )
 
 
-def _infer(client: httpclient.InferenceServerClient) -> Any:
+def _infer(client: httpclient.InferenceServerClient, token: str = TOKEN) -> Any:
     inp = httpclient.InferInput("INPUT0", [1, 2], "FP32")
     inp.set_data_from_numpy(np.array([[1.0, 2.0]], dtype=np.float32))
-    return client.infer("identity_fp32", [inp], headers={"Authorization": TOKEN})
+    return client.infer("identity_fp32", [inp], headers={"Authorization": token})
 
 
-def _one(port: int, name: str) -> Any:
+def _one(port: int, name: str, token: str = TOKEN) -> Any:
     client = _identity_client(port, name)
     try:
-        return _infer(client).as_numpy("OUTPUT0")
+        return _infer(client, token).as_numpy("OUTPUT0")
     finally:
         client.close()
 
@@ -255,6 +257,33 @@ def test_held_requests_are_reported_at_once_and_served_when_an_instance_comes(
                 np.testing.assert_array_equal(future.result(60), [[1.0, 2.0]])
         wait_until(lambda n=name: control.sample(n).waiting == 0, timeout=15)
         assert control.sample(name).rate > 0
+
+
+def test_every_worker_serves_a_service_group_and_reports_it_as_its_member(
+    control: ControlApi, gateway_process: int, cluster: Cluster
+) -> None:
+    member, group, token = "grouped", "traffic-group", "group-token"
+    control.publish(member, cluster.upstreams[:1])
+    wait_until(lambda: member in control.on_loop(control.book.services, time.monotonic()))
+    members = (GroupMember(member, 1), GroupMember("absent-standalone", 0))
+    control.on_loop(control.routes.update_group, GroupRoute(group, token, members))
+
+    def served_by_all() -> bool:  # fresh connections: either worker answers each
+        try:
+            return all(
+                _one(gateway_process, group, token).tolist() == [[1.0, 2.0]] for _ in range(10)
+            )
+        except InferenceServerException:
+            return False  # a worker that has not applied the group yet: 404
+
+    wait_until(served_by_all, what="both workers serve the group")
+    for _ in range(20):
+        np.testing.assert_array_equal(_one(gateway_process, group, token), [[1.0, 2.0]])
+    with pytest.raises(InferenceServerException) as info:  # the member's token is not it
+        _one(gateway_process, group)
+    assert "401" in str(info.value.status())
+    wait_until(lambda: control.sample(member).rate > 0, what="the member's traffic reported")
+    assert group not in control.on_loop(control.book.services, time.monotonic())
 
 
 def test_a_restarted_worker_reports_a_new_boot_and_no_negative_rate(
