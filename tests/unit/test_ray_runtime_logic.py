@@ -10,6 +10,7 @@ from pathlib import Path
 
 from openeas.platform.resources import ResourceGroup
 from openeas.platform.runtimes.ray import _death, groups_of, node_cores
+from openeas.testing.server import free_port
 
 
 def _node(cpu: float, memory_mb: int, gpu: float = 0, **groups: float) -> dict[str, object]:
@@ -68,6 +69,7 @@ def test_up_with_the_ray_runtime_needs_a_reachable_head(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "--runtime ray needs --ray-address (or RAY_ADDRESS)" in missing.stderr
     # a port nothing listens on: a clear message, not Ray's long retries
-    unreachable = _up(tmp_path, "--ray-address", "127.0.0.1:1", "--api-port", "1")
+    ports = [f"--{name}-port={free_port()}" for name in ("api", "http", "grpc", "storage")]
+    unreachable = _up(tmp_path, "--ray-address", "127.0.0.1:1", *ports)
     assert unreachable.returncode == 1
     assert "cannot reach the Ray cluster at '127.0.0.1:1'" in unreachable.stderr

@@ -4,8 +4,9 @@
 and the gRPC client of every instance, the instances recently found unreachable, the
 metrics, and the rotation of every service group over its members
 (:meth:`GatewayCore.member`).  Both fronts authenticate with :func:`check_token`, bound
-a request by its ``rpc.keepalive`` with a :class:`Deadline`, and tell a slow request (408) from an
-instance that does not answer (504) with :meth:`GatewayCore.instance_answers`.
+a request by its ``rpc.keepalive`` with a :class:`Deadline`, and tell a slow request
+(408) from an instance that does not answer (504) with
+:meth:`GatewayCore.instance_answers`.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Per request (:class:`HttpExchange`, served by :mod:`openeas.gateway.http1`): find the
 service (for a service group's name: check the group's token, then take the member
 service its smooth weighted round robin chooses, see :meth:`GatewayCore.member`; the
-request is then one to that service), check the token, admit it (rate limit), choose an instance (sequence affinity,
-else least outstanding, waiting in the service's queue when all are busy), forward the
-request byte for byte over a pooled keep-alive connection and relay the answer.
+request is then one to that service), check the token, admit it (rate limit), choose
+an instance (sequence affinity, else least outstanding, waiting in the service's queue
+when all are busy), forward the request byte for byte over a pooled keep-alive
+connection and relay the answer.
 
 The common case, an instance with a free slot and an idle connection and no sequence,
 runs in callbacks only: the request is written upstream from the client connection's

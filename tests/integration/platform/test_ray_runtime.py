@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,8 +153,11 @@ def test_placement_by_group_and_spread_and_queries_through_the_gateway(
     infer(ray_platform, pool_token, "pooled")
     table = ray_platform.ok("instances", "pooled")
     assert nodes.b.node_id[:12] in table and "Node" in table.splitlines()[1]
-    # eascmd logs reads an instance's log from its node
+    # eascmd logs reads an instance's log from its node, written owner-only there
     assert "Started HTTPService" in ray_platform.ok("logs", "pooled")
+    [log] = (ray_platform.home / "logs" / "instances" / "pooled").glob("*.log")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
 
 
 def test_an_oss_repository_is_read_on_the_node_from_the_platform_s_endpoint(

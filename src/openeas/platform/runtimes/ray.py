@@ -78,6 +78,9 @@ class InstanceActor:
         # The platform's object-store settings (endpoint, credentials): the processor reads
         # its oss:// repositories with them (it inherits this process's environment).
         os.environ.update(env)
+        # Logs and files it creates are the platform user's only, as on the local runtime
+        # (this worker process is the actor's alone: the mask changes nothing else).
+        os.umask(0o077)
         self.node = ray.get_runtime_context().get_node_id()
         # The processor must not outlive its actor (a node stopped with ``ray stop`` or
         # removed must not leave servers behind), and serves TCP only: the gateway is on
