@@ -164,5 +164,27 @@ class PlatformClient:
         response = self._call("GET", f"/services/{name}/logs", params=params)
         return response.text, int(response.headers.get("X-Log-Offset", "0"))
 
+    def release(
+        self, name: str, weight: int | None = None, traffic_state: str | None = None
+    ) -> dict[str, Any]:
+        """EAS's ReleaseService: a group member's Weight and/or TrafficState."""
+        body: dict[str, Any] = {}
+        if weight is not None:
+            body["Weight"] = weight
+        if traffic_state is not None:
+            body["TrafficState"] = traffic_state
+        return self._json("PUT", f"/services/{name}/release", json=body)
+
+    # -- service groups ---------------------------------------------------------------
+
+    def groups(self) -> list[dict[str, Any]]:
+        return self._json("GET", "/groups")
+
+    def describe_group(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/groups/{name}")
+
+    def update_group(self, name: str, traffic_mode: str) -> dict[str, Any]:
+        return self._json("PUT", f"/groups/{name}", json={"TrafficMode": traffic_mode})
+
     def resources(self) -> list[dict[str, Any]]:
         return self._json("GET", "/resources")
