@@ -20,8 +20,9 @@ from openeas.platform.auth import AccessKey
 from openeas.platform.client import PlatformClient, save_client_config
 from openeas.platform.elastic.autoscaler import apply_overrides, parse_autoscaler
 from openeas.platform.errors import NotFoundError, PlatformError, SpecError
+from openeas.platform.groups import MAX_WEIGHT, MIN_WEIGHT
 from openeas.platform.spec import merge_spec, parse_assignment, parse_spec_text
-from openeas.platform.status import Desired, ServiceStatus
+from openeas.platform.status import Desired, ServiceStatus, TrafficMode, TrafficState
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 
@@ -201,6 +202,9 @@ def desc(name: str, as_json: bool) -> None:
         ("GPU", view["gpu"]),
         ("Resource", view["resource"]),
         ("Processor", view["processor"]),
+        ("Group", view.get("group") or ""),
+        ("TrafficState", view.get("traffic_state") or ""),
+        ("Weight", "" if view.get("weight") is None else view["weight"]),
         ("CurrentVersion", view["current_version"]),
         ("LatestVersion", view["latest_version"]),
         ("InternetEndpoint", view["internet_endpoint"]),
@@ -551,6 +555,101 @@ def resource_list(as_json: bool) -> None:
     ]
     headers = ["Resource", "Nodes", "CPU free/total", "Memory MB free/total", "GPU free/total"]
     click.echo(grid_table([*headers, "Instances"], rows))
+
+
+@main.group()
+def group() -> None:
+    """Service groups: one endpoint and token in front of several services
+    (docs/groups.md). A group is created by the first service whose metadata.group names
+    it and deleted with its last member."""
+
+
+@group.command("list")
+@_JSON
+def group_list(as_json: bool) -> None:
+    """Each service group: its traffic mode and members."""
+    groups = _call(_client().groups)
+    if as_json:
+        _print_json(groups)
+        return
+    rows = [
+        (
+            g["Name"],
+            g["TrafficMode"],
+            ", ".join(m["ServiceName"] for m in g["Members"]),
+            g["InternetEndpoint"],
+            g["CreateTime"],
+        )
+        for g in groups
+    ]
+    headers = ["GroupName", "TrafficMode", "Members", "InternetEndpoint", "CreateTime"]
+    click.echo(grid_table(headers, rows))
+
+
+@group.command("desc")
+@click.argument("name")
+@_JSON
+def group_desc(name: str, as_json: bool) -> None:
+    """Describe a service group: endpoints, token, traffic mode, and each member's
+    TrafficState, Weight, ready instances and current share of the group's requests."""
+    view = _call(_client().describe_group, name)
+    if as_json:
+        _print_json(view)
+        return
+    keys = ["Name", "TrafficMode", "InternetEndpoint", "IntranetEndpoint", "AccessToken"]
+    click.echo(key_value_table([(k, view[k]) for k in [*keys, "CreateTime", "UpdateTime"]]))
+    rows = [
+        (
+            m["ServiceName"],
+            m["TrafficState"],
+            m["Weight"],
+            m["ReadyInstances"],
+            f"{m['TrafficShare']:g}%",
+        )
+        for m in view["Members"]
+    ]
+    headers = ["ServiceName", "TrafficState", "Weight", "ReadyInstances", "Share"]
+    click.echo(grid_table(headers, rows))
+
+
+@group.command("modify")
+@click.argument("name")
+@click.option(
+    "--traffic-mode",
+    required=True,
+    type=click.Choice([m.value for m in TrafficMode]),
+    help="auto: shares follow the members' ready instances; customized: their Weights",
+)
+def group_modify(name: str, traffic_mode: str) -> None:
+    """Set a service group's traffic mode."""
+    _call(_client().update_group, name, traffic_mode)
+    click.echo(f"[OK] Group {name}: traffic mode {traffic_mode}")
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--weight",
+    type=click.IntRange(MIN_WEIGHT, MAX_WEIGHT),
+    help=f"the service's weight in its group ({MIN_WEIGHT}..{MAX_WEIGHT}; -1: unset, "
+    "counts as 100); used in traffic mode customized",
+)
+@click.option(
+    "--traffic-state",
+    type=click.Choice([s.value for s in TrafficState]),
+    help="grouping: take a share of the group's requests; standalone: none",
+)
+def release(name: str, weight: int | None, traffic_state: str | None) -> None:
+    """Set a group member's weight and/or traffic state (EAS's canary release).
+
+    \b
+    eascmd release canary --traffic-state grouping --weight 10
+    eascmd release canary --traffic-state standalone     (pull it out)
+    """
+    if weight is None and traffic_state is None:
+        _fail("nothing to release: give --weight and/or --traffic-state")
+    answer = _call(_client().release, name, weight, traffic_state)
+    click.echo(f"[OK] {answer['Message']}")
 
 
 @main.command()

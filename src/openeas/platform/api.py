@@ -294,6 +294,22 @@ def create_app(
         text, end = control.logs(name, instance, tail, offset)
         return PlainTextResponse(text, headers={"X-Log-Offset": str(end)})
 
+    @api.put("/services/{name}/release", summary="Set a group member's Weight/TrafficState")
+    async def release(name: str, request: Request) -> dict[str, str]:
+        return control.release(name, await _any_json(request))
+
+    @api.get("/groups", summary="List service groups")
+    async def list_groups() -> list[dict[str, Any]]:
+        return control.list_groups()
+
+    @api.get("/groups/{name}", summary="Describe a service group and its members")
+    async def describe_group(name: str) -> dict[str, Any]:
+        return control.describe_group(name)
+
+    @api.put("/groups/{name}", summary="Set a service group's TrafficMode")
+    async def update_group(name: str, request: Request) -> dict[str, Any]:
+        return control.update_group(name, await _any_json(request))
+
     @api.get("/resources", summary="Resource groups and their use")
     async def resources() -> list[dict[str, Any]]:
         return control.resources()

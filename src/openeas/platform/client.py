@@ -8,6 +8,7 @@ and key pair in ``$OPENEAS_HOME/eascmd.json``.
 
 from __future__ import annotations
 
+import builtins  # PlatformClient.list shadows the builtin in the class body
 import json
 import os
 from collections.abc import Generator
@@ -128,7 +129,7 @@ class PlatformClient:
     def remove_elastic(self, name: str, field: str) -> dict[str, Any]:
         return self._json("DELETE", f"/services/{name}/{field}")
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
+    def versions(self, name: str) -> builtins.list[dict[str, Any]]:
         return self._json("GET", f"/services/{name}/versions")
 
     def switch(self, name: str, version: int) -> dict[str, Any]:
@@ -143,10 +144,10 @@ class PlatformClient:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/services/{name}")
 
-    def instances(self, name: str) -> list[dict[str, Any]]:
+    def instances(self, name: str) -> builtins.list[dict[str, Any]]:
         return self._json("GET", f"/services/{name}/instances")
 
-    def events(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+    def events(self, name: str, after: int = 0) -> builtins.list[dict[str, Any]]:
         return self._json("GET", f"/services/{name}/events", params={"after": after})
 
     def logs(
@@ -164,5 +165,27 @@ class PlatformClient:
         response = self._call("GET", f"/services/{name}/logs", params=params)
         return response.text, int(response.headers.get("X-Log-Offset", "0"))
 
-    def resources(self) -> list[dict[str, Any]]:
+    def release(
+        self, name: str, weight: int | None = None, traffic_state: str | None = None
+    ) -> dict[str, Any]:
+        """EAS's ReleaseService: a group member's Weight and/or TrafficState."""
+        body: dict[str, Any] = {}
+        if weight is not None:
+            body["Weight"] = weight
+        if traffic_state is not None:
+            body["TrafficState"] = traffic_state
+        return self._json("PUT", f"/services/{name}/release", json=body)
+
+    # -- service groups ---------------------------------------------------------------
+
+    def groups(self) -> builtins.list[dict[str, Any]]:
+        return self._json("GET", "/groups")
+
+    def describe_group(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/groups/{name}")
+
+    def update_group(self, name: str, traffic_mode: str) -> dict[str, Any]:
+        return self._json("PUT", f"/groups/{name}", json={"TrafficMode": traffic_mode})
+
+    def resources(self) -> builtins.list[dict[str, Any]]:
         return self._json("GET", "/resources")

@@ -6,6 +6,7 @@ processes.  Views are plain JSON-ready dicts, the shapes the API returns.
 
 from __future__ import annotations
 
+import builtins  # ControlPlane.list shadows the builtin in the class body
 import copy
 import json
 import time
@@ -19,12 +20,19 @@ from openeas.platform.errors import (
     PlatformError,
     SpecError,
 )
+from openeas.platform.groups import MAX_WEIGHT, MIN_WEIGHT, shares
 from openeas.platform.reconciler import Reconciler, counts
 from openeas.platform.resources import ResourceGroup
 from openeas.platform.scaling import ScalingController
 from openeas.platform.spec import ELASTIC_FIELDS, ServiceSpec, merge_spec, validate_spec
-from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
-from openeas.platform.store import ServiceRecord, Store
+from openeas.platform.status import (
+    Desired,
+    InstanceStatus,
+    ServiceStatus,
+    TrafficMode,
+    TrafficState,
+)
+from openeas.platform.store import GroupRecord, ServiceRecord, Store
 from openeas.platform.traffic import TrafficBook
 
 
@@ -82,6 +90,45 @@ def _elastic_events(old: ServiceSpec, new: ServiceSpec) -> list[tuple[str, str]]
         elif after is not None and after != before:
             events.append((f"{label}Set", f"{field} set: {json.dumps(after, sort_keys=True)}"))
     return events
+
+
+def _release_args(body: Any) -> tuple[int | None, TrafficState | None]:
+    """``{"Weight": -1..1000, "TrafficState": "grouping"|"standalone"}`` (either, at
+    least one), or a 400 naming the field."""
+    if not isinstance(body, dict):
+        raise PlatformError('the body must be a JSON object: {"Weight": N, "TrafficState": S}')
+    unknown = sorted(set(body) - {"Weight", "TrafficState"})
+    if unknown:
+        raise PlatformError(f"{unknown[0]}: unknown field (Weight, TrafficState)")
+    if not body:
+        raise PlatformError("nothing to release: give Weight and/or TrafficState")
+    weight, state = body.get("Weight"), body.get("TrafficState")
+    if "Weight" in body and (
+        not isinstance(weight, int)
+        or isinstance(weight, bool)
+        or not MIN_WEIGHT <= weight <= MAX_WEIGHT
+    ):
+        raise PlatformError(
+            f"Weight: must be an integer from {MIN_WEIGHT} to {MAX_WEIGHT}, got {weight!r}"
+        )
+    if "TrafficState" in body and state not in list(TrafficState):
+        raise PlatformError(
+            f"TrafficState: must be one of {', '.join(TrafficState)}, got {state!r}"
+        )
+    return weight, None if state is None else TrafficState(state)
+
+
+def _traffic_mode(body: Any) -> TrafficMode:
+    """``{"TrafficMode": "auto"|"customized"}``, or a 400 naming the field."""
+    if not isinstance(body, dict):
+        raise PlatformError('the body must be a JSON object: {"TrafficMode": "auto"}')
+    unknown = sorted(set(body) - {"TrafficMode"})
+    if unknown:
+        raise PlatformError(f"{unknown[0]}: unknown field (TrafficMode)")
+    mode = body.get("TrafficMode")
+    if mode not in list(TrafficMode):
+        raise PlatformError(f"TrafficMode: must be one of {', '.join(TrafficMode)}, got {mode!r}")
+    return TrafficMode(mode)
 
 
 class ControlPlane:
@@ -151,10 +198,22 @@ class ControlPlane:
             "gpu": m.gpu,
             "resource": m.resource,
             "processor": spec.processor,
+            **self._membership(record),
             "current_version": record.current_version,
             "latest_version": record.latest_version,
             "create_time": _iso(record.created_at),
             "update_time": _iso(record.updated_at),
+        }
+
+    @staticmethod
+    def _membership(record: ServiceRecord) -> dict[str, Any]:
+        """A service's group, TrafficState and Weight (None for all three without one)."""
+        if not record.group_name:
+            return {"group": None, "traffic_state": None, "weight": None}
+        return {
+            "group": record.group_name,
+            "traffic_state": record.traffic_state,
+            "weight": record.weight,
         }
 
     # -- operations -------------------------------------------------------------------
@@ -170,6 +229,7 @@ class ControlPlane:
         cron_set_at = time.time() if spec.cronscaler is not None else None
         record = self.store.create_service(spec.name, spec.token, spec.to_json(), cron_set_at)
         self.store.add_event(spec.name, "ServiceCreated", "Service is now deploying")
+        self.reconciler.publish_groups()
         self.reconciler.wake()
         return self.view(record)
 
@@ -261,7 +321,8 @@ class ControlPlane:
         spec: ServiceSpec,
         changes: dict[str, Any],
     ) -> None:
-        self.store.update_service(name, current_version=version, token=spec.token, **changes)
+        self.store.activate(name, version, token=spec.token, **changes)
+        self.reconciler.publish_groups()  # a group joined, left, created or deleted
         same = self.reconciler.relabel(name, record.current_version, version)
         rescaled = changes.get("replicas", record.replicas) != record.replicas
         if record.status == ServiceStatus.FAILED:
@@ -273,7 +334,7 @@ class ControlPlane:
             self.store.set_status(name, ServiceStatus.SCALING)
         self.reconciler.wake()
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
+    def versions(self, name: str) -> builtins.list[dict[str, Any]]:
         record = self._existing(name)
         return [
             {
@@ -317,7 +378,7 @@ class ControlPlane:
         self.store.update_service(name, desired=Desired.DELETED)
         self.reconciler.wake()
 
-    def instances(self, name: str) -> list[dict[str, Any]]:
+    def instances(self, name: str) -> builtins.list[dict[str, Any]]:
         self._existing(name, deleting_ok=True)
         return [
             {
@@ -337,7 +398,7 @@ class ControlPlane:
             for i in self.store.instances(name)
         ]
 
-    def events(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+    def events(self, name: str, after: int = 0) -> builtins.list[dict[str, Any]]:
         self._existing(name, deleting_ok=True)
         return [
             {
@@ -364,7 +425,64 @@ class ControlPlane:
             raise NotFoundError(f"service {name!r} has no instances")
         return self.reconciler.runtime.read_log(name, insts[-1].id, tail=tail, offset=offset)
 
-    def resources(self) -> list[dict[str, Any]]:
+    # -- service groups ---------------------------------------------------------------
+
+    def group_view(self, group: GroupRecord) -> dict[str, Any]:
+        """EAS's DescribeGroup fields, plus the members with their current shares."""
+        weights = self.reconciler.group_members(group)
+        share = shares(weights)
+        records = {s.name: s for s in self.store.members(group.name)}
+        endpoints = self.endpoints.for_service(group.name)
+        return {
+            "Name": group.name,
+            "CreateTime": _iso(group.created_at),
+            "UpdateTime": _iso(group.updated_at),
+            "InternetEndpoint": endpoints["internet_endpoint"],
+            "IntranetEndpoint": endpoints["intranet_endpoint"],
+            "AccessToken": group.token,
+            "TrafficMode": group.traffic_mode,
+            "Members": [
+                {
+                    "ServiceName": m.service,
+                    "TrafficState": records[m.service].traffic_state,
+                    "Weight": records[m.service].weight,
+                    "ReadyInstances": self.reconciler.ready(m.service),
+                    "EffectiveWeight": m.weight,
+                    "TrafficShare": round(share[m.service], 2),
+                }
+                for m in weights
+            ],
+        }
+
+    def list_groups(self) -> builtins.list[dict[str, Any]]:
+        return [self.group_view(g) for g in self.store.groups()]
+
+    def describe_group(self, name: str) -> dict[str, Any]:
+        return self.group_view(self.store.group(name))
+
+    def update_group(self, name: str, body: Any) -> dict[str, Any]:
+        """EAS's UpdateGroup: ``{"TrafficMode": "auto"|"customized"}``."""
+        self.store.group(name)  # 404 before 400
+        self.store.set_traffic_mode(name, _traffic_mode(body))
+        self.reconciler.publish_groups()
+        return self.describe_group(name)
+
+    def release(self, name: str, body: Any) -> dict[str, str]:
+        """EAS's ReleaseService: a group member's Weight and/or TrafficState."""
+        record = self._existing(name)
+        weight, state = _release_args(body)
+        if not record.group_name:
+            raise PlatformError(f"service {name!r} is in no service group (metadata.group)")
+        weight = record.weight if weight is None else weight
+        state = record.traffic_state if state is None else state
+        self.store.release(name, weight, state)
+        self.reconciler.publish_groups()
+        return {
+            "Message": f"Releasing service [{name}] in group [{record.group_name}] with "
+            f"weight [{weight}], traffic state [{state}], service status: [{record.status}]"
+        }
+
+    def resources(self) -> builtins.list[dict[str, Any]]:
         out = []
         for group in self.groups.values():
             used = [

@@ -25,12 +25,15 @@ from dataclasses import dataclass, field, replace
 
 from openeas.gateway.routes import (
     DEFAULT_MAX_CONCURRENCY,
+    GroupMember,
+    GroupRoute,
     RouteTable,
     ServiceLimits,
     ServiceRoute,
 )
 from openeas.platform.auth import random_token
 from openeas.platform.errors import NotFoundError
+from openeas.platform.groups import MemberState, effective_weights
 from openeas.platform.plan import (
     Action,
     Backoff,
@@ -60,7 +63,7 @@ from openeas.platform.routefeed import RouteFeed
 from openeas.platform.runtimes.base import Address, Exit, Launch, Runtime, StartError
 from openeas.platform.spec import Metadata, ServiceSpec
 from openeas.platform.status import InstanceStatus
-from openeas.platform.store import InstanceRecord, ServiceRecord, Store
+from openeas.platform.store import GroupRecord, InstanceRecord, ServiceRecord, Store
 from openeas.transport.aio import tick_forever
 
 __all__ = ["Backoff", "Reconciler", "Tuning", "counts", "instance_shape"]
@@ -177,6 +180,7 @@ class Reconciler:
         self._syncing: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._sync_errors: dict[tuple[str, int], str] = {}
         self._published: dict[str, ServiceRoute] = {}
+        self._published_groups: dict[str, GroupRoute] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -220,6 +224,9 @@ class Reconciler:
         for task in self._syncing.values():
             task.cancel()
         stops = []
+        for group in list(self._published_groups):
+            self.routes.remove_group(group)
+        self._published_groups.clear()
         for name, insts in self._instances.items():
             self.routes.remove(name)
             for inst in insts.values():
@@ -275,6 +282,33 @@ class Reconciler:
             if inst.rec.status == InstanceStatus.FAILED:
                 self._drop(name, inst.rec.id)
 
+    def ready(self, name: str) -> int:
+        """A service's instances that take requests: those of its published route."""
+        route = self._published.get(name)
+        return len(route.upstreams) if route is not None else 0
+
+    def group_members(self, group: GroupRecord) -> tuple[GroupMember, ...]:
+        """A group's members with their effective weights (:mod:`openeas.platform.groups`)."""
+        members = [
+            MemberState(s.name, s.traffic_state, s.weight, self.ready(s.name))
+            for s in self.store.members(group.name)
+        ]
+        return effective_weights(group.traffic_mode, members)
+
+    def publish_groups(self) -> None:
+        """Publish every service group's route (after the services' own, whose ready
+        instances they follow) and withdraw those of deleted groups.  Also called by the
+        control plane right after a group change (release, TrafficMode, membership)."""
+        current = {}
+        for group in self.store.groups():
+            route = GroupRoute(group.name, group.token, self.group_members(group))
+            current[group.name] = route
+            if route != self._published_groups.get(group.name):
+                self.routes.update_group(route)
+        for gone in set(self._published_groups) - set(current):
+            self.routes.remove_group(gone)
+        self._published_groups = current
+
     # -- one pass ---------------------------------------------------------------------
 
     async def tick(self) -> None:
@@ -287,6 +321,7 @@ class Reconciler:
                 pass  # deleted by an API call while this tick ran
             except Exception:  # one broken service must not stall the others
                 log.exception("reconciling service %s failed", service.name)
+        self.publish_groups()
 
     async def reconcile(self, name: str) -> None:
         """Plan one service from the last observation and apply the plan."""
@@ -572,6 +607,7 @@ class Reconciler:
         self.routes.remove(name)
         self._published.pop(name, None)
         self.store.delete_service(name)
+        self.publish_groups()  # its group's route loses it (or goes with it)
         self._instances.pop(name, None)
         for cache in (self._specs, self._synced):
             for key in [k for k in cache if k[0] == name]:

@@ -32,6 +32,11 @@ from openeas.platform.errors import FieldError, SpecError
 
 #: EAS service names: a lower-case letter, then lower-case letters, digits and underscores.
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: What :data:`NAME_PATTERN` asks for, in the words of an error message.
+NAME_RULE = (
+    "must start with a lower-case letter and contain only lower-case letters, "
+    "digits and underscores (at most 64 characters)"
+)
 #: Resource group used when ``metadata.resource`` is omitted: the local machine.
 DEFAULT_RESOURCE = "default"
 #: Processor flags the platform owns: every instance gets its own ports and addresses
@@ -123,6 +128,16 @@ class Metadata(_Strict):
     rpc_batching: bool = Field(False, alias="rpc.batching")
     rpc_max_batch_size: int | None = Field(None, ge=1, alias="rpc.max_batch_size")
     rpc_max_batch_timeout: int | None = Field(None, ge=0, alias="rpc.max_batch_timeout")
+    #: the service group (EAS) whose shared endpoint the service is a member of
+    #: (docs/groups.md); created with its first member, deleted with its last
+    group: str | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError(NAME_RULE)
+        return value
 
     @field_validator("resource")
     @classmethod
@@ -150,10 +165,7 @@ class ServiceSpec(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
-            raise ValueError(
-                "must start with a lower-case letter and contain only lower-case letters, "
-                "digits and underscores (at most 64 characters)"
-            )
+            raise ValueError(NAME_RULE)
         return value
 
     @field_validator("token")

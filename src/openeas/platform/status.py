@@ -45,3 +45,17 @@ class InstanceStatus(StrEnum):
 
 #: Reasons a service's status carries while a ready instance is down after a crash.
 CRASH_REASONS = ("InstanceRestarting", "CrashLoopBackOff")
+
+
+class TrafficState(StrEnum):
+    """A group member's ``TrafficState`` (EAS): whether it takes the group's traffic."""
+
+    GROUPING = "grouping"  # takes its share of the group's traffic
+    STANDALONE = "standalone"  # only its own endpoint's traffic
+
+
+class TrafficMode(StrEnum):
+    """A service group's ``TrafficMode`` (EAS): what the members' shares follow."""
+
+    AUTO = "auto"  # their ready instance counts
+    CUSTOMIZED = "customized"  # their ``Weight``s

@@ -17,8 +17,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from openeas.platform.errors import ConflictError, NotFoundError
-from openeas.platform.status import Desired, InstanceStatus, ServiceStatus
+from openeas.platform.errors import (
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    PlatformError,
+    SpecError,
+)
+from openeas.platform.spec import generate_token
+from openeas.platform.status import (
+    Desired,
+    InstanceStatus,
+    ServiceStatus,
+    TrafficMode,
+    TrafficState,
+)
 
 #: SQLite's companion files of the database (WAL, shared memory, rollback journal).
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -36,7 +49,17 @@ CREATE TABLE IF NOT EXISTS services (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     replicas INTEGER NOT NULL DEFAULT 1,  -- the instance count the reconciler drives towards
-    cron_set_at REAL                      -- when the current cronscaler was set (wall time)
+    cron_set_at REAL,                     -- when the current cronscaler was set (wall time)
+    group_name TEXT NOT NULL DEFAULT '',  -- its service group ('' for none)
+    traffic_state TEXT NOT NULL DEFAULT 'standalone',  -- openeas.platform.status.TrafficState
+    weight INTEGER NOT NULL DEFAULT -1    -- its Weight in the group (-1: unset)
+);
+CREATE TABLE IF NOT EXISTS groups (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    traffic_mode TEXT NOT NULL,       -- openeas.platform.status.TrafficMode
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS versions (
     service TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
@@ -96,10 +119,30 @@ class ServiceRecord:
     #: wall time the current ``cronscaler`` was set (its firings before do not count);
     #: ``None`` without one
     cron_set_at: float | None = None
+    #: its service group ('' for none): the current version's ``metadata.group``
+    group_name: str = ""
+    #: in its group: whether it takes the group's traffic, and its Weight (-1: unset)
+    traffic_state: TrafficState = TrafficState.STANDALONE
+    weight: int = -1
 
     def __post_init__(self) -> None:
         self.desired = Desired(self.desired)
         self.status = ServiceStatus(self.status)
+        self.traffic_state = TrafficState(self.traffic_state)
+
+
+@dataclass
+class GroupRecord:
+    """A service group (EAS): one endpoint and token in front of its member services."""
+
+    name: str
+    token: str = field(repr=False)
+    traffic_mode: TrafficMode
+    created_at: float
+    updated_at: float
+
+    def __post_init__(self) -> None:
+        self.traffic_mode = TrafficMode(self.traffic_mode)
 
 
 @dataclass
@@ -145,6 +188,13 @@ class Event:
     message: str
 
 
+def spec_group(spec: dict[str, Any]) -> str:
+    """A stored spec's ``metadata.group`` ('' when it names none)."""
+    metadata = spec.get("metadata")
+    group = metadata.get("group") if isinstance(metadata, dict) else None
+    return group if isinstance(group, str) else ""
+
+
 def spec_instances(spec: dict[str, Any]) -> int:
     """A stored spec's ``metadata.instance`` (1, the spec's default, when absent)."""
     metadata = spec.get("metadata")
@@ -187,6 +237,15 @@ class Store:
             self._add_replicas()
         if "cron_set_at" not in columns:
             self._db.execute("ALTER TABLE services ADD COLUMN cron_set_at REAL")
+        added = {
+            # no service of an older database is in a group (its specs had no group)
+            "group_name": "TEXT NOT NULL DEFAULT ''",
+            "traffic_state": f"TEXT NOT NULL DEFAULT '{TrafficState.STANDALONE}'",
+            "weight": "INTEGER NOT NULL DEFAULT -1",
+        }
+        for column, kind in added.items():
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE services ADD COLUMN {column} {kind}")
 
     def _add_replicas(self) -> None:
         """The replicas column, filled with each service's current ``metadata.instance``
@@ -224,7 +283,8 @@ class Store:
 
         - every service's ``current_version`` and ``latest_version`` exist, and no version
           is newer than ``latest_version`` (a half-written update is dropped);
-        - every instance belongs to a service.
+        - every instance belongs to a service;
+        - every service group has a member.
         """
         repairs: list[str] = []
         with self._transaction():
@@ -235,6 +295,11 @@ class Store:
             ).rowcount
             if orphans:
                 repairs.append(f"removed {orphans} instance row(s) of services that do not exist")
+            empty = self._db.execute(
+                "DELETE FROM groups WHERE name NOT IN (SELECT group_name FROM services)"
+            ).rowcount
+            if empty:
+                repairs.append(f"removed {empty} service group(s) without a member")
         return repairs
 
     def _repair_versions(self, svc: ServiceRecord) -> list[str]:
@@ -276,10 +341,15 @@ class Store:
     def create_service(
         self, name: str, token: str, spec: dict[str, Any], cron_set_at: float | None = None
     ) -> ServiceRecord:
-        """A new service at version 1; its count is the spec's ``metadata.instance``."""
+        """A new service at version 1; its count is the spec's ``metadata.instance``; in
+        the same transaction it joins the spec's ``metadata.group`` (creating it)."""
         now = time.time()
         try:
             with self._transaction():
+                if self._group_row(name) is not None:
+                    raise SpecError(
+                        [FieldError("name", f"{name!r} is the name of a service group")]
+                    )
                 self._db.execute(
                     "INSERT INTO services (name, token, desired, status, current_version, "
                     "latest_version, created_at, updated_at, replicas, cron_set_at) "
@@ -298,6 +368,7 @@ class Store:
                 self._db.execute(
                     "INSERT INTO versions VALUES (?, 1, ?, ?)", (name, json.dumps(spec), now)
                 )
+                self._regroup(name, spec_group(spec))
         except sqlite3.IntegrityError:
             raise ConflictError(f"service {name!r} already exists") from None
         return self.service(name)
@@ -348,8 +419,10 @@ class Store:
         return cur.rowcount > 0
 
     def delete_service(self, name: str) -> None:
-        """The service, its versions, instances and events, all at once."""
+        """The service, its versions, instances and events, all at once; its group too
+        when it was the last member."""
         with self._transaction():
+            self._regroup(name, "")
             self._db.execute("DELETE FROM services WHERE name = ?", (name,))
             self._db.execute("DELETE FROM instances WHERE service = ?", (name,))
             self._db.execute("DELETE FROM events WHERE service = ?", (name,))
@@ -375,7 +448,16 @@ class Store:
                 token=spec.get("token") or record.token,
                 **service,
             )
+            self._regroup(name, spec_group(spec))
         return version
+
+    def activate(self, name: str, version: int, **service: Any) -> None:
+        """Make a stored version current (``switch``), with its ``metadata.group``
+        (joining, leaving or creating a group) and ``service`` columns, all at once."""
+        with self._transaction():
+            spec = self.spec(name, version)
+            self.update_service(name, current_version=version, **service)
+            self._regroup(name, spec_group(spec))
 
     def spec(self, name: str, version: int) -> dict[str, Any]:
         row = self._db.execute(
@@ -394,6 +476,103 @@ class Store:
             {"version": r["version"], "created_at": r["created_at"], "spec": json.loads(r["spec"])}
             for r in rows
         ]
+
+    # -- service groups ---------------------------------------------------------------
+
+    def _group_row(self, name: str) -> GroupRecord | None:
+        row = self._db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
+        return None if row is None else GroupRecord(**dict(row))
+
+    def group(self, name: str) -> GroupRecord:
+        record = self._group_row(name)
+        if record is None:
+            raise NotFoundError(f"service group {name!r} not found")
+        return record
+
+    def groups(self) -> list[GroupRecord]:
+        rows = self._db.execute("SELECT * FROM groups ORDER BY name").fetchall()
+        return [GroupRecord(**dict(row)) for row in rows]
+
+    def members(self, group: str) -> list[ServiceRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM services WHERE group_name = ? ORDER BY name", (group,)
+        ).fetchall()
+        return [ServiceRecord(**dict(row)) for row in rows]
+
+    def set_traffic_mode(self, group: str, mode: TrafficMode) -> None:
+        cur = self._db.execute(
+            "UPDATE groups SET traffic_mode = ?, updated_at = ? WHERE name = ?",
+            (TrafficMode(mode), time.time(), group),
+        )
+        if cur.rowcount == 0:
+            raise NotFoundError(f"service group {group!r} not found")
+
+    def release(self, name: str, weight: int, state: TrafficState) -> None:
+        """Set a member's Weight and TrafficState, with its ``TrafficReleased`` event."""
+        with self._transaction():
+            group = self.service(name).group_name
+            if not group:
+                raise PlatformError(f"service {name!r} is in no service group")
+            self._db.execute(
+                "UPDATE services SET weight = ?, traffic_state = ? WHERE name = ?",
+                (weight, TrafficState(state), name),
+            )
+            self._touch_group(group)
+            self.add_event(
+                name,
+                "TrafficReleased",
+                f"group [{group}]: weight [{weight}], traffic state [{state}]",
+            )
+
+    def _touch_group(self, group: str) -> None:
+        self._db.execute("UPDATE groups SET updated_at = ? WHERE name = ?", (time.time(), group))
+
+    def _regroup(self, name: str, group: str) -> None:
+        """Inside an open transaction: move service ``name`` into ``group`` ('' for
+        none), creating a group with its first member and deleting it with its last."""
+        old = self.service(name).group_name
+        if old == group:
+            return
+        if old:
+            self._leave(name, old)
+        if group:
+            self._join(name, group)
+
+    def _join(self, name: str, group: str) -> None:
+        if self._db.execute("SELECT 1 FROM services WHERE name = ?", (group,)).fetchone():
+            raise SpecError([FieldError("metadata.group", f"{group!r} is the name of a service")])
+        if self._group_row(group) is None:
+            # the creator takes the group's traffic at once: it is the only member
+            now = time.time()
+            self._db.execute(
+                "INSERT INTO groups VALUES (?, ?, ?, ?, ?)",
+                (group, generate_token(), TrafficMode.AUTO, now, now),
+            )
+            state, how = TrafficState.GROUPING, "created it"
+        else:
+            # EAS: a new member gets none of the group's traffic until it is released
+            state, how = TrafficState.STANDALONE, "standalone until released"
+            self._touch_group(group)
+        self._db.execute(
+            "UPDATE services SET group_name = ?, traffic_state = ?, weight = -1 WHERE name = ?",
+            (group, state, name),
+        )
+        self.add_event(name, "GroupJoined", f"joined service group [{group}] ({how})")
+
+    def _leave(self, name: str, group: str) -> None:
+        self._db.execute(
+            "UPDATE services SET group_name = '', traffic_state = ?, weight = -1 WHERE name = ?",
+            (TrafficState.STANDALONE, name),
+        )
+        left = self._db.execute(
+            "SELECT 1 FROM services WHERE group_name = ? LIMIT 1", (group,)
+        ).fetchone()
+        if left is None:
+            self._db.execute("DELETE FROM groups WHERE name = ?", (group,))
+            self.add_event(name, "GroupLeft", f"left service group [{group}] (deleted with it)")
+        else:
+            self._touch_group(group)
+            self.add_event(name, "GroupLeft", f"left service group [{group}]")
 
     # -- instances --------------------------------------------------------------------
 
