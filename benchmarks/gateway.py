@@ -8,7 +8,9 @@ ports (``/api/predict/<service>`` with the token; gRPC: ``authorization`` and
 ``x-eas-service`` metadata) against the same instance direct (its TCP ports, with the
 per-instance token header ``x-openeas-instance-token`` read from ``platform.db``).
 ``--workers 2`` measures ``openeas gateway --workers 2`` (following the same control
-plane, its own ports) instead of the platform's one gateway process.
+plane, its own ports) instead of the platform's one gateway process.  ``--group`` puts
+the service in a service group and adds the row ``group``: the same requests through
+the group's endpoint (``/api/predict/<group>``, the group's token), against ``gateway``.
 
 **Bare** (the rows ``bare-direct`` and ``bare-gateway``, off with ``--no-bare``): a
 :class:`~openeas.gateway.Gateway` in a thread of this process in front of an
@@ -67,6 +69,9 @@ SERVICE = "bench"
 BARE_TOKEN = "benchmark-token"
 #: The paths each (protocol, concurrency) point measures, in pairs (direct, gateway).
 PAIRS = (("direct", "gateway"), ("bare-direct", "bare-gateway"))
+#: With ``--group``: the group's endpoint against the service's own.
+GROUP_PAIR = ("gateway", "group")
+GROUP = "bench_group"
 #: Whose CPU time each run records.
 CPU = ("gateway", "instance", "platform", "perf_analyzer")
 
@@ -148,7 +153,12 @@ class ProductPath:
                     "name": SERVICE,
                     "processor": "triton",
                     "processor_params": [f"--model-repository={repo}", "--allow-grpc=true"],
-                    "metadata": {"instance": 1, "cpu": self.args.cpu, "memory": 2000},
+                    "metadata": {
+                        "instance": 1,
+                        "cpu": self.args.cpu,
+                        "memory": 2000,
+                        **({"group": GROUP} if self.args.group else {}),
+                    },
                 }
             )
         )
@@ -223,11 +233,11 @@ class ProductPath:
         instance = psutil.Process(pid)
         stats = f"http://{host}:{http_port}/v2/models/identity/stats"
         header = {"x-openeas-instance-token": internal}
-        self._wait_routed(token)  # then every gateway process runs
+        self._wait_routed(SERVICE, token)  # then every gateway process runs
         gateways = self.gateway_processes()
         plat = self.platform_processes()
         direct_h = ["-H", f"x-openeas-instance-token:{internal}"]
-        return {
+        targets = {
             "direct": Target(
                 {"http": f"{host}:{http_port}", "grpc": f"{host}:{grpc_port}"},
                 {"http": direct_h, "grpc": direct_h},
@@ -245,10 +255,28 @@ class ProductPath:
                 lambda: _cpu(gateways), instance, stats, header, plat,
             ),
         }  # fmt: skip
+        if self.args.group:
+            with sqlite3.connect(self.home / "platform.db") as db:
+                (group_token,) = db.execute(
+                    "SELECT token FROM groups WHERE name = ?", (GROUP,)
+                ).fetchone()
+            self._wait_routed(GROUP, group_token)
+            targets["group"] = Target(
+                {
+                    "http": f"127.0.0.1:{self.http_port}/api/predict/{GROUP}",
+                    "grpc": f"127.0.0.1:{self.grpc_port}",
+                },
+                {
+                    "http": ["-H", f"Authorization:{group_token}"],
+                    "grpc": ["-H", f"authorization:{group_token}", "-H", f"x-eas-service:{GROUP}"],
+                },
+                lambda: _cpu(gateways), instance, stats, header, plat,
+            )  # fmt: skip
+        return targets
 
-    def _wait_routed(self, token: str, timeout: float = 60) -> None:
-        """Until the gateway (following the control plane) serves the service."""
-        url = f"http://127.0.0.1:{self.http_port}/api/predict/{SERVICE}/v2/models/identity/ready"
+    def _wait_routed(self, name: str, token: str, timeout: float = 60) -> None:
+        """Until the gateway (following the control plane) serves ``name``."""
+        url = f"http://127.0.0.1:{self.http_port}/api/predict/{name}/v2/models/identity/ready"
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -258,7 +286,7 @@ class ProductPath:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                 if time.monotonic() > deadline:
-                    sys.exit(f"the gateway does not serve {SERVICE}: {exc}")
+                    sys.exit(f"the gateway does not serve {name}: {exc}")
             time.sleep(0.2)
 
 
@@ -355,6 +383,7 @@ def main() -> None:
         "--cpu", type=int, default=1, help="the service's cpu (cores it is pinned to)"
     )
     parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare rows")
+    parser.add_argument("--group", action="store_true", help="add the service group's row")
     parser.add_argument("--measurement-ms", type=int, default=3000)
     parser.add_argument("--stability", type=int, default=25, help="perf_analyzer's %%")
     parser.add_argument("--max-concurrency", type=int, default=ServiceLimits.max_concurrency,
@@ -368,7 +397,8 @@ def main() -> None:
         sys.exit(f"perf_analyzer: {reason}")
     protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
     levels = [int(c) for c in args.concurrency.split(",")]
-    pairs = PAIRS if args.bare else PAIRS[:1]
+    pairs = (PAIRS if args.bare else PAIRS[:1]) + ((GROUP_PAIR,) if args.group else ())
+    names = list(dict.fromkeys(name for pair in pairs for name in pair))
     runs: dict[str, list[dict[str, float]]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     product = ProductPath(args)
@@ -381,10 +411,9 @@ def main() -> None:
             for protocol in protocols:
                 for c in levels:
                     for rep in range(args.repeat):
-                        for pair in pairs:
-                            for name in pair if rep % 2 == 0 else reversed(pair):
-                                run = measure(args, name, targets[name], protocol, c)
-                                runs.setdefault(f"{protocol}/{c}/{name}", []).append(run)
+                        for name in names if rep % 2 == 0 else reversed(names):
+                            run = measure(args, name, targets[name], protocol, c)
+                            runs.setdefault(f"{protocol}/{c}/{name}", []).append(run)
     finally:
         product.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -428,6 +457,7 @@ def write_report(
 ) -> None:
     today = datetime.date.today().isoformat()
     stem = f"gateway-{today}" + (f"-workers{args.workers}" if args.workers > 1 else "")
+    stem += "-group" if args.group else ""
     lines = [
         f"# Gateway overhead: the product's path and the bare gateway ({today})",
         "",
@@ -459,8 +489,8 @@ def write_report(
                 summary[key + through] = _ratios(runs[key + through], runs[key + direct])
     lines += [
         "",
-        "ratio: gateway / direct throughput (medians); targets HTTP >= 0.9x with p50 added "
-        "<= 0.3 ms, gRPC >= 0.85x at c=16. CPU time per request (medians): the gateway's "
+        "ratio: gateway / direct throughput (medians), group / gateway with --group; "
+        "targets HTTP >= 0.9x with p50 added <= 0.3 ms, gRPC >= 0.85x at c=16. CPU time per request (medians): the gateway's "
         "processes (bare: this benchmark's process), the instance, the platform's control "
         "plane and supervisor, perf_analyzer; each divided by the inferences the instance "
         "counted during the run.",
@@ -468,7 +498,7 @@ def write_report(
     ]
     data = {"args": args_record(args), "summary": summary, "runs": runs}
     write_results(args.out, stem, "\n".join(lines), data)
-    names = [name for pair in pairs for name in pair]
+    names = list(dict.fromkeys(name for pair in pairs for name in pair))
     groups = [f"{p} c={c}" for p in protocols for c in levels]
     chart = grouped_bars(
         args.out / f"{stem}.png",
