@@ -1,8 +1,9 @@
 """The control plane's REST API (FastAPI; OpenAPI document at ``/openapi.json``).
 
 Every ``/api/v1`` route requires a request signed with an access key (see
-:mod:`openeas.platform.auth`); ``/healthz``, ``/metrics`` and the OpenAPI document are
-open.  Errors answer ``{"code", "message"[, "errors"]}`` with the error type's status.
+:mod:`openeas.platform.auth`); ``/healthz``, ``/metrics``, the OpenAPI document and the
+web console's files (``/console/``, :mod:`openeas.platform.console`, which signs its API
+calls in the browser) are open.  Errors answer ``{"code", "message"[, "errors"]}`` with the error type's status.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from openeas import __version__
+from openeas.platform import console
 from openeas.platform.auth import AccessKey, NonceCache, verify, verify_bearer
 from openeas.platform.control import ControlPlane
 from openeas.platform.errors import FieldError, NotFoundError, PlatformError
@@ -315,6 +317,7 @@ def create_app(
         return control.resources()
 
     app.include_router(api)
+    console.mount(app)
     gateway_auth = _gateway_auth(gateway_token, authenticate)
     if feed is not None:
         _route_watch(app, feed, gateway_auth)

@@ -31,6 +31,7 @@ from openeas.home import openeas_home, secure_home
 from openeas.platform.api import create_app
 from openeas.platform.auth import load_or_create_admin_key, load_or_create_gateway_token
 from openeas.platform.client import runtime_info_path
+from openeas.platform.console import console_url
 from openeas.platform.control import ControlPlane, Endpoints
 from openeas.platform.errors import PlatformError
 from openeas.platform.metrics import platform_registry
@@ -180,7 +181,12 @@ async def serve(options: PlatformOptions) -> None:
     api = asyncio.create_task(_serve_api(server, sockets))
     try:
         await _wait_listening(server, api, f"{options.host}:{options.api_port}")
-        log.info("control plane up: API on %s:%d", options.host, options.api_port)
+        log.info(
+            "control plane up: API on %s:%d, web console at %s",
+            options.host,
+            options.api_port,
+            console_url(options.host, options.api_port),
+        )
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait({api, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
