@@ -46,3 +46,18 @@ if [ ! -e "$libdir/libb64.so.0d" ] && command -v apt-get >/dev/null 2>&1; then
   fi
   rm -rf "$tmp"
 fi
+
+# The web console's browser tests (tests/integration/platform/test_console.py) drive
+# Debian's chromium through playwright (never `playwright install`).  Installed here when
+# missing and we are root; otherwise those tests fail saying what to install.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing chromium for the console's browser tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >/dev/null 2>&1 ||
+      echo "bootstrap: could not install chromium; the console's browser tests will fail" >&2
+  else
+    echo "bootstrap: /usr/bin/chromium is missing (apt-get install chromium as root);" \
+      "the console's browser tests will fail" >&2
+  fi
+fi
