@@ -104,6 +104,12 @@ def test_sign_in_shows_the_services_running(page: Page) -> None:
     expect(row).to_contain_text(GROUP)
     assert page.evaluate("sessionStorage.getItem('openeas.console.keyId')")
     assert "secret" not in page.url
+    page.reload()  # the tab keeps its key
+    expect(page.locator("#services-table")).to_contain_text("web", timeout=WAIT_MS)
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.locator("#services-table").count() == 0
+    assert page.evaluate("sessionStorage.length") == 0
 
 
 def test_a_wrong_secret_shows_the_apis_error_and_no_data(
@@ -192,3 +198,28 @@ def test_data_is_shown_as_text(page: Page, platform: Platform) -> None:
     expect(message).to_contain_text(MARKUP, timeout=WAIT_MS)
     assert message.locator("img, b").count() == 0
     assert page.evaluate("window.pwned") is None
+
+
+def test_stop_and_start(page: Page, platform: Platform) -> None:
+    page.goto(console(platform) + "#/services/canary")
+    status = page.locator("#service-status")
+    expect(status).to_have_text("Running", timeout=WAIT_MS)
+    page.click("#stop")
+    expect(status).to_have_text("Stopped", timeout=WAIT_MS)
+    assert platform.json("desc", "canary")["status"] == "Stopped"
+    page.click("#start")
+    expect(status).to_have_text("Running", timeout=WAIT_MS)
+
+
+def test_delete_asks_for_the_name_first(page: Page, platform: Platform) -> None:
+    page.goto(console(platform) + "#/services/marked")
+    expect(page.locator("#service-status")).to_have_text("Failed", timeout=WAIT_MS)
+    page.click("#delete")
+    page.fill("#delete-confirm-name", "web")
+    page.click("#delete-confirmed")
+    expect(page.locator("#error")).to_contain_text("type the service's name (marked)")
+    assert platform.json("desc", "marked")["desired"] != "Deleted"
+    page.fill("#delete-confirm-name", "marked")
+    page.click("#delete-confirmed")
+    expect(page.locator("#services")).to_be_visible(timeout=WAIT_MS)  # back on the list
+    assert "marked" not in {s["name"] for s in platform.json("list") if s["desired"] != "Deleted"}
