@@ -223,3 +223,37 @@ def test_delete_asks_for_the_name_first(page: Page, platform: Platform) -> None:
     page.click("#delete-confirmed")
     expect(page.locator("#services")).to_be_visible(timeout=WAIT_MS)  # back on the list
     assert "marked" not in {s["name"] for s in platform.json("list") if s["desired"] != "Deleted"}
+
+
+METRICS_PAGE = """# HELP openeas_gateway_requests_total Requests
+# TYPE openeas_gateway_requests_total counter
+openeas_gateway_requests_total{service="web",protocol="http",code="200"} 10.0
+openeas_gateway_requests_total{service="web",protocol="grpc",code="0"} 5.0
+openeas_gateway_requests_total{service="web_2",protocol="http",code="200"} 99.0
+openeas_gateway_requests_total{code="200",service="web",protocol="http\\\\\\"x"} 1.0
+openeas_gateway_request_duration_seconds_sum{service="web",protocol="http"} 0.5
+openeas_gateway_request_duration_seconds_count{service="web",protocol="http"} 16.0
+openeas_gateway_request_duration_seconds_bucket{service="web",protocol="http",le="+Inf"} 16.0
+"""
+
+
+def test_the_chart_series_from_metrics_pages(page: Page) -> None:
+    # The page's own module, in the browser (dynamic import is allowed by the CSP).
+    result = page.evaluate(
+        """async (text) => {
+            const m = await import("./metrics.js");
+            const totals = m.serviceTotals(text, "web");
+            const series = new m.RateSeries(300);
+            series.add(100, { requests: 0, seconds: 0, answered: 0 });
+            series.add(102, totals);
+            series.add(104, { requests: 3, seconds: 0, answered: 0 }); // gateway restarted
+            series.add(106, { requests: 7, seconds: 0.1, answered: 4 });
+            return { totals, data: series.data() };
+        }""",
+        METRICS_PAGE,
+    )
+    assert result["totals"] == {"requests": 16, "seconds": 0.5, "answered": 16}
+    times, rates, latencies = result["data"]
+    assert times == [102, 106]
+    assert rates == [8, 2]
+    assert latencies == [pytest.approx(31.25), pytest.approx(25.0)]
