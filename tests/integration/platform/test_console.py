@@ -126,6 +126,16 @@ def test_a_wrong_secret_shows_the_apis_error_and_no_data(
     context.close()
 
 
+def test_a_stored_key_the_api_refuses_returns_to_the_sign_in(page: Page) -> None:
+    expect(page.locator("#services-table")).to_contain_text("web", timeout=WAIT_MS)
+    page.evaluate("sessionStorage.setItem('openeas.console.secret', 'rotated')")
+    page.reload()
+    expect(page.locator("#error")).to_contain_text("signature does not match", timeout=WAIT_MS)
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.locator("#services-table").count() == 0
+    assert page.evaluate("sessionStorage.length") == 0
+
+
 def test_the_console_answers_with_a_strict_content_security_policy(platform: Platform) -> None:
     headers = httpx.get(console(platform), timeout=10).headers
     assert "default-src 'self'" in headers["content-security-policy"]

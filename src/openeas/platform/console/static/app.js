@@ -27,7 +27,11 @@ async function refresh() {
     await view.refresh();
     if (view === state.view) showError(null);
   } catch (error) {
-    if (view === state.view) showError(error);
+    if (view !== state.view) return;
+    // A key the API no longer accepts (rotated, or a stale tab): back to the sign-in,
+    // with the API's error and without the data shown so far.
+    if (error.status === 401) signOut();
+    showError(error);
   } finally {
     view.busy = false;
   }
