@@ -202,6 +202,14 @@ def test_the_chart_shows_the_request_rate(
     assert chart.locator("canvas").count() == 1  # uPlot drew it
 
 
+def test_the_autoscaler_and_its_last_decision(page: Page, platform: Platform) -> None:
+    platform.ok("autoscale", "web", "-Dmin=2", "-Dmax=2", "-Dstrategies.qps=100")
+    page.goto(console(platform) + "#/services/web")
+    expect(page.locator("#service-autoscaler")).to_have_text("on", timeout=WAIT_MS)
+    # the controller decides once a second; the page shows its last decision and reason
+    expect(page.locator("#service-decision")).to_contain_text("2 -> 2 (qps", timeout=WAIT_MS)
+
+
 def test_data_is_shown_as_text(page: Page, platform: Platform) -> None:
     page.goto(console(platform) + "#/services/marked")
     message = page.locator("#service-message")

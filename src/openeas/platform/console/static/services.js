@@ -142,8 +142,8 @@ export class ServiceView {
       ["Endpoint", view.internet_endpoint],
       ["Group", view.group ?? "-"],
       ["Traffic", traffic(view)],
-      ["Autoscaler", view.autoscaler ? "on" : "off"],
-      ["Last scaling decision", decision(view.scaling)],
+      ["Autoscaler", el("span", { id: "service-autoscaler" }, view.autoscaler ? "on" : "off")],
+      ["Last scaling decision", el("span", { id: "service-decision" }, decision(view.scaling))],
       ["Version", `${view.current_version} (latest ${view.latest_version})`],
     ]));
     replace(this.instances, table(
