@@ -2,7 +2,7 @@
 // and the refresh loop that redraws the current page every few seconds.
 
 import { call, cryptoAvailable, forgetKey, storedKey, storeKey } from "./api.js";
-import { showError, showNotice } from "./feedback.js";
+import { afterActions, showError, showNotice } from "./feedback.js";
 import { GroupsView } from "./groups.js";
 import { ServiceView, ServicesView } from "./services.js";
 
@@ -21,8 +21,15 @@ function viewFor(hash) {
 
 async function refresh() {
   const view = state.view;
-  if (!view || view.busy) return; // a slow answer: skip a tick rather than pile up calls
+  if (!view) return;
+  if (view.busy) {
+    // One refresh at a time (a slow API is not piled up on); one more after it, so an
+    // action's effect is not left to the next tick.
+    view.again = true;
+    return;
+  }
   view.busy = true;
+  view.again = false;
   try {
     await view.refresh();
     if (view === state.view) showError(null);
@@ -34,6 +41,7 @@ async function refresh() {
     showError(error);
   } finally {
     view.busy = false;
+    if (view.again && view === state.view) refresh();
   }
 }
 
@@ -84,6 +92,7 @@ async function signIn(event) {
 }
 
 function start() {
+  afterActions(refresh);
   $("sign-in").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", signOut);
   window.addEventListener("hashchange", route);

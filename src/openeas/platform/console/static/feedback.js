@@ -14,7 +14,15 @@ export function showNotice(message) {
   box.hidden = !message;
 }
 
-// Await an action's API call and show its outcome (describe(answer), or the error).
+let changed = () => {};
+
+// What to run after each action (the app's refresh of the page, which shows its effect).
+export function afterActions(fn) {
+  changed = fn;
+}
+
+// Await an action's API call and show its outcome (describe(answer), or the error);
+// then refresh the page.  True when the call succeeded.
 export async function act(promise, describe) {
   try {
     const answer = await promise;
@@ -25,5 +33,7 @@ export async function act(promise, describe) {
     showNotice(null);
     showError(error);
     return false;
+  } finally {
+    changed();
   }
 }

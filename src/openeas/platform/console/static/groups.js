@@ -92,13 +92,11 @@ export class GroupsView {
 
   async setMode(group, mode) {
     await act(this.api("PUT", `/groups/${encodeURIComponent(group)}`, { TrafficMode: mode }), (g) => `${g.Name}: TrafficMode ${g.TrafficMode}`);
-    this.refresh();
   }
 
   async release(service, row) {
     const doc = { Weight: Number(row.weight.value), TrafficState: row.state.value };
     await act(this.api("PUT", `/services/${encodeURIComponent(service)}/release`, doc), (a) => a.Message);
-    this.refresh();
   }
 
   async refresh() {

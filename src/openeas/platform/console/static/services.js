@@ -109,12 +109,10 @@ export class ServiceView {
     if (await act(this.api("PUT", path(this.name), doc), (v) => `${v.name}: ${v.replicas} instances requested`)) {
       delete this.count.dataset.touched;
     }
-    this.refresh();
   }
 
   async post(action) {
     await act(this.api("POST", path(this.name, `/${action}`)), (v) => `${this.name}: ${action} requested (${v.status ?? "ok"})`);
-    this.refresh();
   }
 
   async remove(confirmName) {
