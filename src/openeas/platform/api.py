@@ -3,7 +3,8 @@
 Every ``/api/v1`` route requires a request signed with an access key (see
 :mod:`openeas.platform.auth`); ``/healthz``, ``/metrics``, the OpenAPI document and the
 web console's files (``/console/``, :mod:`openeas.platform.console`, which signs its API
-calls in the browser) are open.  Errors answer ``{"code", "message"[, "errors"]}`` with the error type's status.
+calls in the browser) are open.  Errors answer ``{"code", "message"[, "errors"]}`` with
+the error type's status.
 """
 
 from __future__ import annotations
