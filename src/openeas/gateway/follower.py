@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from openeas.gateway.routes import (
     GroupMember,
@@ -163,22 +163,27 @@ def apply_snapshot(
 ) -> None:
     """Make ``table`` hold exactly ``services`` and ``groups`` (unchanged routes are not
     republished: a group keeps its place in the rotation of its members)."""
-    wanted = {route.name: route for route in services}
-    for name in [r.name for r in table.services() if r.name not in wanted]:
-        table.remove(name)
-    for name, route in wanted.items():
-        if table.get(name) != route:
-            table.update(route)
-    _apply_groups(table, groups)
+    _sync(table.services(), services, table.get, table.update, table.remove)
+    _sync(table.groups(), groups, table.group, table.update_group, table.remove_group)
 
 
-def _apply_groups(table: RouteTable, groups: Iterable[GroupRoute]) -> None:
-    wanted = {group.name: group for group in groups}
-    for name in [g.name for g in table.groups() if g.name not in wanted]:
-        table.remove_group(name)
-    for name, group in wanted.items():
-        if table.group(name) != group:
-            table.update_group(group)
+_Route = TypeVar("_Route", ServiceRoute, GroupRoute)
+
+
+def _sync(
+    current: Iterable[_Route],
+    wanted: Iterable[_Route],
+    get: Callable[[str], _Route | None],
+    update: Callable[[_Route], None],
+    remove: Callable[[str], None],
+) -> None:
+    """Make one kind of route of a table (``current``) exactly ``wanted``."""
+    by_name = {route.name: route for route in wanted}
+    for name in [r.name for r in current if r.name not in by_name]:
+        remove(name)
+    for name, route in by_name.items():
+        if get(name) != route:
+            update(route)
 
 
 # -- the file -----------------------------------------------------------------------------
