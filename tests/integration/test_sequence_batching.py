@@ -373,6 +373,9 @@ def _run_concurrent_sequences_per_client(
     results: list[list[dict[str, Any]]] = [[] for _ in clients]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(clients))
+    # Every sequence has started (holds its slot) before any goes on: they all run at
+    # once, however the threads happen to be scheduled on a loaded machine.
+    started = threading.Barrier(len(clients))
 
     def run(index: int) -> None:
         try:
@@ -388,6 +391,8 @@ def _run_concurrent_sequences_per_client(
                         end=n == steps - 1,
                     )
                 )
+                if n == 0:
+                    started.wait(60)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
